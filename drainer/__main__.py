@@ -1,0 +1,7 @@
+"""``python -m drainer``."""
+
+import sys
+
+from drainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The ``drainer`` command line. Expected failures print one line and exit with a documented code;
+anything else is a bug and prints a traceback.
+
+Exit codes: 0 success, 1 an action or IMDS failed (retried on the next run), 2 usage or
+configuration error, 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from drainer import __version__
+from drainer.config import Config, load
+from drainer.errors import EXIT_OK, DrainerError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drainer",
+        description="Keep this Azure VM out of its load balancer during platform maintenance.",
+    )
+    parser.add_argument("--version", action="version", version=f"drainer {__version__}")
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $DRAINER_CONFIG or /etc/drainer/config.toml)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("check", help="one run: read Scheduled Events, decide, act (cron/timer)")
+    status = sub.add_parser("status", help="this VM's drain state and the known events")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    history = sub.add_parser("history", help="the transition history")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--event", metavar="EVENT_ID", help="only this event")
+    history.add_argument("--limit", type=int, default=200, help="newest N entries (default 200)")
+    config = sub.add_parser("config", help="validate or show the configuration")
+    config.add_argument("action", choices=("check", "show"))
+    emulator = sub.add_parser("emulator", help="serve an IMDS emulator on loopback")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8169)
+    emulator.add_argument(
+        "--vm", action="append", default=[], metavar="NAME", help="VM names to know (first is the default VM)"
+    )
+    sub.add_parser("demo", help="play a maintenance against the built-in emulator")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args, seams)
+    except DrainerError as exc:
+        print(f"drainer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    config = load(args.config)
+    if args.dry_run:
+        config = replace(config, dry_run=True)
+    return config
+
+
+def _dispatch(args: argparse.Namespace, seams: Any) -> int:
+    command = args.command
+    if command == "emulator":
+        from drainer.emulator.server import serve_forever  # noqa: PLC0415
+
+        return serve_forever(args.host, args.port, args.vm or ["web-0"])
+    if command == "demo":
+        from drainer.demo import run_demo  # noqa: PLC0415
+
+        return run_demo()
+    config = _load_config(args)
+    if command == "config":
+        return _config_command(args.action, config)
+    from drainer import log as logmod  # noqa: PLC0415
+
+    logmod.configure(config.logging, level="debug" if args.verbose else None)
+    logger = logmod.get_logger()
+    if command == "check":
+        from drainer.runner import run_once  # noqa: PLC0415
+
+        try:
+            result = run_once(config, logger, seams)
+        except DrainerError as exc:
+            logger.error("check failed; nothing was changed", error=str(exc), error_type=type(exc).__name__)
+            raise
+        return result.exit_code
+    from drainer import report  # noqa: PLC0415
+
+    if command == "status":
+        return report.status(config, as_json=args.json)
+    if command == "history":
+        return report.history(config, as_json=args.json, event_id=args.event, limit=args.limit)
+    raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
+
+
+def _config_command(action: str, config: Config) -> int:
+    if action == "check":
+        print(f"drainer: configuration OK ({config.source})")
+        return EXIT_OK
+    print(json.dumps(_config_json(config), indent=2))
+    return EXIT_OK
+
+
+def _config_json(config: Config) -> dict[str, Any]:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    data = asdict(config)
+    data["policy"]["actions"] = dict(config.policy.actions)
+    return data
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Configuration: a frozen, typed object loaded from TOML and validated up front.
+
+Unknown keys, wrong types and out-of-range values are rejected with the file, the key and the reason.
+Environment overrides (for tests and containers): ``DRAINER_CONFIG`` (the file),
+``DRAINER_IMDS_ENDPOINT`` and ``DRAINER_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from drainer.errors import ConfigError
+from drainer.events import EventType
+
+DEFAULT_CONFIG_PATH = "/etc/drainer/config.toml"
+DEFAULT_STATE_DIR = "/var/lib/drainer"
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+
+ACTIONS = ("drain", "ignore")
+DRAIN_METHODS = ("log",)
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImdsConfig:
+    endpoint: str = DEFAULT_IMDS_ENDPOINT
+    api_version: str = "2020-07-01"
+    instance_api_version: str = "2021-02-01"
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    # Total time one run may spend on one IMDS call, retries and Retry-After waits included.
+    deadline: float = 30.0
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # EventType value -> "drain" | "ignore"
+    actions: Mapping[str, str] = field(default_factory=lambda: {t.value: "drain" for t in EventType})
+    # A Freeze shorter than this (in seconds, known duration) is not worth leaving rotation for.
+    freeze_min_duration_seconds: int = 30
+    # 0: act as soon as the event is seen; N > 0: act when NotBefore is at most N seconds away.
+    lead_time_seconds: int = 0
+    # Cleared events are kept this long for `status`, `history` and reappearance detection.
+    retention_days: int = 30
+
+    def action_for(self, event_type: EventType) -> str:
+        return self.actions.get(event_type.value, "drain")
+
+
+@dataclass(frozen=True)
+class DrainConfig:
+    method: str = "log"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "auto"
+    level: str = "info"
+    syslog: bool = False
+    syslog_address: str = "/dev/log"
+    eventlog: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<defaults>"
+    vm_name: str = ""
+    state_dir: str = DEFAULT_STATE_DIR
+    dry_run: bool = False
+    imds: ImdsConfig = field(default_factory=ImdsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    drain: DrainConfig = field(default_factory=DrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+class _Section:
+    """Reads typed keys out of one TOML table and remembers which were used."""
+
+    def __init__(self, path: str, name: str, raw: object) -> None:
+        self.path = path
+        self.name = name
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path, name, "must be a table")
+        self.raw: dict[str, Any] = raw
+        self.used: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self.used.add(key)
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                self.path, self.key(key), f"must be a {kind.__name__}, not {type(value).__name__}"
+            )
+        return value
+
+    def number(self, key: str, kind: type[T], default: T, *, low: float, high: float) -> T:
+        value = self.get(key, kind, default)
+        if not low <= value <= high:  # type: ignore[operator]
+            raise ConfigError(self.path, self.key(key), f"must be between {low:g} and {high:g}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in choices:
+            raise ConfigError(self.path, self.key(key), f"must be one of {', '.join(choices)}")
+        return value
+
+    def done(self, *, subtables: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.raw) - self.used - set(subtables))
+        if unknown:
+            raise ConfigError(self.path, self.key(unknown[0]), "unknown key")
+
+
+def _check_endpoint(path: str, key: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, key, f"must be an http(s) URL, not {url!r}")
+    return url.rstrip("/")
+
+
+def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
+    """Build a Config from a decoded TOML mapping. Raises ConfigError naming the key and reason."""
+    top = _Section(path, "", dict(raw))
+    imds_s = _Section(path, "imds", raw.get("imds"))
+    imds = ImdsConfig(
+        endpoint=_check_endpoint(path, "imds.endpoint", imds_s.get("endpoint", str, DEFAULT_IMDS_ENDPOINT)),
+        api_version=imds_s.get("api_version", str, "2020-07-01"),
+        instance_api_version=imds_s.get("instance_api_version", str, "2021-02-01"),
+        connect_timeout=imds_s.number("connect_timeout", float, 2.0, low=0.1, high=60),
+        read_timeout=imds_s.number("read_timeout", float, 5.0, low=0.1, high=300),
+        deadline=imds_s.number("deadline", float, 30.0, low=0.1, high=3600),
+        max_body_bytes=imds_s.number("max_body_bytes", int, 1_048_576, low=1024, high=1 << 30),
+    )
+    imds_s.done()
+    if imds.deadline < imds.connect_timeout:
+        raise ConfigError(path, "imds.deadline", "must be at least imds.connect_timeout")
+
+    policy_s = _Section(path, "policy", raw.get("policy"))
+    actions_s = _Section(path, "policy.actions", policy_s.raw.get("actions"))
+    actions = {t.value: actions_s.choice(t.value, ACTIONS, "drain") for t in EventType}
+    actions_s.done()
+    policy = PolicyConfig(
+        actions=actions,
+        freeze_min_duration_seconds=policy_s.number(
+            "freeze_min_duration_seconds", int, 30, low=0, high=86400
+        ),
+        lead_time_seconds=policy_s.number("lead_time_seconds", int, 0, low=0, high=7 * 86400),
+        retention_days=policy_s.number("retention_days", int, 30, low=1, high=3650),
+    )
+    policy_s.done(subtables=("actions",))
+
+    drain_s = _Section(path, "drain", raw.get("drain"))
+    drain = DrainConfig(method=drain_s.choice("method", DRAIN_METHODS, "log"))
+    drain_s.done()
+
+    log_s = _Section(path, "logging", raw.get("logging"))
+    logging_cfg = LoggingConfig(
+        format=log_s.choice("format", LOG_FORMATS, "auto"),
+        level=log_s.choice("level", LOG_LEVELS, "info"),
+        syslog=log_s.get("syslog", bool, False),
+        syslog_address=log_s.get("syslog_address", str, "/dev/log"),
+        eventlog=log_s.get("eventlog", bool, False),
+    )
+    log_s.done()
+    if logging_cfg.eventlog and sys.platform != "win32":
+        raise ConfigError(path, "logging.eventlog", "the Windows Event Log exists only on Windows")
+
+    vm_s = _Section(path, "vm", raw.get("vm"))
+    vm_name = vm_s.get("name", str, "")
+    vm_s.done()
+
+    state_dir = top.get("state_dir", str, DEFAULT_STATE_DIR)
+    if not state_dir:
+        raise ConfigError(path, "state_dir", "must not be empty")
+    config = Config(
+        source=path,
+        vm_name=vm_name,
+        state_dir=state_dir,
+        dry_run=top.get("dry_run", bool, False),
+        imds=imds,
+        policy=policy,
+        drain=drain,
+        logging=logging_cfg,
+    )
+    top.done(subtables=("imds", "policy", "drain", "logging", "vm"))
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: PLC0415  (only when a file exists: keeps the idle run light)
+    else:  # pragma: no cover
+        import tomli as tomllib  # noqa: PLC0415
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from exc
+
+
+def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration: ``explicit_path``, else ``$DRAINER_CONFIG``, else the default file.
+
+    A missing default file means built-in defaults; a missing named file is an error.
+    Raises ConfigError.
+    """
+    env = os.environ if environ is None else environ
+    named = explicit_path or env.get("DRAINER_CONFIG") or None
+    path = Path(named or DEFAULT_CONFIG_PATH)
+    if named is None and not path.exists():
+        config = from_mapping({}, "<defaults>")
+    else:
+        if not path.is_file():
+            raise ConfigError(str(path), "", "no such file")
+        config = from_mapping(_read_toml(path), str(path))
+    endpoint = env.get("DRAINER_IMDS_ENDPOINT")
+    if endpoint:
+        url = _check_endpoint("$DRAINER_IMDS_ENDPOINT", "", endpoint)
+        config = replace(config, imds=replace(config.imds, endpoint=url))
+    state_dir = env.get("DRAINER_STATE_DIR")
+    if state_dir:
+        config = replace(config, state_dir=state_dir)
+    return config

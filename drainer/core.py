@@ -1,0 +1,370 @@
+"""The decision core: a pure function from (state, observation, now, policy) to (state, actions).
+
+No clock, IO or globals in here: the caller passes ``now`` and the observed document, persists the new
+state, carries out the actions and reports their outcome back through ``record_outcome``. Everything
+about *when* a VM leaves or rejoins rotation is decided in this module, so it can be tested as a table.
+
+Event states (``EventState``):
+- ``other-vm``: the event does not list this VM; recorded, never acted on.
+- ``ignored``:  it lists this VM but the policy says it is not worth a drain (e.g. a 5 s Freeze).
+- ``pending``:  it will be acted on when NotBefore is within the configured lead time.
+- ``active``:   it holds this VM out of rotation.
+- ``cleared``:  it disappeared from IMDS (completed or cancelled).
+
+VM drain states (``DrainState``): ``in_rotation`` → ``draining`` → ``drained`` → ``restoring`` →
+``in_rotation``. ``draining`` and ``restoring`` are the intents, persisted before the action runs, so a
+run that dies mid-way is completed by the next one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from drainer.config import PolicyConfig
+from drainer.events import EventsDocument, EventStatus, EventType, ScheduledEvent
+
+
+class EventState(str, enum.Enum):
+    OTHER_VM = "other-vm"
+    IGNORED = "ignored"
+    PENDING = "pending"
+    ACTIVE = "active"
+    CLEARED = "cleared"
+
+
+class DrainState(str, enum.Enum):
+    IN_ROTATION = "in_rotation"
+    DRAINING = "draining"
+    DRAINED = "drained"
+    RESTORING = "restoring"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event: ScheduledEvent  # as last observed
+    state: EventState
+    reason: str
+    first_seen: datetime
+    last_seen: datetime
+    updated_at: datetime  # when ``state`` or the event's status last changed
+    started_at: datetime | None = None  # first seen with EventStatus Started
+    cleared_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VmState:
+    drain_state: DrainState = DrainState.IN_ROTATION
+    since: datetime | None = None
+    # Keys of the events that hold the VM out of rotation (empty when in rotation).
+    held_by: tuple[str, ...] = ()
+    attempts: int = 0  # failed attempts of the current drain or restore
+    last_error: str = ""
+
+    @property
+    def in_rotation(self) -> bool:
+        return self.drain_state is DrainState.IN_ROTATION
+
+
+@dataclass(frozen=True)
+class State:
+    events: Mapping[str, EventRecord] = field(default_factory=dict)
+    vm: VmState = field(default_factory=VmState)
+    incarnation: int | None = None
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    document: EventsDocument
+    vm_name: str
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One line of history: an event or the VM moving from one state to another, or an agent note."""
+
+    subject: str  # "event" | "vm" | "agent"
+    from_state: str
+    to_state: str
+    reason: str
+    event_id: str = ""
+    event_type: str = ""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Take this VM out of rotation. ``event_ids``: the events it is for (first one leads)."""
+
+    event_ids: tuple[str, ...]
+    event_types: tuple[str, ...]
+    reason: str
+
+    name = "drain"
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Put this VM back exactly as it was."""
+
+    reason: str
+
+    name = "restore"
+
+
+Action = Drain | Restore
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    actions: tuple[Action, ...] = ()
+    transitions: tuple[Transition, ...] = ()
+
+
+def classify(
+    event: ScheduledEvent,
+    vm_name: str,
+    previous: EventState | None,
+    now: datetime,
+    policy: PolicyConfig,
+) -> tuple[EventState, str]:
+    """What an observed event means for this VM, and why."""
+    if not event.concerns(vm_name):
+        return EventState.OTHER_VM, f"does not list {vm_name}"
+    if previous is EventState.ACTIVE:
+        # Sticky: once out for an event, stay out until it clears (a moved NotBefore must not make
+        # the VM flap in and out of rotation).
+        return EventState.ACTIVE, f"{event.status.value}, still holding the VM out"
+    if policy.action_for(event.event_type) == "ignore":
+        return EventState.IGNORED, f"policy ignores {event.event_type.value}"
+    if (
+        event.event_type is EventType.FREEZE
+        and event.duration_seconds is not None
+        and event.duration_seconds < policy.freeze_min_duration_seconds
+    ):
+        return (
+            EventState.IGNORED,
+            f"Freeze of {event.duration_seconds}s is shorter than {policy.freeze_min_duration_seconds}s",
+        )
+    if event.status is EventStatus.STARTED:
+        if previous is None or previous is EventState.CLEARED:
+            return EventState.ACTIVE, "Started without notice (e.g. hardware failure): act at once"
+        return EventState.ACTIVE, "Started"
+    if (
+        policy.lead_time_seconds > 0
+        and event.not_before is not None
+        and event.not_before - now > timedelta(seconds=policy.lead_time_seconds)
+    ):
+        return EventState.PENDING, f"NotBefore is more than {policy.lead_time_seconds}s away"
+    return EventState.ACTIVE, "Scheduled"
+
+
+def _observe_events(
+    state: State, obs: Observation, now: datetime, policy: PolicyConfig
+) -> tuple[dict[str, EventRecord], list[Transition]]:
+    records: dict[str, EventRecord] = dict(state.events)
+    transitions: list[Transition] = []
+    seen: set[str] = set()
+    for event in obs.document.events:
+        key = event.key
+        if key in seen:  # a duplicate id within one document: the first entry wins
+            continue
+        seen.add(key)
+        old = records.get(key)
+        previous = old.state if old else None
+        new_state, reason = classify(event, obs.vm_name, previous, now, policy)
+        if old is None:
+            record = EventRecord(
+                event=event,
+                state=new_state,
+                reason=reason,
+                first_seen=now,
+                last_seen=now,
+                updated_at=now,
+                started_at=now if event.status is EventStatus.STARTED else None,
+            )
+            transitions.append(_event_transition(event, "new", new_state.value, reason))
+        else:
+            changed = new_state is not old.state or event.status is not old.event.status
+            started_at = old.started_at
+            if event.status is EventStatus.STARTED and (
+                started_at is None or old.state is EventState.CLEARED
+            ):
+                started_at = now
+            record = replace(
+                old,
+                event=event,
+                state=new_state,
+                reason=reason if changed else old.reason,
+                last_seen=now,
+                updated_at=now if changed else old.updated_at,
+                started_at=started_at,
+                cleared_at=None,
+            )
+            if old.state is EventState.CLEARED:
+                reason = f"reappeared: {reason}"
+                record = replace(record, reason=reason, first_seen=now)
+            if changed:
+                transitions.append(
+                    _event_transition(
+                        event,
+                        _event_label(old.state, old.event.status),
+                        _event_label(new_state, event.status),
+                        reason,
+                    )
+                )
+        records[key] = record
+    for key, old in state.events.items():
+        if key in seen or old.state is EventState.CLEARED:
+            continue
+        what = "completed" if old.event.status is EventStatus.STARTED else "cancelled"
+        reason = f"no longer listed ({what})"
+        records[key] = replace(old, state=EventState.CLEARED, reason=reason, updated_at=now, cleared_at=now)
+        transitions.append(
+            _event_transition(old.event, _event_label(old.state, old.event.status), "cleared", reason)
+        )
+    # Forget long-cleared events so the database stays small.
+    horizon = now - timedelta(days=policy.retention_days)
+    for key in [
+        k
+        for k, r in records.items()
+        if r.state is EventState.CLEARED and r.cleared_at is not None and r.cleared_at < horizon
+    ]:
+        del records[key]
+    return records, transitions
+
+
+def _event_label(state: EventState, status: EventStatus) -> str:
+    if state is EventState.CLEARED:
+        return "cleared"
+    return f"{state.value}/{status.value}"
+
+
+def _event_transition(event: ScheduledEvent, from_state: str, to_state: str, reason: str) -> Transition:
+    return Transition(
+        subject="event",
+        event_id=event.event_id,
+        event_type=event.event_type.value,
+        from_state=from_state,
+        to_state=to_state,
+        reason=reason,
+    )
+
+
+def _vm_transition(old: DrainState, new: DrainState, reason: str) -> Transition:
+    return Transition(subject="vm", from_state=old.value, to_state=new.value, reason=reason)
+
+
+def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) -> Decision:
+    """Fold one observed document into the state and decide what to do."""
+    transitions: list[Transition] = []
+    if state.incarnation is not None and obs.document.incarnation < state.incarnation:
+        transitions.append(
+            Transition(
+                subject="agent",
+                from_state=f"incarnation {state.incarnation}",
+                to_state=f"incarnation {obs.document.incarnation}",
+                reason="DocumentIncarnation went backwards: the service was re-enabled",
+            )
+        )
+    rebooted = state.boot_id is not None and obs.boot_id is not None and obs.boot_id != state.boot_id
+    if rebooted:
+        transitions.append(
+            Transition(
+                subject="agent",
+                from_state=f"boot {state.boot_id}",
+                to_state=f"boot {obs.boot_id}",
+                reason="the VM rebooted since the last run",
+            )
+        )
+    records, event_transitions = _observe_events(state, obs, now, policy)
+    transitions.extend(event_transitions)
+
+    active = sorted(
+        (r for r in records.values() if r.state is EventState.ACTIVE),
+        key=lambda r: (r.first_seen, r.event.event_id),
+    )
+    vm = state.vm
+    actions: list[Action] = []
+    current = vm.drain_state
+    if active:
+        held_by = tuple(r.event.key for r in active)
+        ids = tuple(r.event.event_id for r in active)
+        types = tuple(r.event.event_type.value for r in active)
+        if current is DrainState.DRAINED and rebooted:
+            # Local effects of a drain (stopped listeners, hooks) do not survive a reboot: redo it.
+            vm = _move(
+                vm,
+                to=DrainState.DRAINING,
+                now=now,
+                held_by=held_by,
+                transitions=transitions,
+                reason="re-drain after reboot",
+            )
+            actions.append(Drain(ids, types, "re-drain after reboot"))
+        elif current is DrainState.DRAINED:
+            vm = replace(vm, held_by=held_by)
+        else:
+            reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+            if current is not DrainState.DRAINING:
+                vm = _move(
+                    vm,
+                    to=DrainState.DRAINING,
+                    now=now,
+                    held_by=held_by,
+                    transitions=transitions,
+                    reason=reason,
+                )
+            else:
+                vm = replace(vm, held_by=held_by)
+            actions.append(Drain(ids, types, reason))
+    elif current is not DrainState.IN_ROTATION:
+        reason = "no event holds this VM any more"
+        if current is not DrainState.RESTORING:
+            vm = _move(
+                vm, to=DrainState.RESTORING, now=now, held_by=(), transitions=transitions, reason=reason
+            )
+        actions.append(Restore(reason))
+
+    new_state = State(
+        events=records,
+        vm=vm,
+        incarnation=obs.document.incarnation,
+        boot_id=obs.boot_id if obs.boot_id is not None else state.boot_id,
+    )
+    return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions))
+
+
+def _move(
+    vm: VmState,
+    *,
+    to: DrainState,
+    now: datetime,
+    held_by: tuple[str, ...],
+    transitions: list[Transition],
+    reason: str,
+) -> VmState:
+    transitions.append(_vm_transition(vm.drain_state, to, reason))
+    return VmState(drain_state=to, since=now, held_by=held_by, attempts=0, last_error="")
+
+
+def record_outcome(state: State, action: Action, error: str | None, now: datetime) -> Decision:
+    """Fold the outcome of an action into the state. ``error`` is None on success."""
+    vm = state.vm
+    expected = DrainState.DRAINING if isinstance(action, Drain) else DrainState.RESTORING
+    if vm.drain_state is not expected:
+        return Decision(state=state)  # the intent changed meanwhile; nothing to record
+    if error is not None:
+        vm = replace(vm, attempts=vm.attempts + 1, last_error=error)
+        return Decision(state=replace(state, vm=vm))
+    transitions: list[Transition] = []
+    done = DrainState.DRAINED if isinstance(action, Drain) else DrainState.IN_ROTATION
+    held_by = vm.held_by if isinstance(action, Drain) else ()
+    vm = _move(
+        vm, to=done, now=now, held_by=held_by, transitions=transitions, reason=f"{action.name} succeeded"
+    )
+    return Decision(state=replace(state, vm=vm), transitions=tuple(transitions))

@@ -1,0 +1,70 @@
+"""A small client for the emulator's control API, used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+CONTROL = "/_emulator"
+
+
+class EmulatorControl:
+    """Scripts a running emulator over HTTP. Raises RuntimeError when a control call fails."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/") + CONTROL
+
+    def _call(self, method: str, route: str, body: Any = None, raw: bytes | None = None) -> Any:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        # S310: the URL is the emulator's own http base, never a file: or custom scheme.
+        request = urllib.request.Request(f"{self.base}/{route}", data=data, method=method)  # noqa: S310
+        # The control API is on loopback by construction; never route it through a proxy.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=10) as response:
+                text = response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(
+                f"emulator control {method} {route}: HTTP {exc.code} {exc.read()[:200]!r}"
+            ) from exc
+        return json.loads(text) if text else None
+
+    def schedule(self, event_type: str, resources: list[str], **fields: Any) -> str:
+        event = self._call("POST", "events", {"type": event_type, "resources": resources, **fields})
+        return str(event["EventId"])
+
+    def start(self, event_id: str) -> None:
+        self._call("POST", f"events/{event_id}/start")
+
+    def remove(self, event_id: str) -> None:
+        self._call("DELETE", f"events/{event_id}")
+
+    def set_document(self, body: bytes | str) -> None:
+        self._call("PUT", "document", raw=body.encode() if isinstance(body, str) else body)
+
+    def clear_document(self) -> None:
+        self._call("DELETE", "document")
+
+    def fault(self, **fields: Any) -> None:
+        self._call("POST", "faults", fields)
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+    def set_incarnation(self, value: int) -> None:
+        self._call("POST", "incarnation", {"value": value})
+
+    def add_vm(self, name: str, scale_set: str = "") -> None:
+        self._call("POST", "vms", {"name": name, "scale_set": scale_set})
+
+    def reset(self) -> None:
+        self._call("POST", "reset", {})
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "state")
+        return result
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "requests")
+        return result

@@ -1,0 +1,391 @@
+"""The emulated IMDS: scheduled events with an incarnation counter, instance metadata, tokens.
+
+Thread-safe: the HTTP server calls it from several threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+SCHEDULED_EVENTS_VERSIONS = (
+    "2017-03-01",
+    "2017-08-01",
+    "2017-11-01",
+    "2019-01-01",
+    "2019-08-01",
+    "2020-07-01",
+)
+INSTANCE_VERSIONS = (
+    "2017-03-01",
+    "2017-04-02",
+    "2017-08-01",
+    "2017-12-01",
+    "2018-02-01",
+    "2018-04-02",
+    "2018-10-01",
+    "2019-02-01",
+    "2019-03-11",
+    "2019-04-30",
+    "2019-06-01",
+    "2019-06-04",
+    "2019-08-01",
+    "2019-08-15",
+    "2019-11-01",
+    "2020-06-01",
+    "2020-07-15",
+    "2020-09-01",
+    "2020-10-01",
+    "2020-12-01",
+    "2021-01-01",
+    "2021-02-01",
+    "2021-03-01",
+    "2021-05-01",
+    "2021-10-01",
+    "2021-11-01",
+    "2021-11-15",
+    "2021-12-13",
+    "2023-07-01",
+    "2023-11-15",
+    "2024-03-15",
+    "2024-07-17",
+    "2025-04-07",
+)
+TOKEN_VERSIONS = ("2018-02-01", "2019-08-01")
+EVENT_TYPES = ("Freeze", "Reboot", "Redeploy", "Preempt", "Terminate")
+# The minimum notice Azure gives per type (documented), used when a scenario gives none.
+DEFAULT_NOTICE = {"Freeze": 900, "Reboot": 900, "Redeploy": 600, "Preempt": 30, "Terminate": 300}
+
+# Verbatim from imds_msdocs_missing_api_version_error.json.
+MISSING_API_VERSION = {
+    "error": "Bad request. api-version is invalid or was not specified in the request. "
+    "For more information refer to aka.ms/azureimds",
+    "newest-versions": ["2025-04-07", "2024-07-17", "2024-03-15"],
+}
+
+
+@dataclass
+class EmulatedEvent:
+    event_id: str
+    event_type: str
+    resources: list[str]
+    status: str = "Scheduled"
+    not_before: datetime | None = None
+    description: str = ""
+    source: str = "Platform"
+    duration: int = -1
+    resource_type: str = "VirtualMachine"
+
+    def to_json(self, api_version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "EventId": self.event_id,
+            "EventType": self.event_type,
+            "ResourceType": self.resource_type,
+            "Resources": list(self.resources),
+            "EventStatus": self.status,
+            "NotBefore": ""
+            if self.status == "Started" or self.not_before is None
+            else format_datetime(self.not_before, usegmt=True),
+            "Description": self.description,
+        }
+        # Fields arrive with api-versions: EventSource in 2019-08-01, DurationInSeconds in 2020-07-01.
+        if api_version >= "2019-08-01":
+            out["EventSource"] = self.source
+        if api_version >= "2020-07-01":
+            out["DurationInSeconds"] = self.duration
+        return out
+
+
+@dataclass
+class Fault:
+    """An injected failure for the next ``count`` requests whose path contains ``match``."""
+
+    match: str = "/metadata/"
+    status: int = 500
+    count: int = 1
+    body: str | None = None
+    delay: float = 0.0
+    retry_after: str | None = None
+    reset: bool = False  # drop the connection without answering
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VmIdentity:
+    name: str
+    index: int
+    subscription_id: str
+    resource_group: str
+    location: str
+    scale_set: str = ""
+
+    @property
+    def vm_id(self) -> str:
+        digest = hashlib.sha256(self.name.encode()).hexdigest()
+        return str(uuid.UUID(digest[:32]))
+
+    @property
+    def resource_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    @property
+    def private_ip(self) -> str:
+        return f"10.0.0.{4 + self.index}"
+
+    def instance_json(self) -> dict[str, Any]:
+        # A subset of imds_msdocs_full_instance_response_linux.json, same shapes (strings throughout).
+        mac = f"000D3A{self.index:06X}"
+        return {
+            "compute": {
+                "azEnvironment": "AZUREPUBLICCLOUD",
+                "location": self.location,
+                "name": self.name,
+                "offer": "UbuntuServer",
+                "osProfile": {
+                    "adminUsername": "azureuser",
+                    "computerName": self.name,
+                    "disablePasswordAuthentication": "true",
+                },
+                "osType": "Linux",
+                "platformFaultDomain": str(self.index % 2),
+                "platformUpdateDomain": str(self.index % 5),
+                "priority": "Regular",
+                "provider": "Microsoft.Compute",
+                "publisher": "Canonical",
+                "resourceGroupName": self.resource_group,
+                "resourceId": self.resource_id,
+                "sku": "18.04-LTS",
+                "subscriptionId": self.subscription_id,
+                "tags": "",
+                "vmId": self.vm_id,
+                "vmScaleSetName": self.scale_set,
+                "vmSize": "Standard_D2s_v3",
+                "zone": "",
+            },
+            "network": {
+                "interface": [
+                    {
+                        "ipv4": {
+                            "ipAddress": [{"privateIpAddress": self.private_ip, "publicIpAddress": ""}],
+                            "subnet": [{"address": "10.0.0.0", "prefix": "24"}],
+                        },
+                        "ipv6": {"ipAddress": []},
+                        "macAddress": mac,
+                    }
+                ]
+            },
+        }
+
+
+class ImdsModel:
+    """The emulated IMDS state; every public method takes the lock."""
+
+    def __init__(
+        self,
+        vms: list[str],
+        *,
+        subscription_id: str = "8d10da13-8125-4ba9-a717-bf7490507b3d",
+        resource_group: str = "rg-drainer",
+        location: str = "westeurope",
+    ) -> None:
+        self.lock = threading.RLock()
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.location = location
+        self.vms: dict[str, VmIdentity] = {}
+        for name in vms:
+            self.add_vm(name)
+        self.incarnation = 1
+        self.events: dict[str, EmulatedEvent] = {}
+        self.raw_document: str | None = None
+        self.faults: list[Fault] = []
+        self.approvals: list[dict[str, Any]] = []
+        self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
+        self.tokens_issued = 0
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def add_vm(self, name: str, scale_set: str = "") -> VmIdentity:
+        with self.lock:
+            vm = VmIdentity(
+                name, len(self.vms), self.subscription_id, self.resource_group, self.location, scale_set
+            )
+            self.vms[name.casefold()] = vm
+            return vm
+
+    def default_vm(self) -> VmIdentity:
+        with self.lock:
+            return next(iter(self.vms.values()))
+
+    def vm(self, name: str | None) -> VmIdentity | None:
+        with self.lock:
+            if name is None:
+                return self.default_vm()
+            return self.vms.get(name.casefold())
+
+    def _bump(self) -> None:
+        self.incarnation += 1
+
+    def schedule(
+        self,
+        event_type: str,
+        resources: list[str],
+        *,
+        event_id: str | None = None,
+        status: str = "Scheduled",
+        not_before_in: float | None = None,
+        duration: int = -1,
+        description: str = "",
+        source: str = "Platform",
+    ) -> EmulatedEvent:
+        """Add an event (or update one with the same id). Raises ValueError on bad input."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+        if status not in ("Scheduled", "Started"):
+            raise ValueError(f"unknown status {status!r}")
+        notice = DEFAULT_NOTICE[event_type] if not_before_in is None else not_before_in
+        with self.lock:
+            event = EmulatedEvent(
+                event_id=event_id or str(uuid.uuid4()).upper(),
+                event_type=event_type,
+                resources=list(resources),
+                status=status,
+                not_before=datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=notice),
+                description=description or _DESCRIPTIONS.get(event_type, ""),
+                source=source,
+                duration=duration,
+            )
+            self.events[event.event_id.casefold()] = event
+            self._bump()
+            return event
+
+    def start(self, event_id: str) -> bool:
+        with self.lock:
+            event = self.events.get(event_id.casefold())
+            if event is None:
+                return False
+            if event.status != "Started":
+                event.status = "Started"
+                self._bump()
+            return True
+
+    def remove(self, event_id: str) -> bool:
+        """Complete or cancel: the event disappears, as Azure does it."""
+        with self.lock:
+            if self.events.pop(event_id.casefold(), None) is None:
+                return False
+            self._bump()
+            return True
+
+    def reset(self, incarnation: int = 1) -> None:
+        with self.lock:
+            self.events.clear()
+            self.raw_document = None
+            self.faults.clear()
+            self.approvals.clear()
+            self.requests.clear()
+            self.incarnation = incarnation
+
+    def set_incarnation(self, value: int) -> None:
+        """Simulate the service being re-enabled: its counter restarts."""
+        with self.lock:
+            self.incarnation = value
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        # Azure starts a Scheduled event on its own once NotBefore has passed.
+        now = datetime.now(timezone.utc)
+        changed = False
+        for event in self.events.values():
+            if event.status == "Scheduled" and event.not_before and event.not_before <= now:
+                event.status = "Started"
+                changed = True
+        if changed:
+            self._bump()
+
+    def document(self, api_version: str) -> str:
+        with self.lock:
+            if self.raw_document is not None:
+                return self.raw_document
+            self._advance()
+            return json.dumps(
+                {
+                    "DocumentIncarnation": self.incarnation,
+                    "Events": [e.to_json(api_version) for e in self.events.values()],
+                }
+            )
+
+    def approve(self, body: bytes, vm: str) -> tuple[int, dict[str, Any]]:
+        """POST StartRequests. Returns (status, body)."""
+        try:
+            decoded = json.loads(body)
+            requests_list = decoded["StartRequests"]
+            ids = [str(item["EventId"]) for item in requests_list]
+        except (ValueError, KeyError, TypeError):
+            return 400, {"error": "Bad request"}
+        if not isinstance(requests_list, list) or not ids:
+            return 400, {"error": "Bad request"}
+        with self.lock:
+            for event_id in ids:
+                self.approvals.append({"event_id": event_id, "vm": vm, "at": time.time()})
+                # An approval starts the event for every VM it lists, not only the caller.
+                self.start(event_id)
+        return 200, {}
+
+    def token(self, resource: str, client_id: str | None) -> dict[str, Any]:
+        now = int(time.time())
+        with self.lock:
+            self.tokens_issued += 1
+        return {
+            "access_token": "emulator." + secrets.token_urlsafe(24),
+            "client_id": client_id or "be5947ed-3560-4afe-9504-59967a63f810",
+            "expires_in": "3599",
+            "expires_on": str(now + 3599),
+            "ext_expires_in": "3599",
+            "not_before": str(now),
+            "resource": resource,
+            "token_type": "Bearer",
+        }
+
+    def take_fault(self, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.match in path and fault.count > 0:
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.faults.remove(fault)
+                    return fault
+            return None
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "incarnation": self.incarnation,
+                "events": [e.to_json("2020-07-01") for e in self.events.values()],
+                "approvals": list(self.approvals),
+                "vms": [vm.name for vm in self.vms.values()],
+                "faults": len(self.faults),
+                "tokens_issued": self.tokens_issued,
+            }
+
+
+_DESCRIPTIONS = {
+    "Freeze": "Virtual machine is being paused because of a memory-preserving Live Migration operation.",
+    "Reboot": "Virtual machine is going to be restarted as requested by authorized user.",
+    "Redeploy": "Virtual machine is going to be redeployed to another host.",
+    "Preempt": "Virtual machine is going to be evicted (Spot).",
+    "Terminate": "Virtual machine is going to be deleted.",
+}

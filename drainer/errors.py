@@ -1,0 +1,76 @@
+"""The error types drainer raises. Every expected failure is a ``DrainerError``.
+
+The CLI prints ``str(error)`` for these and exits with ``error.exit_code``; anything else is a bug and
+gets a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ACTION_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+
+class DrainerError(Exception):
+    """Base of every expected failure."""
+
+    exit_code = EXIT_ACTION_FAILED
+
+
+class ConfigError(DrainerError):
+    """The configuration is invalid: names the file, the key and the reason."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        self.path = path
+        self.key = key
+        self.reason = reason
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {reason}")
+
+
+class ImdsError(DrainerError):
+    """IMDS could not be used for this run."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        suffix = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{message}: {url}{suffix}")
+
+
+class ImdsUnavailableError(ImdsError):
+    """IMDS did not answer usefully before the deadline (connection errors, timeouts, retryable codes)."""
+
+
+class ImdsHttpError(ImdsError):
+    """IMDS answered with a status that retrying will not fix (400, 403, 405...)."""
+
+    def __init__(self, message: str, *, url: str, status: int, body: str) -> None:
+        self.body = body
+        super().__init__(f"{message}: {body}" if body else message, url=url, status=status)
+
+
+class MalformedDocumentError(ImdsError):
+    """IMDS answered 200 with a body that is not a valid document; the run changes nothing."""
+
+
+class StateError(DrainerError):
+    """The state database cannot be opened or is not ours."""
+
+
+class LockedError(DrainerError):
+    """Another drainer run holds the lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class ActionError(DrainerError):
+    """An action (drain, restore) failed; it is retried on the next run."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{action} failed: {reason}")

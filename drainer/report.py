@@ -1,0 +1,141 @@
+"""``drainer status`` and ``drainer history``: what the state database says, for people and scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from drainer.config import Config
+from drainer.core import EventRecord, EventState, State
+from drainer.errors import EXIT_OK
+from drainer.events import format_iso
+from drainer.state import DB_NAME, HistoryEntry, StateStore
+
+
+def _open(config: Config) -> StateStore | None:
+    if not (Path(config.state_dir) / DB_NAME).exists():
+        return None
+    return StateStore(config.state_dir)
+
+
+def _event_json(record: EventRecord, vm_name: str) -> dict[str, Any]:
+    e = record.event
+    return {
+        "event_id": e.event_id,
+        "event_type": e.event_type.value,
+        "event_status": e.status.value,
+        "state": record.state.value,
+        "reason": record.reason,
+        "concerns_vm": e.concerns(vm_name) if vm_name else None,
+        "not_before": format_iso(e.not_before) or None,
+        "duration_seconds": e.duration_seconds,
+        "resources": list(e.resources),
+        "source": e.source,
+        "description": e.description,
+        "first_seen": format_iso(record.first_seen),
+        "last_seen": format_iso(record.last_seen),
+        "started_at": format_iso(record.started_at) or None,
+        "cleared_at": format_iso(record.cleared_at) or None,
+    }
+
+
+def status_json(state: State, vm_info: dict[str, Any], last_check: str | None) -> dict[str, Any]:
+    vm = state.vm
+    name = str(vm_info.get("name", ""))
+    ordered = sorted(
+        state.events.values(),
+        key=lambda r: (r.state is EventState.CLEARED, -r.last_seen.timestamp()),
+    )
+    return {
+        "vm": {
+            **vm_info,
+            "name": name or None,
+            "in_rotation": vm.in_rotation,
+            "drain_state": vm.drain_state.value,
+            "since": format_iso(vm.since) or None,
+            "held_by": [state.events[k].event.event_id for k in vm.held_by if k in state.events],
+            "attempts": vm.attempts,
+            "last_error": vm.last_error or None,
+        },
+        "last_check": last_check,
+        "incarnation": state.incarnation,
+        "events": [_event_json(r, name) for r in ordered],
+    }
+
+
+def status(config: Config, *, as_json: bool) -> int:
+    store = _open(config)
+    if store is None:
+        data = status_json(State(), {}, None)
+    else:
+        try:
+            vm_raw = store.meta("vm")
+            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, store.meta("last_check"))
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    vm = data["vm"]
+    rotation = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
+    print(
+        f"VM {vm['name'] or '(not yet identified)'}: {rotation} ({vm['drain_state']}"
+        + (f" since {vm['since']}" if vm["since"] else "")
+        + ")"
+    )
+    if vm["held_by"]:
+        print(f"  held out by: {', '.join(vm['held_by'])}")
+    if vm["last_error"]:
+        print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
+    print(f"  last check: {data['last_check'] or 'never'}")
+    if not data["events"]:
+        print("No scheduled events seen.")
+    for e in data["events"]:
+        when = f" NotBefore {e['not_before']}" if e["not_before"] else ""
+        print(
+            f"  {e['event_id']}  {e['event_type']:<9} {e['event_status']:<9} "
+            f"{e['state']:<8}{when}  [{', '.join(e['resources'])}]  {e['reason']}"
+        )
+    return EXIT_OK
+
+
+def _history_json(entry: HistoryEntry) -> dict[str, Any]:
+    t = entry.transition
+    return {
+        "seq": entry.seq,
+        "at": format_iso(entry.at),
+        "subject": t.subject,
+        "event_id": t.event_id or None,
+        "event_type": t.event_type or None,
+        "from_state": t.from_state,
+        "to_state": t.to_state,
+        "reason": t.reason,
+    }
+
+
+def history(config: Config, *, as_json: bool, event_id: str | None, limit: int) -> int:
+    store = _open(config)
+    entries: list[HistoryEntry] = []
+    if store is not None:
+        try:
+            entries = store.history(event_id=event_id, limit=max(1, limit))
+        finally:
+            store.close()
+    if as_json:
+        print(json.dumps([_history_json(e) for e in entries], indent=2))
+        return EXIT_OK
+    if not entries:
+        print("No history yet.")
+    for line in format_history(entries):
+        print(line)
+    return EXIT_OK
+
+
+def format_history(entries: list[HistoryEntry]) -> list[str]:
+    lines = []
+    for entry in entries:
+        t = entry.transition
+        what = t.subject if not t.event_id else f"{t.event_type} {t.event_id}"
+        lines.append(f"{format_iso(entry.at)}  {what:<24} {t.from_state} -> {t.to_state}  ({t.reason})")
+    return lines

@@ -1,0 +1,191 @@
+"""One run of the agent: observe IMDS, decide, persist, act, record. Shared by ``check`` and the
+daemon.
+
+Order of a run (each step is a crash point; see ``Seams.checkpoint``):
+lock → load state → identify VM → GET scheduled events → decide → save (intents first) → for each
+action: act → save outcome. A run killed anywhere leaves a state the next run completes: intents
+(``draining``/``restoring``) are persisted before the action, outcomes after it, and every action is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from drainer.actions import ActionContext, Actuator, make_actuator
+from drainer.config import Config
+from drainer.core import Decision, Drain, Observation, State, Transition, record_outcome, step
+from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, MalformedDocumentError
+from drainer.imds import ImdsClient, InstanceInfo
+from drainer.lock import RunLock
+from drainer.state import StateStore
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _no_checkpoint(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Seams:
+    """What a test may replace: the clock, the boot id source and a crash-injection checkpoint.
+
+    Production code uses the defaults; ``checkpoint`` is called with a step name at every step
+    boundary so tests can kill the process there.
+    """
+
+    now: Callable[[], datetime] = _utcnow
+    boot_id_path: str = BOOT_ID_PATH
+    checkpoint: Callable[[str], None] = _no_checkpoint
+    actuator: Actuator | None = None
+
+
+@dataclass
+class RunResult:
+    exit_code: int = EXIT_OK
+    transitions: list[Transition] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def read_boot_id(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None  # not Linux, or no procfs: reboots are then not detected
+
+
+def resolve_vm(config: Config, store: StateStore, imds: ImdsClient) -> InstanceInfo:
+    """This VM's identity: the cache in state, else instance metadata (then cached).
+
+    ``vm.name`` in the config overrides the name. Raises ImdsError, MalformedDocumentError.
+    """
+    cached = store.meta("vm")
+    info: InstanceInfo | None = None
+    if cached:
+        try:
+            info = InstanceInfo.from_json(json.loads(cached), source=str(store.path))
+        except (ValueError, MalformedDocumentError):
+            info = None
+    if info is None:
+        info = imds.instance()
+        store.set_meta({"vm": json.dumps(info.to_json())})
+    if config.vm_name and config.vm_name != info.name:
+        info = InstanceInfo(**{**info.to_json(), "name": config.vm_name})
+    return info
+
+
+def log_transitions(log: Any, transitions: list[Transition] | tuple[Transition, ...]) -> None:
+    for t in transitions:
+        fields: dict[str, Any] = {"from_state": t.from_state, "to_state": t.to_state}
+        if t.event_id:
+            fields["event_id"] = t.event_id
+            fields["event_type"] = t.event_type
+        log.info(f"{t.subject} transition", reason=t.reason, **fields)
+
+
+def run_once(config: Config, log: Any, seams: Seams | None = None) -> RunResult:
+    """One complete run. Raises DrainerError subclasses for failures that stop the run early."""
+    seams = seams or Seams()
+    result = RunResult()
+    with RunLock(config.state_dir):
+        store = StateStore(config.state_dir)
+        imds = ImdsClient(config.imds)
+        try:
+            _run_locked(config, log=log, seams=seams, store=store, imds=imds, result=result)
+        finally:
+            imds.close()
+            store.close()
+    return result
+
+
+def _run_locked(
+    config: Config,
+    *,
+    log: Any,
+    seams: Seams,
+    store: StateStore,
+    imds: ImdsClient,
+    result: RunResult,
+) -> None:
+    state = store.load()
+    vm = resolve_vm(config, store, imds)
+    document = imds.scheduled_events()
+    for warning in document.warnings:
+        log.warning(
+            "scheduled event not taken at face value",
+            event_id=warning.event_id,
+            reason=warning.reason,
+            ignored=warning.ignored,
+        )
+    now = seams.now()
+    observation = Observation(document=document, vm_name=vm.name, boot_id=read_boot_id(seams.boot_id_path))
+    decision = step(state, observation, now, config.policy)
+    log.debug(
+        "scheduled events",
+        incarnation=document.incarnation,
+        events=len(document.events),
+        actions=[a.name for a in decision.actions],
+    )
+    seams.checkpoint("decided")
+    if not config.dry_run:
+        store.save(state, decision.state, decision.transitions, now, meta={"last_check": now.isoformat()})
+    seams.checkpoint("saved")
+    log_transitions(log, decision.transitions)
+    result.transitions.extend(decision.transitions)
+    state = decision.state
+    actuator = seams.actuator or make_actuator(config)
+    for action in decision.actions:
+        events = (
+            tuple(state.events[e.casefold()] for e in action.event_ids if e.casefold() in state.events)
+            if isinstance(action, Drain)
+            else ()
+        )
+        ctx = ActionContext(config=config, vm=vm, events=events, log=log)
+        seams.checkpoint(f"before-{action.name}")
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            if isinstance(action, Drain):
+                actuator.drain(action, ctx)
+            else:
+                actuator.restore(action, ctx)
+        except DrainerError as exc:
+            error = str(exc)
+        elapsed = round(time.monotonic() - started, 3)
+        seams.checkpoint(f"after-{action.name}")
+        outcome: Decision = record_outcome(state, action, error, seams.now())
+        if not config.dry_run:
+            store.save(state, outcome.state, outcome.transitions, seams.now())
+        seams.checkpoint(f"recorded-{action.name}")
+        state = outcome.state
+        if error is None:
+            log.info(f"{action.name} succeeded", seconds=elapsed, method=actuator.name)
+        else:
+            log.error(
+                f"{action.name} failed; retried on the next run",
+                error=error,
+                seconds=elapsed,
+                attempts=state.vm.attempts,
+                method=actuator.name,
+            )
+            result.errors.append(error)
+            result.exit_code = EXIT_ACTION_FAILED
+        log_transitions(log, outcome.transitions)
+        result.transitions.extend(outcome.transitions)
+
+
+def load_state(config: Config) -> tuple[State, StateStore]:
+    """Open the state for reading (status, history). Raises StateError."""
+    store = StateStore(config.state_dir)
+    return store.load(), store

@@ -1,0 +1,300 @@
+"""The persisted state: one SQLite database in the state directory.
+
+Tables: ``events`` (one row per EventId, updated in place as its status changes), ``vm`` (the drain
+state of this VM), ``history`` (append-only transitions) and ``meta`` (schema version, incarnation,
+boot id, cached VM identity, last successful check). Every save is one transaction, so a run killed at
+any point leaves either the old or the new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from drainer.core import DrainState, EventRecord, EventState, State, Transition, VmState
+from drainer.errors import StateError
+from drainer.events import EventStatus, EventType, ScheduledEvent
+
+SCHEMA_VERSION = 1
+DB_NAME = "state.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    key TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    event_status TEXT NOT NULL,
+    not_before TEXT,
+    duration INTEGER,
+    resources TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    description TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    started_at TEXT,
+    cleared_at TEXT
+);
+CREATE TABLE IF NOT EXISTS vm (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    drain_state TEXT NOT NULL,
+    since TEXT,
+    held_by TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    seq: int
+    at: datetime
+    transition: Transition
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _need_dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class StateStore:
+    """The SQLite state database. Raises StateError when it cannot be opened or is not ours."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / DB_NAME
+        try:
+            self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+            # WAL + FULL: a committed run survives power loss, not only a process crash.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                with self._transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path}: schema version {version} is not {SCHEMA_VERSION} "
+                    "(written by another drainer version)"
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
+        except OSError as exc:
+            raise StateError(f"{self.dir}: cannot create the state directory: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def load(self) -> State:
+        """The persisted state. Raises StateError on rows this version cannot read."""
+        try:
+            events = {row[0]: _record_from_row(row) for row in self._db.execute("SELECT * FROM events")}
+            row = self._db.execute(
+                "SELECT drain_state, since, held_by, attempts, last_error FROM vm WHERE id = 1"
+            ).fetchone()
+        except (sqlite3.Error, ValueError, KeyError) as exc:
+            raise StateError(f"{self.path}: unreadable state: {exc}") from exc
+        vm = VmState()
+        if row is not None:
+            try:
+                vm = VmState(
+                    drain_state=DrainState(row[0]),
+                    since=_dt(row[1]),
+                    held_by=tuple(json.loads(row[2])),
+                    attempts=int(row[3]),
+                    last_error=str(row[4]),
+                )
+            except (ValueError, TypeError) as exc:
+                raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
+        incarnation = self.meta("incarnation")
+        return State(
+            events=events,
+            vm=vm,
+            incarnation=None if incarnation is None else int(incarnation),
+            boot_id=self.meta("boot_id"),
+        )
+
+    def history(self, *, event_id: str | None = None, limit: int = 200) -> list[HistoryEntry]:
+        """The newest ``limit`` transitions, oldest first (optionally for one event)."""
+        query = "SELECT seq, at, subject, event_id, event_type, from_state, to_state, reason FROM "
+        query += "history"
+        params: list[Any] = []
+        if event_id:
+            query += " WHERE lower(event_id) = lower(?)"
+            params.append(event_id)
+        query += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        rows = self._db.execute(query, params).fetchall()
+        return [
+            HistoryEntry(
+                seq=r[0],
+                at=_need_dt(r[1]),
+                transition=Transition(
+                    subject=r[2],
+                    event_id=r[3],
+                    event_type=r[4],
+                    from_state=r[5],
+                    to_state=r[6],
+                    reason=r[7],
+                ),
+            )
+            for r in reversed(rows)
+        ]
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def save(
+        self,
+        old: State,
+        new: State,
+        transitions: Sequence[Transition],
+        now: datetime,
+        *,
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        """Persist ``new`` (written as a diff against ``old``) and append ``transitions``, atomically."""
+        try:
+            with self._transaction() as db:
+                for key, record in new.events.items():
+                    if old.events.get(key) != record:
+                        db.execute(
+                            "INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            _record_to_row(key, record),
+                        )
+                for key in old.events.keys() - new.events.keys():
+                    db.execute("DELETE FROM events WHERE key = ?", (key,))
+                if new.vm != old.vm:
+                    vm = new.vm
+                    db.execute(
+                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?)",
+                        (
+                            vm.drain_state.value,
+                            _ts(vm.since),
+                            json.dumps(list(vm.held_by)),
+                            vm.attempts,
+                            vm.last_error,
+                        ),
+                    )
+                values = dict(meta or {})
+                if new.incarnation is not None and new.incarnation != old.incarnation:
+                    values["incarnation"] = str(new.incarnation)
+                if new.boot_id is not None and new.boot_id != old.boot_id:
+                    values["boot_id"] = new.boot_id
+                for key, value in values.items():
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                stamp = _ts(now)
+                db.executemany(
+                    "INSERT INTO history (at, subject, event_id, event_type, from_state, to_state,"
+                    " reason) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (stamp, t.subject, t.event_id, t.event_type, t.from_state, t.to_state, t.reason)
+                        for t in transitions
+                    ],
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        """Write meta keys in one transaction. Raises StateError."""
+        try:
+            with self._transaction() as db:
+                for key, value in values.items():
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+
+def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
+    e = record.event
+    return (
+        key,
+        e.event_id,
+        e.event_type.value,
+        e.status.value,
+        _ts(e.not_before),
+        e.duration_seconds,
+        json.dumps(list(e.resources)),
+        e.resource_type,
+        e.source,
+        e.description,
+        record.state.value,
+        record.reason,
+        _ts(record.first_seen),
+        _ts(record.last_seen),
+        _ts(record.updated_at),
+        _ts(record.started_at),
+        _ts(record.cleared_at),
+    )
+
+
+def _record_from_row(row: Sequence[Any]) -> EventRecord:
+    event = ScheduledEvent(
+        event_id=row[1],
+        event_type=EventType(row[2]),
+        status=EventStatus(row[3]),
+        not_before=_dt(row[4]),
+        duration_seconds=row[5],
+        resources=tuple(json.loads(row[6])),
+        resource_type=row[7],
+        source=row[8],
+        description=row[9],
+    )
+    return EventRecord(
+        event=event,
+        state=EventState(row[10]),
+        reason=row[11],
+        first_seen=_need_dt(row[12]),
+        last_seen=_need_dt(row[13]),
+        updated_at=_need_dt(row[14]),
+        started_at=_dt(row[15]),
+        cleared_at=_dt(row[16]),
+    )

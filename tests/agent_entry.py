@@ -1,0 +1,33 @@
+"""Test-only entry point: runs the real CLI with test seams taken from the environment.
+
+TEST_CRASH_AT=<step>     os._exit(137) at that step boundary (see drainer.runner)
+TEST_BOOT_ID_FILE=<path> read the boot id from this file instead of /proc
+TEST_MODULES_OUT=<path>  write the names of every imported module there at exit
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from drainer.cli import main
+from drainer.runner import BOOT_ID_PATH, Seams
+
+CRASH_EXIT = 137
+
+
+def _checkpoint(name: str) -> None:
+    crash_at = os.environ.get("TEST_CRASH_AT")
+    if crash_at == name:
+        sys.stderr.flush()
+        os._exit(CRASH_EXIT)
+
+
+if __name__ == "__main__":
+    seams = Seams(checkpoint=_checkpoint, boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH)
+    code = main(sys.argv[1:], seams=seams)
+    modules_out = os.environ.get("TEST_MODULES_OUT")
+    if modules_out:
+        Path(modules_out).write_text("\n".join(sorted(sys.modules)), encoding="utf-8")
+    sys.exit(code)

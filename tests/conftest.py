@@ -1,0 +1,111 @@
+"""Fixtures: a live emulator on loopback and a helper that runs the real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drainer.emulator.control import EmulatorControl
+from drainer.emulator.server import RunningEmulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+EXAMPLES = SHARED / "azure-examples"
+SCENARIOS = SHARED / "scenarios" / "scenarios.json"
+ENTRY = Path(__file__).resolve().parent / "agent_entry.py"
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with RunningEmulator(["web-0", "web-1", "web-2"]) as running:
+        yield running
+
+
+@pytest.fixture
+def control(emulator: RunningEmulator) -> EmulatorControl:
+    return EmulatorControl(emulator.url)
+
+
+@dataclass
+class Agent:
+    """Runs ``drainer`` (through tests/agent_entry.py) against the emulator as VM ``vm``."""
+
+    emulator: RunningEmulator
+    tmp: Path
+    vm: str = "web-0"
+    config_text: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.tmp / "state"
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp / "config.toml"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        self.config_path.write_text(self.config_text or "[imds]\ndeadline = 3.0\nread_timeout = 1.0\n")
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(self.tmp),
+            "DRAINER_IMDS_ENDPOINT": self.emulator.vm_url(self.vm),
+            "DRAINER_STATE_DIR": str(self.state_dir),
+            "DRAINER_CONFIG": str(self.config_path),
+            "PYTHONPATH": str(ROOT),
+        }
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ENTRY), *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def check(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, "check", **env)
+
+    def status(self) -> dict[str, Any]:
+        done = self.run("status", "--json")
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def history(self) -> list[dict[str, Any]]:
+        done = self.run("history", "--json")
+        assert done.returncode == 0, done.stderr
+        result: list[dict[str, Any]] = json.loads(done.stdout)
+        return result
+
+
+@pytest.fixture
+def agent(emulator: RunningEmulator, tmp_path: Path) -> Agent:
+    return Agent(emulator=emulator, tmp=tmp_path)
+
+
+def log_records(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a run (non-JSON lines, such as the CLI's one-line error, are skipped)."""
+    records = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def load_scenarios() -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = json.loads(SCENARIOS.read_text())
+    return data

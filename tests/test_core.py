@@ -1,0 +1,235 @@
+"""The pure decision core, table-style: the shared scenarios plus the cases they do not pin down."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from drainer.config import PolicyConfig
+from drainer.core import (
+    Decision,
+    Drain,
+    DrainState,
+    EventState,
+    Observation,
+    Restore,
+    State,
+    record_outcome,
+    step,
+)
+from drainer.events import document_from_json
+from tests.conftest import load_scenarios
+
+T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
+POLICY = PolicyConfig()
+
+
+def _run(
+    state: State,
+    raw: dict[str, Any],
+    *,
+    vm: str = "web-0",
+    now: datetime = T0,
+    policy: PolicyConfig = POLICY,
+    boot_id: str | None = "boot-1",
+    fail: bool = False,
+) -> tuple[State, Decision]:
+    """One run with every action succeeding (or failing): what the runner does, minus the IO."""
+    decision = step(state, Observation(document_from_json(raw), vm, boot_id), now, policy)
+    new = decision.state
+    for action in decision.actions:
+        new = record_outcome(new, action, "boom" if fail else None, now).state
+    return new, decision
+
+
+@pytest.mark.parametrize("scenario", load_scenarios(), ids=lambda s: s["name"])
+def test_shared_scenarios(scenario: dict[str, Any]) -> None:
+    state = State()
+    now = T0
+    for number, item in enumerate(scenario["steps"]):
+        state, _ = _run(state, item["document"], vm=scenario["vm"], now=now)
+        assert state.vm.in_rotation is item["in_rotation"], (
+            f"{scenario['name']} step {number}: {scenario['why']}"
+        )
+        # Running again on the same document changes nothing and asks for nothing.
+        again, decision = _run(state, item["document"], vm=scenario["vm"], now=now)
+        assert decision.actions == ()
+        assert decision.transitions == ()
+        assert again == state
+        now += timedelta(minutes=1)
+
+
+def _event(event_id: str = "A", **fields: Any) -> dict[str, Any]:
+    event = {
+        "EventId": event_id,
+        "EventType": "Reboot",
+        "ResourceType": "VirtualMachine",
+        "Resources": ["web-0"],
+        "EventStatus": "Scheduled",
+        "NotBefore": "Tue, 24 Nov 2026 10:00:00 GMT",
+        "Description": "",
+        "EventSource": "Platform",
+        "DurationInSeconds": -1,
+    }
+    event.update(fields)
+    return event
+
+
+def _doc(incarnation: int, *events: dict[str, Any]) -> dict[str, Any]:
+    return {"DocumentIncarnation": incarnation, "Events": list(events)}
+
+
+def test_scheduled_drains_once_and_asks_for_nothing_more() -> None:
+    decision = step(State(), Observation(document_from_json(_doc(1, _event())), "web-0"), T0, POLICY)
+    assert [type(a) for a in decision.actions] == [Drain]
+    assert decision.state.vm.drain_state is DrainState.DRAINING
+    vm_moves = [(t.from_state, t.to_state) for t in decision.transitions if t.subject == "vm"]
+    assert vm_moves == [("in_rotation", "draining")]
+
+
+def test_failed_drain_is_retried_and_counts_attempts() -> None:
+    state, _ = _run(State(), _doc(1, _event()), fail=True)
+    assert state.vm.drain_state is DrainState.DRAINING
+    assert state.vm.attempts == 1
+    assert state.vm.last_error == "boom"
+    decision = step(state, Observation(document_from_json(_doc(1, _event())), "web-0"), T0, POLICY)
+    assert [type(a) for a in decision.actions] == [Drain]
+    state, _ = _run(state, _doc(1, _event()), fail=True)
+    assert state.vm.attempts == 2
+
+
+def test_failed_restore_is_retried_until_it_succeeds() -> None:
+    state, _ = _run(State(), _doc(1, _event()))
+    for attempt in range(1, 4):
+        state, decision = _run(state, _doc(2), fail=True)
+        assert [type(a) for a in decision.actions] == [Restore]
+        assert state.vm.drain_state is DrainState.RESTORING
+        assert state.vm.attempts == attempt
+    state, _ = _run(state, _doc(2))
+    assert state.vm.in_rotation
+
+
+def test_event_reappearing_during_restore_drains_again() -> None:
+    state, _ = _run(State(), _doc(1, _event()))
+    state, _ = _run(state, _doc(2), fail=True)  # restore failed: still restoring
+    state, decision = _run(state, _doc(3, _event("B")))
+    assert [type(a) for a in decision.actions] == [Drain]
+    assert state.vm.drain_state is DrainState.DRAINED
+
+
+def test_lead_time_waits_until_not_before_is_near() -> None:
+    policy = PolicyConfig(lead_time_seconds=300)
+    doc = _doc(1, _event(NotBefore="Tue, 24 Nov 2026 10:00:00 GMT"))
+    state, decision = _run(State(), doc, policy=policy, now=T0)  # 60 minutes ahead
+    assert decision.actions == ()
+    assert state.events["a"].state is EventState.PENDING
+    state, decision = _run(state, doc, policy=policy, now=T0 + timedelta(minutes=55))
+    assert [type(a) for a in decision.actions] == [Drain]
+    # Once out, a NotBefore moved later does not bring the VM back (no flapping).
+    later = _doc(2, _event(NotBefore="Tue, 24 Nov 2026 18:00:00 GMT"))
+    state, decision = _run(state, later, policy=policy, now=T0 + timedelta(minutes=56))
+    assert decision.actions == ()
+    assert not state.vm.in_rotation
+
+
+def test_lead_time_does_not_delay_a_started_event() -> None:
+    policy = PolicyConfig(lead_time_seconds=60)
+    state, _decision = _run(State(), _doc(1, _event(EventStatus="Started", NotBefore="")), policy=policy)
+    assert not state.vm.in_rotation
+    assert "hardware failure" in state.events["a"].reason
+
+
+def test_policy_can_ignore_a_type() -> None:
+    policy = PolicyConfig(actions={"Reboot": "ignore"})
+    state, decision = _run(State(), _doc(1, _event()), policy=policy)
+    assert decision.actions == ()
+    assert state.events["a"].state is EventState.IGNORED
+    assert state.vm.in_rotation
+
+
+@pytest.mark.parametrize(
+    ("duration", "drains"), [(0, False), (5, False), (29, False), (30, True), (300, True), (-1, True)]
+)
+def test_freeze_threshold(duration: int, drains: bool) -> None:
+    state, _ = _run(State(), _doc(1, _event(EventType="Freeze", DurationInSeconds=duration)))
+    assert state.vm.in_rotation is not drains
+
+
+def test_other_vm_event_is_recorded_never_acted_on() -> None:
+    state, decision = _run(State(), _doc(1, _event(Resources=["web-1"])))
+    assert decision.actions == ()
+    assert state.events["a"].state is EventState.OTHER_VM
+
+
+def test_event_that_stops_listing_this_vm_releases_it() -> None:
+    state, _ = _run(State(), _doc(1, _event(Resources=["web-0", "web-1"])))
+    assert not state.vm.in_rotation
+    state, decision = _run(state, _doc(2, _event(Resources=["web-1"])))
+    assert [type(a) for a in decision.actions] == [Restore]
+    assert state.vm.in_rotation
+
+
+def test_reboot_in_the_middle_redrains_and_is_noted() -> None:
+    state, _ = _run(State(), _doc(1, _event()), boot_id="boot-1")
+    state, decision = _run(state, _doc(2, _event(EventStatus="Started", NotBefore="")), boot_id="boot-2")
+    assert [type(a) for a in decision.actions] == [Drain]
+    assert any(t.subject == "agent" and "rebooted" in t.reason for t in decision.transitions)
+    assert state.boot_id == "boot-2"
+    assert state.vm.drain_state is DrainState.DRAINED
+    state, decision = _run(state, _doc(3), boot_id="boot-2")
+    assert state.vm.in_rotation
+
+
+def test_reboot_while_in_rotation_changes_nothing_but_the_boot_id() -> None:
+    state, _ = _run(State(), _doc(1), boot_id="boot-1")
+    state, decision = _run(state, _doc(1), boot_id="boot-2")
+    assert decision.actions == ()
+    assert state.boot_id == "boot-2"
+
+
+def test_incarnation_going_backwards_is_noted_and_state_kept() -> None:
+    state, _ = _run(State(), _doc(40, _event()))
+    state, decision = _run(state, _doc(1, _event()))
+    notes = [t for t in decision.transitions if t.subject == "agent"]
+    assert len(notes) == 1
+    assert "re-enabled" in notes[0].reason
+    assert decision.actions == ()
+    assert state.incarnation == 1
+
+
+def test_event_id_case_changes_are_the_same_event() -> None:
+    state, _ = _run(State(), _doc(1, _event("abc-def")))
+    state, decision = _run(state, _doc(2, _event("ABC-DEF", EventStatus="Started", NotBefore="")))
+    assert list(state.events) == ["abc-def"]
+    assert decision.actions == ()
+
+
+def test_duplicate_ids_in_one_document_count_once() -> None:
+    state, _decision = _run(State(), _doc(1, _event("A"), _event("A", Resources=["web-1"])))
+    assert len(state.events) == 1
+    assert state.events["a"].state is EventState.ACTIVE
+
+
+def test_outcome_for_a_stale_intent_is_ignored() -> None:
+    state, _decision = _run(State(), _doc(1, _event()))
+    # A drain outcome arriving when the VM is already drained records nothing.
+    assert record_outcome(state, Drain(("A",), ("Reboot",), ""), None, T0).state == state
+
+
+def test_long_cleared_events_are_forgotten() -> None:
+    state, _ = _run(State(), _doc(1, _event()))
+    state, _ = _run(state, _doc(2), now=T0)
+    assert "a" in state.events
+    state, _ = _run(state, _doc(2), now=T0 + timedelta(days=31))
+    assert state.events == {}
+
+
+def test_step_is_pure() -> None:
+    state = State()
+    obs = Observation(document_from_json(_doc(1, _event())), "web-0", "b")
+    assert step(state, obs, T0, POLICY) == step(state, obs, T0, POLICY)
+    assert state == State()
+    assert replace(state) == state
