@@ -12,8 +12,7 @@ import enum
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from drainer.errors import MalformedDocumentError
 
@@ -67,8 +66,7 @@ class ScheduledEvent:
         }
 
 
-@dataclass(frozen=True)
-class ParseWarning:
+class ParseWarning(NamedTuple):
     """Something the parser could not take at face value; logged. ``ignored``: the event was dropped."""
 
     event_id: str
@@ -76,8 +74,7 @@ class ParseWarning:
     ignored: bool = True
 
 
-@dataclass(frozen=True)
-class EventsDocument:
+class EventsDocument(NamedTuple):
     incarnation: int
     events: tuple[ScheduledEvent, ...]
     warnings: tuple[ParseWarning, ...] = ()
@@ -103,6 +100,8 @@ def parse_not_before(value: str) -> datetime | None:
         iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
         parsed = datetime.fromisoformat(iso)
     else:
+        from email.utils import parsedate_to_datetime  # noqa: PLC0415 - not on the idle path
+
         try:
             parsed = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError) as exc:

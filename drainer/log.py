@@ -1,5 +1,10 @@
 """Logging: structlog to stderr (JSON lines off a terminal, readable on one), optionally also to
-syslog (ident ``drainer``) or the Windows Event Log. Secrets never reach a sink."""
+syslog (ident ``drainer``) or the Windows Event Log. Secrets never reach a sink.
+
+structlog (and the asyncio it pulls in) costs about a quarter of an idle run's start-up, and an idle
+run logs nothing at the default level: ``get_logger`` returns a proxy that filters by level first
+and builds the structlog pipeline only for the first record that will be written.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from drainer.config import LoggingConfig
 
@@ -96,8 +99,47 @@ def _extra_handlers(cfg: LoggingConfig) -> list[logging.Handler]:
     return handlers
 
 
+class LazyLogger:
+    """Level filter in front of a structlog logger that is built on first use."""
+
+    def __init__(self, cfg: LoggingConfig, stream: TextIO | None, level: str) -> None:
+        self._cfg = cfg
+        self._stream = stream
+        self._min = _LEVELS[level]
+        self._real: Any = None
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if _LEVELS[level] < self._min:
+            return
+        if self._real is None:
+            self._real = _build(self._cfg, self._stream, self._min)
+        getattr(self._real, level)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+
+_current: LazyLogger | None = None
+
+
 def configure(cfg: LoggingConfig, *, stream: TextIO | None = None, level: str | None = None) -> None:
-    """Set up structlog for this process."""
+    """Set up logging for this process (cheap: structlog is imported on the first record)."""
+    global _current  # noqa: PLW0603 - one logging set-up per process, as structlog itself has
+    _current = LazyLogger(cfg, stream, level or cfg.level)
+
+
+def _build(cfg: LoggingConfig, stream: TextIO | None, min_level: int) -> Any:
+    import structlog  # noqa: PLC0415 - see the module docstring
+
     out = sys.stderr if stream is None else stream
     use_console = cfg.format == "console" or (cfg.format == "auto" and out.isatty())
     renderer: Any
@@ -113,11 +155,16 @@ def configure(cfg: LoggingConfig, *, stream: TextIO | None = None, level: str | 
             _redact,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level or cfg.level]),
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
         logger_factory=lambda *_: sink,
         cache_logger_on_first_use=False,
     )
-
-
-def get_logger() -> Any:
     return structlog.get_logger("drainer")
+
+
+def get_logger() -> LazyLogger:
+    """The process logger; ``configure`` first (else: defaults, to stderr)."""
+    if _current is None:
+        configure(LoggingConfig())
+    assert _current is not None
+    return _current

@@ -10,6 +10,7 @@ from drainer.config import Config
 from drainer.core import EventRecord, EventState, State
 from drainer.errors import EXIT_OK
 from drainer.events import format_iso
+from drainer.runner import last_check
 from drainer.state import DB_NAME, HistoryEntry, StateStore
 
 
@@ -71,7 +72,8 @@ def status(config: Config, *, as_json: bool) -> int:
     else:
         try:
             vm_raw = store.meta("vm")
-            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, store.meta("last_check"))
+            checked = format_iso(last_check(config.state_dir)) or None
+            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, checked)
         finally:
             store.close()
     if as_json:

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from drainer.actions import ActionContext, Actuator, make_actuator
 from drainer.config import Config
 from drainer.core import Decision, Drain, Observation, State, Transition, record_outcome, step
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, MalformedDocumentError
@@ -26,7 +25,11 @@ from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
 from drainer.state import StateStore
 
+if TYPE_CHECKING:
+    from drainer.actions import Actuator
+
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+LAST_CHECK_FILE = "last-check"
 
 
 def _utcnow() -> datetime:
@@ -37,8 +40,7 @@ def _no_checkpoint(_: str) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class Seams:
+class Seams(NamedTuple):
     """What a test may replace: the clock, the boot id source and a crash-injection checkpoint.
 
     Production code uses the defaults; ``checkpoint`` is called with a step name at every step
@@ -65,6 +67,19 @@ def read_boot_id(path: str) -> str | None:
         return None  # not Linux, or no procfs: reboots are then not detected
 
 
+def touch_last_check(state_dir: str) -> None:
+    """Record a successful check as the mtime of a small file: no database write when idle."""
+    (Path(state_dir) / LAST_CHECK_FILE).touch()
+
+
+def last_check(state_dir: str) -> datetime | None:
+    try:
+        mtime = (Path(state_dir) / LAST_CHECK_FILE).stat().st_mtime
+    except OSError:
+        return None
+    return datetime.fromtimestamp(mtime, timezone.utc)
+
+
 def resolve_vm(config: Config, store: StateStore, imds: ImdsClient) -> InstanceInfo:
     """This VM's identity: the cache in state, else instance metadata (then cached).
 
@@ -81,7 +96,7 @@ def resolve_vm(config: Config, store: StateStore, imds: ImdsClient) -> InstanceI
         info = imds.instance()
         store.set_meta({"vm": json.dumps(info.to_json())})
     if config.vm_name and config.vm_name != info.name:
-        info = InstanceInfo(**{**info.to_json(), "name": config.vm_name})
+        info = info._replace(name=config.vm_name)
     return info
 
 
@@ -139,11 +154,18 @@ def _run_locked(
     )
     seams.checkpoint("decided")
     if not config.dry_run:
-        store.save(state, decision.state, decision.transitions, now, meta={"last_check": now.isoformat()})
+        # An idle run changes nothing: skip the transaction (and its fsync) entirely.
+        if decision.transitions or decision.state != state:
+            store.save(state, decision.state, decision.transitions, now)
+        touch_last_check(config.state_dir)
     seams.checkpoint("saved")
     log_transitions(log, decision.transitions)
     result.transitions.extend(decision.transitions)
     state = decision.state
+    if not decision.actions:
+        return
+    from drainer.actions import ActionContext, make_actuator  # noqa: PLC0415 - not on the idle path
+
     actuator = seams.actuator or make_actuator(config)
     for action in decision.actions:
         events = (

@@ -13,10 +13,9 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from drainer.core import DrainState, EventRecord, EventState, State, Transition, VmState
 from drainer.errors import StateError
@@ -67,8 +66,7 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     seq: int
     at: datetime
     transition: Transition

@@ -241,3 +241,21 @@ def test_syslog_sink_receives_transitions(agent: Agent, control: EmulatorControl
     finally:
         sink.close()
     assert any("drainer: " in line and "vm transition" in line for line in lines)
+
+
+def test_idle_run_imports_nothing_heavy_and_writes_no_transaction(agent: Agent, tmp_path: Path) -> None:
+    assert agent.check().returncode == 0  # first run: creates the database, caches the VM identity
+    db = agent.state_dir / "state.db"
+    wal = agent.state_dir / "state.db-wal"
+    before = (db.stat().st_mtime_ns, wal.stat().st_size if wal.exists() else 0)
+    modules_file = tmp_path / "modules.txt"
+    done = agent.check(TEST_MODULES_OUT=str(modules_file))
+    assert done.returncode == 0, done.stderr
+    modules = set(modules_file.read_text().split())
+    assert "drainer.runner" in modules  # the check really ran in this process
+    heavy = {m for m in modules if m.split(".")[0] in {"azure", "apscheduler", "prometheus_client"}}
+    assert heavy == set()
+    # Nothing is logged at the default level on an idle run, so structlog is never even imported.
+    assert not any(m.startswith("structlog") for m in modules)
+    assert (db.stat().st_mtime_ns, wal.stat().st_size if wal.exists() else 0) == before
+    assert agent.status()["last_check"] is not None
