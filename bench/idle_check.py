@@ -58,9 +58,7 @@ def main() -> int:
             "DRAINER_CONFIG": str(config),
         }
         commands = {
-            "floor: python -c 'requests GET'": [
-                sys.executable, "-c", FLOOR.format(url=emulator.url)
-            ],
+            "floor: python -c 'requests GET'": [sys.executable, "-c", FLOOR.format(url=emulator.url)],
             "drainer check (idle)": [drainer, "check"],
         }
         for argv in commands.values():  # warm caches and the state directory
