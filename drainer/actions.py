@@ -5,12 +5,15 @@ The runner never asks ``if dry_run``: a dry run wraps the real actuator in ``Dry
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from drainer.config import Config
 from drainer.core import Drain, EventRecord, Restore
 from drainer.imds import InstanceInfo
+from drainer.ledger import Ledger
+from drainer.state import StateStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,10 @@ class ActionContext:
     vm: InstanceInfo
     events: tuple[EventRecord, ...]  # the events the action is for (empty for a restore)
     log: Any
+    ledger: Ledger  # what was changed outside drainer, recorded before the change
+    store: StateStore | None = None  # for caches (NIC ids); None in a dry run
+    # Crash-injection seam between the steps of an action (see drainer.runner.Seams).
+    checkpoint: Callable[[str], None] = lambda _: None
 
 
 class Actuator(Protocol):
@@ -71,7 +78,16 @@ class DryRunActuator:
         ctx.log.warning("dry-run: would put vm back into rotation", vm=ctx.vm.name, method=self.inner.name)
 
 
-def make_actuator(config: Config) -> Actuator:
-    """The actuator for ``config.drain.method``, wrapped for a dry run."""
+def make_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
+    """The actuator for ``config.drain.method``.
+
+    A dry run of ``log`` is wrapped whole; the load-balancer methods make their reads and log the
+    writes they would make (their ARM client is wrapped instead).
+    """
+    if config.drain.method in ("nic", "admin-state"):
+        from drainer.lb import make_lb_actuator  # noqa: PLC0415 - imports the Azure SDK
+
+        lb_actuator: Actuator = make_lb_actuator(config, vm, log)
+        return lb_actuator
     actuator: Actuator = LogActuator()
     return DryRunActuator(actuator) if config.dry_run else actuator

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sub.add_parser("check", help="one run: read Scheduled Events, decide, act (cron/timer)")
+    sub.add_parser("drain", help="take this VM out of rotation by hand (a manual hold)")
+    sub.add_parser("restore", help="release the manual hold (the VM returns unless an event holds it)")
     status = sub.add_parser("status", help="this VM's drain state and the known events")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     history = sub.add_parser("history", help="the transition history")
@@ -86,14 +88,20 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
 
     logmod.configure(config.logging, level="debug" if args.verbose else None)
     logger = logmod.get_logger()
-    if command == "check":
+    if command in ("check", "drain", "restore"):
         from drainer.runner import run_once  # noqa: PLC0415
 
+        manual = {"check": None, "drain": True, "restore": False}[command]
         try:
-            result = run_once(config, logger, seams)
+            result = run_once(config, logger, seams, manual=manual)
         except DrainerError as exc:
             logger.error("check failed; nothing was changed", error=str(exc), error_type=type(exc).__name__)
             raise
+        if manual is False and result.held_by:
+            print(
+                f"drainer: manual hold released; the VM stays out for {', '.join(result.held_by)}",
+                file=sys.stderr,
+            )
         return result.exit_code
     from drainer import report  # noqa: PLC0415
 

@@ -2,11 +2,12 @@
 
 Unknown keys, wrong types and out-of-range values are rejected with the file, the key and the reason.
 Environment overrides (for tests and containers): ``DRAINER_CONFIG`` (the file),
-``DRAINER_IMDS_ENDPOINT`` and ``DRAINER_STATE_DIR``.
+``DRAINER_IMDS_ENDPOINT``, ``DRAINER_ARM_ENDPOINT`` and ``DRAINER_STATE_DIR``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -21,9 +22,11 @@ from drainer.events import EventType
 DEFAULT_CONFIG_PATH = "/etc/drainer/config.toml"
 DEFAULT_STATE_DIR = "/var/lib/drainer"
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 
 ACTIONS = ("drain", "ignore")
-DRAIN_METHODS = ("log",)
+DRAIN_METHODS = ("nic", "admin-state", "log")
+IDENTITIES = ("managed", "default")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -59,7 +62,26 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class DrainConfig:
-    method: str = "log"
+    method: str = "nic"
+    # Before draining, at least this many other members of each pool must be in service; otherwise
+    # the drain is held (retried every run) unless the event is a Preempt or Terminate.
+    min_in_service: int = 1
+    # Also remove (and restore) Application Gateway backend pool references of the VM's NICs.
+    application_gateways: bool = False
+    # NICs to drain, as resource ids or names in the VM's resource group; empty: discover them.
+    nics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    identity: str = "managed"  # managed identity through IMDS, or DefaultAzureCredential
+    client_id: str = ""  # a user-assigned managed identity
+    poll_interval: float = 1.0  # long-running operation polling (the SDK's default is 30 s)
+    # Total seconds one drain or restore may spend on ARM, SDK retries and Retry-After included.
+    deadline: float = 120.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class Config:
     imds: ImdsConfig = field(default_factory=ImdsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     drain: DrainConfig = field(default_factory=DrainConfig)
+    azure: AzureConfig = field(default_factory=AzureConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -137,6 +160,26 @@ def _check_endpoint(path: str, key: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_arm_endpoint(path: str, key: str, url: str) -> str:
+    """ARM carries bearer tokens: https only, except for an emulator on a loopback address."""
+    url = _check_endpoint(path, key, url)
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not is_loopback(parts.hostname):
+        raise ConfigError(path, key, "must use https (plain http is allowed only on a loopback address)")
+    return url
+
+
 def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     """Build a Config from a decoded TOML mapping. Raises ConfigError naming the key and reason."""
     top = _Section(path, "", dict(raw))
@@ -169,8 +212,30 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     policy_s.done(subtables=("actions",))
 
     drain_s = _Section(path, "drain", raw.get("drain"))
-    drain = DrainConfig(method=drain_s.choice("method", DRAIN_METHODS, "log"))
+    nics = drain_s.get("nics", list, [])
+    if not all(isinstance(n, str) and n for n in nics):
+        raise ConfigError(path, "drain.nics", "must be a list of NIC names or resource ids")
+    drain = DrainConfig(
+        method=drain_s.choice("method", DRAIN_METHODS, "nic"),
+        min_in_service=drain_s.number("min_in_service", int, 1, low=0, high=1000),
+        application_gateways=drain_s.get("application_gateways", bool, False),
+        nics=tuple(nics),
+    )
     drain_s.done()
+
+    azure_s = _Section(path, "azure", raw.get("azure"))
+    azure = AzureConfig(
+        arm_endpoint=_check_arm_endpoint(
+            path, "azure.arm_endpoint", azure_s.get("arm_endpoint", str, DEFAULT_ARM_ENDPOINT)
+        ),
+        identity=azure_s.choice("identity", IDENTITIES, "managed"),
+        client_id=azure_s.get("client_id", str, ""),
+        poll_interval=azure_s.number("poll_interval", float, 1.0, low=0.05, high=60),
+        deadline=azure_s.number("deadline", float, 120.0, low=1, high=3600),
+        connect_timeout=azure_s.number("connect_timeout", float, 5.0, low=0.1, high=120),
+        read_timeout=azure_s.number("read_timeout", float, 30.0, low=0.1, high=600),
+    )
+    azure_s.done()
 
     log_s = _Section(path, "logging", raw.get("logging"))
     logging_cfg = LoggingConfig(
@@ -199,9 +264,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         imds=imds,
         policy=policy,
         drain=drain,
+        azure=azure,
         logging=logging_cfg,
     )
-    top.done(subtables=("imds", "policy", "drain", "logging", "vm"))
+    top.done(subtables=("imds", "policy", "drain", "azure", "logging", "vm"))
     return config
 
 
@@ -238,6 +304,10 @@ def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = N
     if endpoint:
         url = _check_endpoint("$DRAINER_IMDS_ENDPOINT", "", endpoint)
         config = replace(config, imds=replace(config.imds, endpoint=url))
+    arm = env.get("DRAINER_ARM_ENDPOINT")
+    if arm:
+        url = _check_arm_endpoint("$DRAINER_ARM_ENDPOINT", "", arm)
+        config = replace(config, azure=replace(config.azure, arm_endpoint=url))
     state_dir = env.get("DRAINER_STATE_DIR")
     if state_dir:
         config = replace(config, state_dir=state_dir)

@@ -67,6 +67,10 @@ class VmState:
     held_by: tuple[str, ...] = ()
     attempts: int = 0  # failed attempts of the current drain or restore
     last_error: str = ""
+    # The drain is held back by a safety rule (e.g. min_in_service); why. Retried every run.
+    held: str = ""
+    # An operator took the VM out by hand (`drainer drain`); maintenance events do not undo it.
+    manual: bool = False
 
     @property
     def in_rotation(self) -> bool:
@@ -295,7 +299,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
     vm = state.vm
     actions: list[Action] = []
     current = vm.drain_state
-    if active:
+    if active or vm.manual:
         held_by = tuple(r.event.key for r in active)
         ids = tuple(r.event.event_id for r in active)
         types = tuple(r.event.event_type.value for r in active)
@@ -313,7 +317,10 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         elif current is DrainState.DRAINED:
             vm = replace(vm, held_by=held_by)
         else:
-            reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+            if ids:
+                reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+            else:
+                reason = "manual hold"
             if current is not DrainState.DRAINING:
                 vm = _move(
                     vm,
@@ -343,6 +350,22 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
     return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions))
 
 
+def set_manual(state: State, on: bool, now: datetime) -> Decision:
+    """An operator's ``drainer drain`` (on) or ``drainer restore`` (off), recorded as a transition.
+
+    The next ``step`` then drains or restores; a restore still waits for active events.
+    """
+    if state.vm.manual is on:
+        return Decision(state=state)
+    transition = Transition(
+        subject="vm",
+        from_state="manual" if state.vm.manual else "automatic",
+        to_state="manual" if on else "automatic",
+        reason="operator took the VM out by hand" if on else "operator released the manual hold",
+    )
+    return Decision(state=replace(state, vm=replace(state.vm, manual=on)), transitions=(transition,))
+
+
 def _move(
     vm: VmState,
     *,
@@ -353,17 +376,27 @@ def _move(
     reason: str,
 ) -> VmState:
     transitions.append(_vm_transition(vm.drain_state, to, reason))
-    return VmState(drain_state=to, since=now, held_by=held_by, attempts=0, last_error="")
+    return VmState(drain_state=to, since=now, held_by=held_by, manual=vm.manual)
 
 
-def record_outcome(state: State, action: Action, error: str | None, now: datetime) -> Decision:
-    """Fold the outcome of an action into the state. ``error`` is None on success."""
+def record_outcome(
+    state: State, action: Action, error: str | None, now: datetime, *, held: bool = False
+) -> Decision:
+    """Fold the outcome of an action into the state.
+
+    ``error`` is None on success; with ``held`` it is the reason a safety rule held the drain back.
+    """
     vm = state.vm
     expected = DrainState.DRAINING if isinstance(action, Drain) else DrainState.RESTORING
     if vm.drain_state is not expected:
         return Decision(state=state)  # the intent changed meanwhile; nothing to record
+    if error is not None and held:
+        if vm.held == error:
+            return Decision(state=state)
+        transition = Transition(subject="vm", from_state=vm.drain_state.value, to_state="held", reason=error)
+        return Decision(state=replace(state, vm=replace(vm, held=error)), transitions=(transition,))
     if error is not None:
-        vm = replace(vm, attempts=vm.attempts + 1, last_error=error)
+        vm = replace(vm, attempts=vm.attempts + 1, last_error=error, held="")
         return Decision(state=replace(state, vm=vm))
     transitions: list[Transition] = []
     done = DrainState.DRAINED if isinstance(action, Drain) else DrainState.IN_ROTATION

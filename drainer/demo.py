@@ -1,7 +1,9 @@
 """``drainer demo``: a realistic maintenance played against the built-in emulator, as a timeline.
 
-Three VMs share an availability set; Azure schedules a Reboot for this VM (web-0) and a Redeploy for
-another one (web-2). The agent runs once per step, exactly as cron would run ``drainer check``.
+Three VMs sit behind one Azure Load Balancer (pool ``web-pool``) in one availability set. Azure
+schedules a Reboot for this VM (web-0) and a Redeploy for another one (web-2). The agent runs once per
+step, exactly as cron would run ``drainer check``, with the default drain method (``nic``) talking to
+the emulated ARM through the real ``azure-mgmt-network`` and ``azure-identity`` clients.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from drainer.config import Config, ImdsConfig, LoggingConfig
+from drainer.config import AzureConfig, Config, ImdsConfig, LoggingConfig
 from drainer.core import Transition
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
@@ -22,6 +24,7 @@ from drainer.runner import run_once
 from drainer.state import StateStore
 
 THIS_VM = "web-0"
+VMS = (THIS_VM, "web-1", "web-2")
 
 
 def _describe(t: Transition) -> str:
@@ -44,17 +47,29 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
     log = get_logger()
     failures: list[str] = []
     with (
-        RunningEmulator([THIS_VM, "web-1", "web-2"]) as emulator,
+        RunningEmulator(list(VMS)) as emulator,
         tempfile.TemporaryDirectory(prefix="drainer-demo-") as state_dir,
     ):
         control = EmulatorControl(emulator.url)
+        control.add_load_balancer("lb-web", pools=["web-pool"])
+        for vm in VMS:
+            control.join(vm, "lb-web", "web-pool")
         config = Config(
             source="<demo>",
             state_dir=state_dir,
             imds=ImdsConfig(endpoint=emulator.vm_url(THIS_VM), deadline=5.0),
+            azure=AzureConfig(arm_endpoint=emulator.url, poll_interval=0.1, deadline=30.0),
             logging=LoggingConfig(format="json"),
         )
-        say(f"drainer demo: emulated IMDS at {emulator.url}, this VM is {THIS_VM}, state in {state_dir}\n")
+        say(
+            f"drainer demo: emulated IMDS and ARM at {emulator.url}; this VM is {THIS_VM}; "
+            f"state in {state_dir}\n"
+        )
+
+        def pool() -> str:
+            members = next(iter(control.membership().values()))
+            return "lb-web/web-pool: [" + ", ".join(m.removesuffix("-nic") for m in members) + "]"
+
         ids: dict[str, str] = {}
 
         def run(title: str, script: Callable[[], None], expect_in_rotation: bool) -> None:
@@ -69,7 +84,7 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
             finally:
                 store.close()
             where = "IN rotation" if vm.in_rotation else "OUT of rotation"
-            say(f"   -> {THIS_VM} is {where}  (exit {result.exit_code})\n")
+            say(f"   -> {THIS_VM} is {where}  (exit {result.exit_code});  {pool()}\n")
             if vm.in_rotation != expect_in_rotation or result.exit_code != EXIT_OK:
                 failures.append(title)
 
@@ -77,8 +92,13 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
             ids["reboot"] = control.schedule("Reboot", [THIS_VM], not_before_in=900)
             ids["redeploy"] = control.schedule("Redeploy", ["web-2"], not_before_in=600)
 
+        say(f"== before: {pool()}\n")
         run("quiet minute: no scheduled events", lambda: None, expect_in_rotation=True)
-        run("Azure schedules a Reboot for web-0 and a Redeploy for web-2", schedule, expect_in_rotation=False)
+        run(
+            "Azure schedules a Reboot for web-0 and a Redeploy for web-2",
+            schedule,
+            expect_in_rotation=False,
+        )
         run(
             "the Reboot starts (NotBefore reached or approved)",
             lambda: control.start(ids["reboot"]),
@@ -89,7 +109,11 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
             lambda: control.remove(ids["reboot"]),
             expect_in_rotation=True,
         )
-        run("web-2's Redeploy is cancelled", lambda: control.remove(ids["redeploy"]), expect_in_rotation=True)
+        run(
+            "web-2's Redeploy is cancelled",
+            lambda: control.remove(ids["redeploy"]),
+            expect_in_rotation=True,
+        )
 
         store = StateStore(state_dir)
         try:
@@ -98,11 +122,12 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
                 say(f"   {line}")
         finally:
             store.close()
+        arm_writes = len(control.arm_writes())
     if failures:
         say(f"\ndemo FAILED at: {'; '.join(failures)}")
         return 1
     say(
-        "\ndemo OK: web-0 left rotation before its Reboot and came back after it; "
-        "web-2's event was recorded but never acted on."
+        f"\ndemo OK: web-0 left the pool before its Reboot and returned after it ({arm_writes} NIC "
+        "writes); web-2's event was recorded but never acted on."
     )
     return EXIT_OK

@@ -74,3 +74,7 @@ class ActionError(DrainerError):
         self.action = action
         self.reason = reason
         super().__init__(f"{action} failed: {reason}")
+
+
+class DrainHeldError(ActionError):
+    """A safety rule (``min_in_service``) holds the drain back; it is retried on the next run."""

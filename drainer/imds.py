@@ -102,8 +102,14 @@ class InstanceInfo(NamedTuple):
     vm_id: str = ""
     scale_set: str = ""
     location: str = ""
+    private_ips: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, str]:
+    @property
+    def is_uniform_scale_set_instance(self) -> bool:
+        """Uniform instances have resource ids under ``virtualMachineScaleSets/{ss}/virtualMachines``."""
+        return "/virtualmachinescalesets/" in self.resource_id.lower()
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "resource_id": self.resource_id,
@@ -112,6 +118,7 @@ class InstanceInfo(NamedTuple):
             "vm_id": self.vm_id,
             "scale_set": self.scale_set,
             "location": self.location,
+            "private_ips": list(self.private_ips),
         }
 
     @classmethod
@@ -130,6 +137,19 @@ class InstanceInfo(NamedTuple):
                     return value
             return ""
 
+        ips: list[str] = []
+        cached_ips = compute.get("private_ips")
+        if isinstance(cached_ips, list):
+            ips = [ip for ip in cached_ips if isinstance(ip, str)]
+        network = raw.get("network")
+        interfaces = network.get("interface") if isinstance(network, dict) else None
+        for interface in interfaces if isinstance(interfaces, list) else []:
+            ipv4 = interface.get("ipv4") if isinstance(interface, dict) else None
+            addresses = ipv4.get("ipAddress") if isinstance(ipv4, dict) else None
+            for address in addresses if isinstance(addresses, list) else []:
+                ip = address.get("privateIpAddress") if isinstance(address, dict) else None
+                if isinstance(ip, str) and ip:
+                    ips.append(ip)
         name = text("name")
         if not name:
             raise MalformedDocumentError("instance metadata has no compute.name", url=source)
@@ -141,6 +161,7 @@ class InstanceInfo(NamedTuple):
             vm_id=text("vm_id", "vmId"),
             scale_set=text("scale_set", "vmScaleSetName"),
             location=text("location"),
+            private_ips=tuple(ips),
         )
 
 

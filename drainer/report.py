@@ -11,7 +11,7 @@ from drainer.core import EventRecord, EventState, State
 from drainer.errors import EXIT_OK
 from drainer.events import format_iso
 from drainer.runner import last_check
-from drainer.state import DB_NAME, HistoryEntry, StateStore
+from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
 
 
 def _open(config: Config) -> StateStore | None:
@@ -41,7 +41,9 @@ def _event_json(record: EventRecord, vm_name: str) -> dict[str, Any]:
     }
 
 
-def status_json(state: State, vm_info: dict[str, Any], last_check: str | None) -> dict[str, Any]:
+def status_json(
+    state: State, vm_info: dict[str, Any], last_check: str | None, ledger: list[LedgerEntry] | None = None
+) -> dict[str, Any]:
     vm = state.vm
     name = str(vm_info.get("name", ""))
     ordered = sorted(
@@ -58,6 +60,20 @@ def status_json(state: State, vm_info: dict[str, Any], last_check: str | None) -
             "held_by": [state.events[k].event.event_id for k in vm.held_by if k in state.events],
             "attempts": vm.attempts,
             "last_error": vm.last_error or None,
+            "held": vm.held or None,
+            "manual": vm.manual,
+            # What drainer took away and will put back (NIC pool references, admin states).
+            "removed": [
+                {
+                    "method": e.method,
+                    "resource_id": e.resource_id,
+                    "item": e.item,
+                    "kind": e.kind,
+                    "target": e.target,
+                    "status": e.status,
+                }
+                for e in ledger or []
+            ],
         },
         "last_check": last_check,
         "incarnation": state.incarnation,
@@ -73,7 +89,7 @@ def status(config: Config, *, as_json: bool) -> int:
         try:
             vm_raw = store.meta("vm")
             checked = format_iso(last_check(config.state_dir)) or None
-            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, checked)
+            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, checked, store.ledger())
         finally:
             store.close()
     if as_json:
@@ -88,6 +104,19 @@ def status(config: Config, *, as_json: bool) -> int:
     )
     if vm["held_by"]:
         print(f"  held out by: {', '.join(vm['held_by'])}")
+    if vm["manual"]:
+        print("  manual hold: taken out by hand (`drainer restore` releases it)")
+    if vm["held"]:
+        print(f"  drain held back: {vm['held']}")
+    for removed in vm["removed"]:
+        if removed["method"] == "nic":
+            print(
+                f"  removed: {removed['resource_id'].rsplit('/', 1)[-1]}/{removed['item']} from "
+                f"{removed['target'].split('/providers/', 1)[-1]} ({removed['status']})"
+            )
+        else:
+            pool = removed["resource_id"].split("/providers/", 1)[-1]
+            print(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
     if vm["last_error"]:
         print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
     print(f"  last check: {data['last_check'] or 'never'}")

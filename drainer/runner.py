@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer.config import Config
-from drainer.core import Decision, Drain, Observation, State, Transition, record_outcome, step
-from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, MalformedDocumentError
+from drainer.core import Decision, Drain, Observation, State, Transition, record_outcome, set_manual, step
+from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError, MalformedDocumentError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
 from drainer.state import StateStore
@@ -58,6 +58,7 @@ class RunResult:
     exit_code: int = EXIT_OK
     transitions: list[Transition] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    held_by: list[str] = field(default_factory=list)  # events holding the VM out after the run
 
 
 def read_boot_id(path: str) -> str | None:
@@ -109,15 +110,20 @@ def log_transitions(log: Any, transitions: list[Transition] | tuple[Transition, 
         log.info(f"{t.subject} transition", reason=t.reason, **fields)
 
 
-def run_once(config: Config, log: Any, seams: Seams | None = None) -> RunResult:
-    """One complete run. Raises DrainerError subclasses for failures that stop the run early."""
+def run_once(
+    config: Config, log: Any, seams: Seams | None = None, *, manual: bool | None = None
+) -> RunResult:
+    """One complete run. Raises DrainerError subclasses for failures that stop the run early.
+
+    ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
+    """
     seams = seams or Seams()
     result = RunResult()
     with RunLock(config.state_dir):
         store = StateStore(config.state_dir)
         imds = ImdsClient(config.imds)
         try:
-            _run_locked(config, log=log, seams=seams, store=store, imds=imds, result=result)
+            _run_locked(config, log=log, seams=seams, store=store, imds=imds, result=result, manual=manual)
         finally:
             imds.close()
             store.close()
@@ -132,10 +138,18 @@ def _run_locked(
     store: StateStore,
     imds: ImdsClient,
     result: RunResult,
+    manual: bool | None,
 ) -> None:
     state = store.load()
     vm = resolve_vm(config, store, imds)
     document = imds.scheduled_events()
+    if manual is not None:
+        by_hand = set_manual(state, manual, seams.now())
+        if by_hand.transitions and not config.dry_run:
+            store.save(state, by_hand.state, by_hand.transitions, seams.now())
+        log_transitions(log, by_hand.transitions)
+        result.transitions.extend(by_hand.transitions)
+        state = by_hand.state
     for warning in document.warnings:
         log.warning(
             "scheduled event not taken at face value",
@@ -162,37 +176,57 @@ def _run_locked(
     log_transitions(log, decision.transitions)
     result.transitions.extend(decision.transitions)
     state = decision.state
+    result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
     if not decision.actions:
         return
-    from drainer.actions import ActionContext, make_actuator  # noqa: PLC0415 - not on the idle path
+    # Not on the idle path: the actions (and, for the load-balancer methods, the Azure SDK).
+    from drainer.actions import ActionContext, make_actuator  # noqa: PLC0415
+    from drainer.ledger import Ledger, MemoryLedger, StoreLedger  # noqa: PLC0415
 
-    actuator = seams.actuator or make_actuator(config)
+    try:
+        actuator = seams.actuator or make_actuator(config, vm, log)
+    except DrainerError as exc:
+        actuator = _FailingActuator(exc)
+    ledger: Ledger = MemoryLedger(store.ledger()) if config.dry_run else StoreLedger(store, seams.now)
     for action in decision.actions:
         events = (
             tuple(state.events[e.casefold()] for e in action.event_ids if e.casefold() in state.events)
             if isinstance(action, Drain)
             else ()
         )
-        ctx = ActionContext(config=config, vm=vm, events=events, log=log)
+        ctx = ActionContext(
+            config=config,
+            vm=vm,
+            events=events,
+            log=log,
+            ledger=ledger,
+            store=None if config.dry_run else store,
+            checkpoint=seams.checkpoint,
+        )
         seams.checkpoint(f"before-{action.name}")
         started = time.monotonic()
         error: str | None = None
+        held = False
         try:
             if isinstance(action, Drain):
                 actuator.drain(action, ctx)
             else:
                 actuator.restore(action, ctx)
+        except DrainHeldError as exc:
+            error, held = exc.reason, True
         except DrainerError as exc:
             error = str(exc)
         elapsed = round(time.monotonic() - started, 3)
         seams.checkpoint(f"after-{action.name}")
-        outcome: Decision = record_outcome(state, action, error, seams.now())
+        outcome: Decision = record_outcome(state, action, error, seams.now(), held=held)
         if not config.dry_run:
             store.save(state, outcome.state, outcome.transitions, seams.now())
         seams.checkpoint(f"recorded-{action.name}")
         state = outcome.state
         if error is None:
             log.info(f"{action.name} succeeded", seconds=elapsed, method=actuator.name)
+        elif held:
+            log.warning("drain held back; retried on the next run", reason=error, method=actuator.name)
         else:
             log.error(
                 f"{action.name} failed; retried on the next run",
@@ -205,6 +239,22 @@ def _run_locked(
             result.exit_code = EXIT_ACTION_FAILED
         log_transitions(log, outcome.transitions)
         result.transitions.extend(outcome.transitions)
+
+
+class _FailingActuator:
+    """Stands in when the drain method cannot even be set up (e.g. no credential): every action
+    fails with that error, is recorded, and is retried on the next run."""
+
+    name = "unavailable"
+
+    def __init__(self, error: DrainerError) -> None:
+        self.error = error
+
+    def drain(self, action: Drain, ctx: Any) -> None:
+        raise self.error
+
+    def restore(self, action: Any, ctx: Any) -> None:
+        raise self.error
 
 
 def load_state(config: Config) -> tuple[State, StateStore]:

@@ -21,7 +21,7 @@ from drainer.core import DrainState, EventRecord, EventState, State, Transition,
 from drainer.errors import StateError
 from drainer.events import EventStatus, EventType, ScheduledEvent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -51,7 +51,19 @@ CREATE TABLE IF NOT EXISTS vm (
     since TEXT,
     held_by TEXT NOT NULL,
     attempts INTEGER NOT NULL,
-    last_error TEXT NOT NULL
+    last_error TEXT NOT NULL,
+    held TEXT NOT NULL DEFAULT '',
+    manual INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    method TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    item TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (method, resource_id, item, kind, target)
 );
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +76,39 @@ CREATE TABLE IF NOT EXISTS history (
     reason TEXT NOT NULL
 );
 """
+
+
+# Upgrades from older schema versions, applied in order in one transaction.
+_MIGRATIONS = {
+    1: [
+        "ALTER TABLE vm ADD COLUMN held TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE vm ADD COLUMN manual INTEGER NOT NULL DEFAULT 0",
+        "CREATE TABLE IF NOT EXISTS ledger (method TEXT NOT NULL, resource_id TEXT NOT NULL, "
+        "item TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL, "
+        "recorded_at TEXT NOT NULL, PRIMARY KEY (method, resource_id, item, kind, target))",
+    ],
+}
+
+
+class LedgerEntry(NamedTuple):
+    """One change drainer made outside itself and must undo: recorded *before* the change is made.
+
+    ``nic`` method: ``resource_id`` is the NIC, ``item`` its ipConfiguration, ``kind`` ``lb-pool`` or
+    ``appgw-pool`` and ``target`` the pool id. ``admin-state`` method: ``resource_id`` is the pool,
+    ``item`` the backend address name, ``kind`` ``admin-state`` and ``target`` the previous value.
+    ``status``: ``removing`` (recorded, write not yet confirmed) or ``removed`` (write confirmed).
+    """
+
+    method: str
+    resource_id: str
+    item: str
+    kind: str
+    target: str
+    status: str = "removing"
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.method, self.resource_id, self.item, self.kind, self.target)
 
 
 class HistoryEntry(NamedTuple):
@@ -103,6 +148,12 @@ class StateStore:
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version < SCHEMA_VERSION:
+                with self._transaction():
+                    for old in range(version, SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[old]:
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StateError(
                     f"{self.path}: schema version {version} is not {SCHEMA_VERSION} "
@@ -137,7 +188,7 @@ class StateStore:
         try:
             events = {row[0]: _record_from_row(row) for row in self._db.execute("SELECT * FROM events")}
             row = self._db.execute(
-                "SELECT drain_state, since, held_by, attempts, last_error FROM vm WHERE id = 1"
+                "SELECT drain_state, since, held_by, attempts, last_error, held, manual FROM vm WHERE id = 1"
             ).fetchone()
         except (sqlite3.Error, ValueError, KeyError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
@@ -150,6 +201,8 @@ class StateStore:
                     held_by=tuple(json.loads(row[2])),
                     attempts=int(row[3]),
                     last_error=str(row[4]),
+                    held=str(row[5]),
+                    manual=bool(row[6]),
                 )
             except (ValueError, TypeError) as exc:
                 raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
@@ -213,13 +266,15 @@ class StateStore:
                 if new.vm != old.vm:
                     vm = new.vm
                     db.execute(
-                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             vm.drain_state.value,
                             _ts(vm.since),
                             json.dumps(list(vm.held_by)),
                             vm.attempts,
                             vm.last_error,
+                            vm.held,
+                            int(vm.manual),
                         ),
                     )
                 values = dict(meta or {})
@@ -238,6 +293,45 @@ class StateStore:
                         for t in transitions
                     ],
                 )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+    # -- the ledger of changes to undo --------------------------------------------------------
+
+    def ledger(self, method: str | None = None) -> list[LedgerEntry]:
+        """Recorded changes (all, or one method's), oldest first."""
+        query = "SELECT method, resource_id, item, kind, target, status FROM ledger"
+        params: tuple[str, ...] = ()
+        if method is not None:
+            query += " WHERE method = ?"
+            params = (method,)
+        rows = self._db.execute(query + " ORDER BY recorded_at, rowid", params).fetchall()
+        return [LedgerEntry(*row) for row in rows]
+
+    def ledger_record(self, entries: Sequence[LedgerEntry], now: datetime) -> None:
+        """Record (or update the status of) entries, atomically. Raises StateError."""
+        stamp = _ts(now)
+        try:
+            with self._transaction() as db:
+                for e in entries:
+                    db.execute(
+                        "INSERT INTO ledger VALUES (?,?,?,?,?,?,?) ON CONFLICT "
+                        "(method, resource_id, item, kind, target) DO UPDATE SET status = excluded.status",
+                        (*e.key, e.status, stamp),
+                    )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+    def ledger_forget(self, entries: Sequence[LedgerEntry]) -> None:
+        """Drop entries once their change is undone, atomically. Raises StateError."""
+        try:
+            with self._transaction() as db:
+                for e in entries:
+                    db.execute(
+                        "DELETE FROM ledger WHERE method = ? AND resource_id = ? AND item = ? AND kind = ?"
+                        " AND target = ?",
+                        e.key,
+                    )
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 

@@ -58,6 +58,7 @@ class Agent:
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.tmp),
             "DRAINER_IMDS_ENDPOINT": self.emulator.vm_url(self.vm),
+            "DRAINER_ARM_ENDPOINT": self.emulator.url,
             "DRAINER_STATE_DIR": str(self.state_dir),
             "DRAINER_CONFIG": str(self.config_path),
             "PYTHONPATH": str(ROOT),

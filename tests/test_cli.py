@@ -150,6 +150,7 @@ def test_second_run_exits_quickly_while_the_lock_is_held(agent: Agent) -> None:
 
 
 def test_dry_run_decides_but_persists_nothing(agent: Agent, control: EmulatorControl) -> None:
+    agent.config_text = '[drain]\nmethod = "log"\n'
     control.schedule("Reboot", ["web-0"])
     done = agent.check("--dry-run")
     assert done.returncode == 0

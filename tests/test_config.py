@@ -21,7 +21,7 @@ def test_example_file_is_valid_and_states_the_defaults() -> None:
 
 def test_example_file_mentions_every_option() -> None:
     text = EXAMPLE.read_text()
-    for section in ("imds", "policy", "drain", "logging"):
+    for section in ("imds", "policy", "drain", "azure", "logging"):
         assert f"[{section}]" in text
         for f in fields(getattr(Config(), section)):
             assert f"\n{f.name} = " in text or f"[{section}.{f.name}]" in text, f"{section}.{f.name}"
@@ -67,7 +67,11 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[policy]\nlead_time_seconds = true\n", "policy.lead_time_seconds", "must be a int"),
         ("[policy.actions]\nHibernate = 'drain'\n", "policy.actions.Hibernate", "unknown key"),
         ("[policy.actions]\nReboot = 'maybe'\n", "policy.actions.Reboot", "one of drain, ignore"),
-        ("[drain]\nmethod = 'magic'\n", "drain.method", "one of log"),
+        ("[drain]\nmethod = 'magic'\n", "drain.method", "one of nic, admin-state, log"),
+        ("[drain]\nnics = [1]\n", "drain.nics", "list of NIC names"),
+        ("[drain]\nmin_in_service = -1\n", "drain.min_in_service", "between"),
+        ("[azure]\narm_endpoint = 'http://management.example.com'\n", "azure.arm_endpoint", "must use https"),
+        ("[azure]\nidentity = 'password'\n", "azure.identity", "one of managed, default"),
         ("[logging]\nlevel = 'loud'\n", "logging.level", "one of"),
         ("dry_run = 'yes'\n", "dry_run", "must be a bool"),
         ("imds = 3\n", "imds", "must be a table"),
@@ -93,6 +97,18 @@ def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
     assert "invalid TOML" in str(info.value)
     assert "line 1" in str(info.value)
+
+
+def test_arm_endpoint_http_only_on_loopback(tmp_path: Path) -> None:
+    assert load(None, environ={"DRAINER_ARM_ENDPOINT": "http://127.0.0.1:8169"}).azure.arm_endpoint == (
+        "http://127.0.0.1:8169"
+    )
+    assert (
+        load(None, environ={"DRAINER_ARM_ENDPOINT": "http://[::1]:80/"}).azure.arm_endpoint
+        == "http://[::1]:80"
+    )
+    with pytest.raises(ConfigError, match=r"DRAINER_ARM_ENDPOINT.*https"):
+        load(None, environ={"DRAINER_ARM_ENDPOINT": "http://10.0.0.1"})
 
 
 def test_integers_are_accepted_where_floats_are_expected() -> None:

@@ -58,6 +58,68 @@ class EmulatorControl:
     def add_vm(self, name: str, scale_set: str = "") -> None:
         self._call("POST", "vms", {"name": name, "scale_set": scale_set})
 
+    # -- ARM ---------------------------------------------------------------------------------
+
+    def add_load_balancer(
+        self,
+        name: str,
+        *,
+        pools: list[str],
+        ip_pools: list[str] | None = None,
+        probe: bool = True,
+        sku: str = "Standard",
+    ) -> None:
+        self._call(
+            "POST",
+            "arm/loadbalancers",
+            {"name": name, "pools": pools, "ip_pools": ip_pools or [], "probe": probe, "sku": sku},
+        )
+
+    def join(
+        self, vm: str, lb: str, pool: str, *, nic: str | None = None, ipconfig: str = "ipconfig1"
+    ) -> None:
+        """Put a VM's NIC (default ``<vm>-nic``) into a NIC-based pool."""
+        self._call("POST", "arm/join", {"vm": vm, "nic": nic, "lb": lb, "pool": pool, "ipconfig": ipconfig})
+
+    def join_app_gateway(self, vm: str, pool_id: str) -> None:
+        self._call("POST", "arm/join", {"vm": vm, "pool_id": pool_id, "kind": "appgw"})
+
+    def add_ip_member(self, lb: str, pool: str, vm: str, admin_state: str | None = None) -> None:
+        self._call("POST", "arm/ip-members", {"lb": lb, "pool": pool, "vm": vm, "admin_state": admin_state})
+
+    def add_nic(self, vm: str, name: str) -> None:
+        self._call("POST", "arm/nics", {"vm": vm, "name": name})
+
+    def add_app_gateway(self, name: str, pools: list[str]) -> None:
+        self._call("POST", "arm/app-gateways", {"name": name, "pools": pools})
+
+    def delete_pool(self, lb: str, pool: str) -> None:
+        self._call("DELETE", f"arm/loadbalancers/{lb}/pools/{pool}")
+
+    def membership(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = self._call("GET", "arm/membership")
+        return result
+
+    def nic(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"arm/nics/{name}")
+        return result
+
+    def arm_writes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "arm/writes")
+        return result
+
+    def arm_settings(self, *, lro_polls: int = 1, lro_retry_after: str | None = None) -> None:
+        self._call("POST", "arm/settings", {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after})
+
+    def fail_next_lro(self, count: int = 1) -> None:
+        self._call("POST", "arm/fail-lro", {"count": count})
+
+    def concurrent_change(
+        self, nic: str, *, tag: tuple[str, str] | None = None, add_pool: tuple[str, str] | None = None
+    ) -> None:
+        """After the next GET of ``nic``, someone else changes it (a tag, or one more pool)."""
+        self._call("POST", "arm/mutate", {"nic": nic, "tag": tag, "add_pool": add_pool})
+
     def reset(self) -> None:
         self._call("POST", "reset", {})
 

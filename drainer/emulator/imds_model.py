@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
+from drainer.emulator.arm_model import ArmModel
+
 SCHEDULED_EVENTS_VERSIONS = (
     "2017-03-01",
     "2017-08-01",
@@ -117,6 +119,7 @@ class Fault:
     retry_after: str | None = None
     reset: bool = False  # drop the connection without answering
     headers: dict[str, str] = field(default_factory=dict)
+    method: str | None = None  # only requests with this method (default: any)
 
 
 @dataclass
@@ -127,6 +130,7 @@ class VmIdentity:
     resource_group: str
     location: str
     scale_set: str = ""
+    uniform: bool = False  # a scale-set Uniform instance (its NICs are read-only to the network API)
 
     @property
     def vm_id(self) -> str:
@@ -135,6 +139,12 @@ class VmIdentity:
 
     @property
     def resource_id(self) -> str:
+        if self.uniform:
+            return (
+                f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+                f"/providers/Microsoft.Compute/virtualMachineScaleSets/{self.scale_set}"
+                f"/virtualMachines/{self.name.rpartition('_')[2]}"
+            )
         return (
             f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
             f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
@@ -204,6 +214,8 @@ class ImdsModel:
         self.subscription_id = subscription_id
         self.resource_group = resource_group
         self.location = location
+        self.arm = ArmModel(subscription_id, resource_group, location)
+        self.tokens: set[str] = set()
         self.vms: dict[str, VmIdentity] = {}
         for name in vms:
             self.add_vm(name)
@@ -217,12 +229,20 @@ class ImdsModel:
 
     # -- scripting ---------------------------------------------------------------------------
 
-    def add_vm(self, name: str, scale_set: str = "") -> VmIdentity:
+    def add_vm(self, name: str, scale_set: str = "", *, uniform: bool = False) -> VmIdentity:
+        """A VM, with one NIC named ``<name>-nic`` (in no pool yet)."""
         with self.lock:
             vm = VmIdentity(
-                name, len(self.vms), self.subscription_id, self.resource_group, self.location, scale_set
+                name,
+                len(self.vms),
+                self.subscription_id,
+                self.resource_group,
+                self.location,
+                scale_set,
+                uniform,
             )
             self.vms[name.casefold()] = vm
+            self.arm.add_nic(f"{name}-nic", vm.resource_id, vm.private_ip)
             return vm
 
     def default_vm(self) -> VmIdentity:
@@ -347,10 +367,12 @@ class ImdsModel:
 
     def token(self, resource: str, client_id: str | None) -> dict[str, Any]:
         now = int(time.time())
+        token = "emulator." + secrets.token_urlsafe(24)
         with self.lock:
             self.tokens_issued += 1
+            self.tokens.add(token)
         return {
-            "access_token": "emulator." + secrets.token_urlsafe(24),
+            "access_token": token,
             "client_id": client_id or "be5947ed-3560-4afe-9504-59967a63f810",
             "expires_in": "3599",
             "expires_on": str(now + 3599),
@@ -360,9 +382,11 @@ class ImdsModel:
             "token_type": "Bearer",
         }
 
-    def take_fault(self, path: str) -> Fault | None:
+    def take_fault(self, path: str, method: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
+                if fault.method not in (None, method):
+                    continue
                 if fault.match in path and fault.count > 0:
                     fault.count -= 1
                     if fault.count == 0:

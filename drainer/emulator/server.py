@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import sys
 import threading
@@ -37,6 +38,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from drainer.emulator.arm_model import ArmError, ArmSettings, Mutation
 from drainer.emulator.imds_model import (
     INSTANCE_VERSIONS,
     MISSING_API_VERSION,
@@ -111,12 +113,15 @@ class _Handler(BaseHTTPRequestHandler):
             vm_name, _, tail = rest.partition("/")
             path = "/" + tail
         body = self._body()
-        fault = self.server.model.take_fault(path)
+        fault = self.server.model.take_fault(path, self.command)
         if fault is not None:
             self._record(path, "fault")
             self._fault(fault)
             return
-        status = self._imds(path, parse_qs(parts.query), vm_name, body)
+        if path.startswith("/subscriptions/"):
+            status = self._arm(path, parse_qs(parts.query), body)
+        else:
+            status = self._imds(path, parse_qs(parts.query), vm_name, body)
         self._record(path, status)
 
     def _fault(self, fault: Fault) -> None:
@@ -194,6 +199,86 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": "Not found"})
         return 404
 
+    # -- ARM ---------------------------------------------------------------------------------
+
+    def _arm(self, path: str, query: dict[str, list[str]], body: bytes) -> int:
+        try:
+            status, answer, headers = self._arm_answer(path, query, body)
+        except ArmError as exc:
+            self._send(exc.status, exc.body, exc.headers)
+            return exc.status
+        self._send(status, answer, headers)
+        return status
+
+    def _arm_answer(
+        self, path: str, query: dict[str, list[str]], body: bytes
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        model = self.server.model
+        arm = model.arm
+        auth = self.headers.get("Authorization") or ""
+        if not auth.startswith("Bearer "):
+            raise ArmError(
+                401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing."
+            )
+        with model.lock:
+            known = auth[len("Bearer ") :] in model.tokens
+        if not known:
+            raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        version = (query.get("api-version") or [""])[0]
+        if not version:
+            raise ArmError(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+        operation = _OPERATION.match(path)
+        if operation:
+            return 200, arm.operation_status(operation.group(3)), {}
+        match = _RESOURCE.match(path)
+        if not match:
+            raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for {path}.")
+        subscription, group, kind, name, pool = match.groups()
+        if subscription.lower() != arm.subscription_id.lower():
+            raise ArmError(
+                404, "SubscriptionNotFound", f"The subscription '{subscription}' could not be found."
+            )
+        if group.lower() != arm.resource_group.lower():
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
+        method = self.command
+        if_match = self.headers.get("If-Match")
+        if kind == "networkInterfaces":
+            if name is None and method == "GET":
+                return 200, arm.list_nics(), {}
+            if name and method == "GET":
+                return 200, arm.get_nic(name), {}
+            if name and method == "PUT":
+                answer, op = arm.put_nic(name, _json_body(body), if_match)
+                return 200, answer, self._async_headers(op, version)
+        if kind == "loadBalancers":
+            if name is None and method == "GET":
+                return 200, arm.list_lbs(), {}
+            if name and pool is None and method == "GET":
+                return 200, arm.get_lb(name), {}
+            if name and pool and method == "GET":
+                return 200, arm.get_pool(name, pool), {}
+            if name and pool and method == "PUT":
+                answer, op = arm.put_pool(name, pool, _json_body(body), if_match)
+                return 200, answer, self._async_headers(op, version)
+        if kind == "applicationGateways" and name and method == "GET":
+            return 200, arm.get_app_gateway(name), {}
+        raise ArmError(405, "MethodNotAllowed", f"{method} is not supported on {path}")
+
+    def _async_headers(self, operation: str, version: str) -> dict[str, str]:
+        arm = self.server.model.arm
+        host = self.headers.get("Host") or "127.0.0.1"
+        headers = {
+            "Azure-AsyncOperation": f"http://{host}/subscriptions/{arm.subscription_id}/providers/"
+            f"Microsoft.Network/locations/{arm.location}/operations/{operation}?api-version={version}",
+        }
+        if arm.settings.lro_retry_after is not None:
+            headers["Retry-After"] = arm.settings.lro_retry_after
+        return headers
+
     # -- control -----------------------------------------------------------------------------
 
     def _control(self, route: str, query: dict[str, list[str]]) -> None:
@@ -253,6 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(data["name"], data.get("scale_set", ""))
                 self._send(201, {"name": vm.name})
+            elif segments and segments[0] == "arm":
+                self._arm_control(method, segments[1:], data)
             elif route == "reset" and method == "POST":
                 model.reset(int(data.get("incarnation", 1)))
                 self._send(200, {})
@@ -261,11 +348,106 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, TypeError, ValueError) as exc:
             self._send(400, {"error": f"bad control request: {exc}"})
 
+    def _arm_control(self, method: str, segments: list[str], data: Any) -> None:
+        model = self.server.model
+        arm = model.arm
+        route = "/".join(segments)
+        if method == "POST" and route == "loadbalancers":
+            arm.add_load_balancer(
+                data["name"],
+                pools=list(data.get("pools", [])),
+                ip_pools=list(data.get("ip_pools", [])),
+                probe=bool(data.get("probe", True)),
+                sku=data.get("sku", "Standard"),
+            )
+            self._send(201, {"id": arm.lb_id(data["name"])})
+        elif method == "POST" and route == "join":
+            nic = data.get("nic") or f"{data['vm']}-nic"
+            pool_id = data.get("pool_id") or arm.pool_id(data["lb"], data["pool"])
+            arm.join(nic, pool_id, ipconfig=data.get("ipconfig", "ipconfig1"), kind=data.get("kind", "lb"))
+            self._send(200, {})
+        elif method == "POST" and route == "ip-members":
+            ip = data.get("ip")
+            if ip is None:
+                vm = model.vm(data["vm"])
+                if vm is None:
+                    raise KeyError(data["vm"])
+                ip = vm.private_ip
+            arm.add_ip_member(
+                data["lb"], data["pool"], data.get("name") or f"addr-{ip}", ip, data.get("admin_state")
+            )
+            self._send(201, {})
+        elif method == "POST" and route == "nics":
+            vm = model.vm(data["vm"])
+            if vm is None:
+                raise KeyError(data["vm"])
+            arm.add_nic(data["name"], vm.resource_id, data.get("ip", vm.private_ip), primary=False)
+            self._send(201, {"id": arm.nic_id(data["name"])})
+        elif method == "POST" and route == "app-gateways":
+            arm.add_app_gateway(data["name"], list(data["pools"]))
+            self._send(201, {})
+        elif method == "DELETE" and len(segments) == 4 and segments[0] == "loadbalancers":
+            arm.delete_pool(segments[1], segments[3])
+            self._send(200, {})
+        elif method == "GET" and route == "membership":
+            self._send(200, arm.membership())
+        elif method == "GET" and len(segments) == 2 and segments[0] == "nics":
+            with arm.lock:
+                self._send(200, arm.nics[segments[1].lower()])
+        elif method == "GET" and route == "writes":
+            with arm.lock:
+                self._send(200, list(arm.writes))
+        elif method == "POST" and route == "settings":
+            with arm.lock:
+                arm.settings = ArmSettings(
+                    lro_polls=int(data.get("lro_polls", 1)), lro_retry_after=data.get("lro_retry_after")
+                )
+            self._send(200, {})
+        elif method == "POST" and route == "fail-lro":
+            with arm.lock:
+                arm.fail_next_lro = int(data.get("count", 1))
+            self._send(200, {})
+        elif method == "POST" and route == "mutate":
+            with arm.lock:
+                arm.mutations.append(
+                    Mutation(
+                        nic=data["nic"],
+                        tag=tuple(data["tag"]) if data.get("tag") else None,
+                        add_pool=tuple(data["add_pool"]) if data.get("add_pool") else None,
+                    )
+                )
+            self._send(200, {})
+        else:
+            self._send(404, {"error": f"no control route {method} arm/{route}"})
+
     do_GET = _route
     do_POST = _route
     do_PUT = _route
     do_DELETE = _route
     do_PATCH = _route
+
+
+_RESOURCE = re.compile(
+    r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
+    r"(networkInterfaces|loadBalancers|applicationGateways)(?:/([^/]+))?(?:/backendAddressPools/([^/]+))?/?$",
+    re.IGNORECASE,
+)
+_OPERATION = re.compile(
+    r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/locations/([^/]+)/operations/([^/]+)$",
+    re.IGNORECASE,
+)
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        decoded = json.loads(body)
+    except ValueError as exc:
+        raise ArmError(
+            400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
+        ) from exc
+    if not isinstance(decoded, dict):
+        raise ArmError(400, "InvalidRequestContent", "The request content must be an object.")
+    return decoded
 
 
 _ERRORS = {
@@ -283,6 +465,12 @@ _ERRORS = {
 class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout tests, injected resets) is expected; anything else is a bug.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, host: str, port: int, model: ImdsModel) -> None:
         self.model = model

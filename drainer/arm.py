@@ -1,0 +1,294 @@
+"""Azure Resource Manager access for the load-balancer drain: identity, the network client, and the
+few calls drainer makes, each bounded by one deadline.
+
+Imported only when there is something to drain or restore: the Azure SDK costs the idle run nothing.
+
+- Identity: ``ManagedIdentityCredential`` (system-assigned, or user-assigned by ``client_id``) whose
+  token comes from the configured IMDS endpoint, never through a proxy; or ``DefaultAzureCredential``.
+- Plain http is allowed only for a loopback ARM endpoint (the emulator); the config refuses it
+  elsewhere, and the bearer-token policy is told so only for loopback URLs.
+- SDK retries (429 with ``Retry-After``, ``RetryableErrorDueToAnotherOperation``, 5xx) never sleep past
+  the deadline; long-running operations are polled at ``poll_interval`` and waited for only until it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import requests
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.pipeline.policies import RetryPolicy
+from azure.core.pipeline.transport import RequestsTransport
+from azure.mgmt.network import NetworkManagementClient
+from azure.mgmt.network.models import (
+    ApplicationGateway,
+    BackendAddressPool,
+    LoadBalancer,
+    NetworkInterface,
+)
+
+from drainer.config import AzureConfig, is_loopback
+from drainer.errors import ActionError
+
+# "The call can be retried in 14 seconds." (RetryableErrorDueToAnotherOperation, HTTP 429, no header)
+_RETRY_IN = re.compile(r"retried in (\d+) seconds")
+
+
+class ArmError(ActionError):
+    """An ARM call failed. ``status`` and ``code`` come from Azure's error answer when there is one."""
+
+    def __init__(self, what: str, reason: str, *, status: int | None = None, code: str = "") -> None:
+        self.status = status
+        self.code = code
+        super().__init__(what, reason)
+
+
+class ArmDeadlineError(AzureError):
+    """The next retry or poll would end after the deadline."""
+
+
+def _describe(exc: BaseException) -> tuple[str, int | None, str]:
+    if isinstance(exc, HttpResponseError):
+        code = ""
+        message = exc.message or str(exc)
+        if exc.error is not None:
+            code = exc.error.code or ""
+            message = exc.error.message or message
+            details = [f"{d.code}: {d.message}" for d in (exc.error.details or []) if d.code]
+            if details:
+                message = f"{message} ({'; '.join(details)})"
+        status = exc.status_code
+        text = f"HTTP {status} {code}: {message}" if code else f"HTTP {status}: {message}"
+        return " ".join(text.split()), status, code
+    return f"{type(exc).__name__}: {exc}".strip(), None, ""
+
+
+class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
+    """azure-core's retries (429 with Retry-After, 5xx, connection errors), never sleeping past
+    ``deadline`` (a ``time.monotonic()`` value set before each action)."""
+
+    deadline = float("inf")
+
+    def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+        wait: float | None = None
+        if response is not None:
+            wait = self.get_retry_after(response)
+            if wait is None and response.http_response.status_code == 429:
+                found = _RETRY_IN.search(response.http_response.text())
+                wait = float(found.group(1)) if found else None
+        if wait is None:
+            wait = self.get_backoff_time(settings)
+        if time.monotonic() + wait > self.deadline:
+            raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
+        if wait > 0:
+            transport.sleep(wait)
+
+
+def _imds_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # the managed-identity token comes from IMDS: never through a proxy
+    return session
+
+
+def make_credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
+    """The token credential ``cfg.identity`` asks for."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
+
+    if cfg.identity == "default":
+        return DefaultAzureCredential(managed_identity_client_id=cfg.client_id or None)
+    # azure-identity reads the IMDS authority only from this variable (FACTS: "can be pointed at
+    # another IMDS host with AZURE_POD_IDENTITY_AUTHORITY_HOST"). drainer's configured endpoint wins
+    # over whatever the inherited environment says.
+    os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = imds_endpoint
+    transport = RequestsTransport(session=_imds_session(), session_owner=True)
+    if cfg.client_id:
+        return ManagedIdentityCredential(client_id=cfg.client_id, transport=transport)
+    return ManagedIdentityCredential(transport=transport)
+
+
+class Network(Protocol):
+    """The ARM network calls a drain method makes. Reads and writes raise ArmError."""
+
+    @property
+    def calls(self) -> int: ...
+
+    def start(self) -> None: ...
+    def list_nics(self, resource_group: str) -> list[NetworkInterface]: ...
+    def get_nic(self, resource_group: str, name: str) -> NetworkInterface: ...
+    def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer: ...
+    def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]: ...
+    def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway: ...
+    def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface: ...
+    def put_pool(
+        self, resource_group: str, lb: str, name: str, pool: BackendAddressPool
+    ) -> BackendAddressPool: ...
+
+
+class ArmNetwork:
+    """``Network`` over the real ``azure-mgmt-network`` client."""
+
+    def __init__(self, cfg: AzureConfig, *, subscription_id: str, imds_endpoint: str) -> None:
+        self.cfg = cfg
+        self._calls = 0
+        self._retry = _DeadlineRetryPolicy(retry_total=10, retry_backoff_factor=0.5, retry_backoff_max=30)
+        host = urlsplit(cfg.arm_endpoint).hostname
+        # Bearer tokens over plain http only to a loopback emulator (the config refuses it elsewhere).
+        self._call_options: dict[str, Any] = {"enforce_https": False} if is_loopback(host) else {}
+        self._client = NetworkManagementClient(
+            make_credential(cfg, imds_endpoint),
+            subscription_id,
+            base_url=cfg.arm_endpoint,
+            credential_scopes=[cfg.arm_endpoint.rstrip("/") + "/.default"],
+            retry_policy=self._retry,
+            connection_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            polling_interval=cfg.poll_interval,
+        )
+
+    @property
+    def calls(self) -> int:
+        """ARM operations started (each may be several HTTP requests: retries, LRO polls)."""
+        return self._calls
+
+    def start(self) -> None:
+        """Begin a new action: its ARM calls share one deadline from now."""
+        self._retry.deadline = time.monotonic() + self.cfg.deadline
+
+    def _remaining(self) -> float:
+        return self._retry.deadline - time.monotonic()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._remaining() <= 0:
+            raise ArmError(what, f"ARM deadline of {self.cfg.deadline:g}s passed")
+        self._calls += 1
+        try:
+            return fn(*args, **self._call_options, **kwargs)
+        except AzureError as exc:
+            reason, status, code = _describe(exc)
+            raise ArmError(what, reason, status=status, code=code) from exc
+
+    def _wait(self, what: str, poller: Any) -> Any:
+        poller.wait(timeout=max(0.0, self._remaining()))
+        if not poller.done():
+            raise ArmError(what, f"the operation did not finish within the {self.cfg.deadline:g}s deadline")
+        try:
+            return poller.result()
+        except AzureError as exc:
+            reason, status, code = _describe(exc)
+            raise ArmError(what, reason, status=status, code=code) from exc
+
+    def list_nics(self, resource_group: str) -> list[NetworkInterface]:
+        what = f"list NICs of {resource_group}"
+        return list(
+            self._call(what, lambda **kw: list(self._client.network_interfaces.list(resource_group, **kw)))
+        )
+
+    def get_nic(self, resource_group: str, name: str) -> NetworkInterface:
+        result: NetworkInterface = self._call(
+            f"read NIC {name}", self._client.network_interfaces.get, resource_group, name
+        )
+        return result
+
+    def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer:
+        result: LoadBalancer = self._call(
+            f"read load balancer {name}", self._client.load_balancers.get, resource_group, name
+        )
+        return result
+
+    def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]:
+        what = f"list load balancers of {resource_group}"
+        return list(
+            self._call(what, lambda **kw: list(self._client.load_balancers.list(resource_group, **kw)))
+        )
+
+    def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
+        result: ApplicationGateway = self._call(
+            f"read application gateway {name}", self._client.application_gateways.get, resource_group, name
+        )
+        return result
+
+    def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface:
+        what = f"write NIC {name}"
+        poller = self._call(
+            what,
+            self._client.network_interfaces.begin_create_or_update,
+            resource_group,
+            name,
+            nic,
+            headers={"If-Match": nic.etag} if nic.etag else {},
+            polling_interval=self.cfg.poll_interval,
+        )
+        result: NetworkInterface = self._wait(what, poller)
+        return result
+
+    def put_pool(
+        self, resource_group: str, lb: str, name: str, pool: BackendAddressPool
+    ) -> BackendAddressPool:
+        what = f"write backend pool {lb}/{name}"
+        poller = self._call(
+            what,
+            self._client.load_balancer_backend_address_pools.begin_create_or_update,
+            resource_group,
+            lb,
+            name,
+            pool,
+            headers={"If-Match": pool.etag} if pool.etag else {},
+            polling_interval=self.cfg.poll_interval,
+        )
+        result: BackendAddressPool = self._wait(what, poller)
+        return result
+
+
+class DryRunNetwork:
+    """Wraps a ``Network``: reads go through, every write is logged and not made."""
+
+    def __init__(self, inner: Network, log: Any) -> None:
+        self.inner = inner
+        self.log = log
+
+    @property
+    def calls(self) -> int:
+        return self.inner.calls
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def list_nics(self, resource_group: str) -> list[NetworkInterface]:
+        return self.inner.list_nics(resource_group)
+
+    def get_nic(self, resource_group: str, name: str) -> NetworkInterface:
+        return self.inner.get_nic(resource_group, name)
+
+    def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer:
+        return self.inner.get_load_balancer(resource_group, name)
+
+    def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]:
+        return self.inner.list_load_balancers(resource_group)
+
+    def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
+        return self.inner.get_app_gateway(resource_group, name)
+
+    def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface:
+        pools = {
+            config.name: [p.id for p in config.load_balancer_backend_address_pools or []]
+            + [p.id for p in config.application_gateway_backend_address_pools or []]
+            for config in nic.ip_configurations or []
+        }
+        self.log.warning("dry-run: would write NIC", nic=name, if_match=nic.etag, pools_after=pools)
+        return nic
+
+    def put_pool(
+        self, resource_group: str, lb: str, name: str, pool: BackendAddressPool
+    ) -> BackendAddressPool:
+        states = {a.name: a.admin_state for a in pool.load_balancer_backend_addresses or []}
+        self.log.warning(
+            "dry-run: would write backend pool",
+            pool=f"{lb}/{name}",
+            if_match=pool.etag,
+            admin_states_after=states,
+        )
+        return pool

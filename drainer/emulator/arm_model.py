@@ -1,0 +1,528 @@
+"""The emulated ARM network subset that ``azure-mgmt-network`` uses for a drain.
+
+Resources are kept as the JSON ARM returns (shaped after the spec examples and the recorded SDK
+session in ``shared/azure-examples``):
+
+- NICs: GET, list per resource group, PUT with ``If-Match`` (412 ``PreconditionFailed`` /
+  ``PreconditionFailedEtagMismatch`` on a stale etag, 400 ``InvalidResourceReference`` for a pool that
+  does not exist), answered with ``Azure-AsyncOperation`` like the recording.
+- Load balancers: GET and list; NIC-based pools derive ``backendIPConfigurations`` from the NICs;
+  IP-based pools carry ``loadBalancerBackendAddresses`` with ``adminState`` and are PUT on the pool.
+- Application gateways: GET (their backend pools may be referenced from NIC ipConfigurations).
+- Async operations: ``InProgress`` for a configurable number of polls, then ``Succeeded`` (or
+  ``Failed`` when a fault says so).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+NETWORK = "Microsoft.Network"
+
+
+def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The child resource called ``name`` (ARM names are case-insensitive)."""
+    for item in items:
+        if str(item["name"]).lower() == name.lower():
+            return item
+    return None
+
+
+def new_etag() -> str:
+    return f'W/"{uuid.uuid4()}"'
+
+
+class ArmError(Exception):
+    """An ARM error answer: status and the ``{"error": {...}}`` body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"error": {"code": code, "message": message}}
+        if details:
+            self.body["error"]["details"] = details
+        self.headers = headers or {}
+
+
+@dataclass
+class Operation:
+    polls_left: int
+    fail: bool = False
+
+
+@dataclass
+class ArmSettings:
+    lro_polls: int = 1  # polls answered InProgress before Succeeded
+    lro_retry_after: str | None = None  # Retry-After on PUT answers (the recording has none)
+
+
+@dataclass
+class Mutation:
+    """A concurrent writer: after the next GET of ``nic``, someone else changes it."""
+
+    nic: str
+    tag: tuple[str, str] | None = None
+    add_pool: tuple[str, str] | None = None  # (ipconfig name, pool id)
+
+
+@dataclass
+class ArmModel:
+    subscription_id: str
+    resource_group: str
+    location: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    nics: dict[str, dict[str, Any]] = field(default_factory=dict)  # lower-case name -> NIC
+    lbs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    appgws: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operations: dict[str, Operation] = field(default_factory=dict)
+    settings: ArmSettings = field(default_factory=ArmSettings)
+    fail_next_lro: int = 0
+    mutations: list[Mutation] = field(default_factory=list)
+    writes: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- ids ---------------------------------------------------------------------------------
+
+    @property
+    def rg_id(self) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+
+    def nic_id(self, name: str) -> str:
+        return f"{self.rg_id}/providers/{NETWORK}/networkInterfaces/{name}"
+
+    def lb_id(self, name: str) -> str:
+        return f"{self.rg_id}/providers/{NETWORK}/loadBalancers/{name}"
+
+    def pool_id(self, lb: str, pool: str) -> str:
+        return f"{self.lb_id(lb)}/backendAddressPools/{pool}"
+
+    def subnet_id(self) -> str:
+        return f"{self.rg_id}/providers/{NETWORK}/virtualNetworks/vnet/subnets/default"
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def add_nic(self, name: str, vm_resource_id: str, private_ip: str, *, primary: bool = True) -> None:
+        with self.lock:
+            nic_id = self.nic_id(name)
+            etag = new_etag()
+            self.nics[name.lower()] = {
+                "name": name,
+                "id": nic_id,
+                "etag": etag,
+                "location": self.location,
+                "type": f"{NETWORK}/networkInterfaces",
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "resourceGuid": str(uuid.uuid4()),
+                    "ipConfigurations": [
+                        {
+                            "name": "ipconfig1",
+                            "id": f"{nic_id}/ipConfigurations/ipconfig1",
+                            "etag": etag,
+                            "type": f"{NETWORK}/networkInterfaces/ipConfigurations",
+                            "properties": {
+                                "provisioningState": "Succeeded",
+                                "privateIPAddress": private_ip,
+                                "privateIPAllocationMethod": "Dynamic",
+                                "subnet": {"id": self.subnet_id()},
+                                "primary": True,
+                                "privateIPAddressVersion": "IPv4",
+                                "loadBalancerBackendAddressPools": [],
+                                "loadBalancerInboundNatRules": [],
+                                "applicationGatewayBackendAddressPools": [],
+                            },
+                        }
+                    ],
+                    "dnsSettings": {"dnsServers": [], "appliedDnsServers": []},
+                    "enableAcceleratedNetworking": False,
+                    "enableIPForwarding": False,
+                    "primary": primary,
+                    "virtualMachine": {"id": vm_resource_id},
+                },
+            }
+
+    def add_load_balancer(
+        self,
+        name: str,
+        *,
+        pools: list[str],
+        ip_pools: list[str] | None = None,
+        probe: bool = True,
+        sku: str = "Standard",
+    ) -> None:
+        with self.lock:
+            lb_id = self.lb_id(name)
+            rules = []
+            pool_entries = []
+            for pool in [*pools, *(ip_pools or [])]:
+                rule_id = f"{lb_id}/loadBalancingRules/rule-{pool}"
+                rule_props: dict[str, Any] = {
+                    "provisioningState": "Succeeded",
+                    "frontendIPConfiguration": {"id": f"{lb_id}/frontendIPConfigurations/fe"},
+                    "backendAddressPool": {"id": self.pool_id(name, pool)},
+                    "protocol": "Tcp",
+                    "frontendPort": 80,
+                    "backendPort": 80,
+                }
+                if probe:
+                    rule_props["probe"] = {"id": f"{lb_id}/probes/http"}
+                rules.append({"name": f"rule-{pool}", "id": rule_id, "properties": rule_props})
+                props: dict[str, Any] = {
+                    "provisioningState": "Succeeded",
+                    "loadBalancingRules": [{"id": rule_id}],
+                }
+                if pool in (ip_pools or []):
+                    props["loadBalancerBackendAddresses"] = []
+                pool_entries.append(
+                    {
+                        "name": pool,
+                        "id": self.pool_id(name, pool),
+                        "etag": new_etag(),
+                        "type": f"{NETWORK}/loadBalancers/backendAddressPools",
+                        "properties": props,
+                    }
+                )
+            self.lbs[name.lower()] = {
+                "name": name,
+                "id": lb_id,
+                "etag": new_etag(),
+                "type": f"{NETWORK}/loadBalancers",
+                "location": self.location,
+                "sku": {"name": sku},
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "frontendIPConfigurations": [
+                        {
+                            "name": "fe",
+                            "id": f"{lb_id}/frontendIPConfigurations/fe",
+                            "properties": {"privateIPAddress": "10.0.1.4"},
+                        }
+                    ],
+                    "backendAddressPools": pool_entries,
+                    "loadBalancingRules": rules,
+                    "probes": [
+                        {
+                            "name": "http",
+                            "id": f"{lb_id}/probes/http",
+                            "properties": {"protocol": "Http", "port": 80, "requestPath": "/healthz"},
+                        }
+                    ]
+                    if probe
+                    else [],
+                    "inboundNatRules": [],
+                },
+            }
+
+    def add_app_gateway(self, name: str, pools: list[str]) -> None:
+        with self.lock:
+            gw_id = f"{self.rg_id}/providers/{NETWORK}/applicationGateways/{name}"
+            self.appgws[name.lower()] = {
+                "name": name,
+                "id": gw_id,
+                "etag": new_etag(),
+                "type": f"{NETWORK}/applicationGateways",
+                "location": self.location,
+                "properties": {
+                    "provisioningState": "Succeeded",
+                    "backendAddressPools": [
+                        {"name": p, "id": f"{gw_id}/backendAddressPools/{p}", "properties": {}} for p in pools
+                    ],
+                },
+            }
+
+    def join(self, nic: str, pool_id: str, *, ipconfig: str = "ipconfig1", kind: str = "lb") -> None:
+        """Put a NIC's ipConfiguration into a pool (as an operator would)."""
+        with self.lock:
+            config = self._ipconfig(self._nic(nic), ipconfig)
+            key = (
+                "applicationGatewayBackendAddressPools"
+                if kind == "appgw"
+                else "loadBalancerBackendAddressPools"
+            )
+            refs = config["properties"].setdefault(key, [])
+            if not any(r["id"].lower() == pool_id.lower() for r in refs):
+                refs.append({"id": pool_id})
+            self._nic(nic)["etag"] = new_etag()
+
+    def add_ip_member(self, lb: str, pool: str, name: str, ip: str, admin_state: str | None = None) -> None:
+        with self.lock:
+            entry = self._pool(lb, pool)
+            props: dict[str, Any] = {
+                "virtualNetwork": {"id": f"{self.rg_id}/providers/{NETWORK}/virtualNetworks/vnet"},
+                "ipAddress": ip,
+            }
+            if admin_state is not None:
+                props["adminState"] = admin_state
+            entry["properties"].setdefault("loadBalancerBackendAddresses", []).append(
+                {"name": name, "properties": props}
+            )
+            entry["etag"] = new_etag()
+
+    def delete_pool(self, lb: str, pool: str) -> None:
+        with self.lock:
+            props = self._lb(lb)["properties"]
+            props["backendAddressPools"] = [p for p in props["backendAddressPools"] if p["name"] != pool]
+            pool_id = self.pool_id(lb, pool).lower()
+            # Azure refuses to delete a pool in use; an operator removes the NIC references first.
+            for nic in self.nics.values():
+                for config in nic["properties"]["ipConfigurations"]:
+                    refs = config["properties"].get("loadBalancerBackendAddressPools") or []
+                    config["properties"]["loadBalancerBackendAddressPools"] = [
+                        r for r in refs if r["id"].lower() != pool_id
+                    ]
+
+    def membership(self) -> dict[str, list[str]]:
+        """pool id -> sorted NIC names (NIC-based) or "ip=<address> (<adminState>)" (IP-based)."""
+        with self.lock:
+            out: dict[str, list[str]] = {}
+            for lb in self.lbs.values():
+                for pool in lb["properties"]["backendAddressPools"]:
+                    members = [n["name"] for n in self.nics.values() if self._in_pool(n, pool["id"])]
+                    for address in pool["properties"].get("loadBalancerBackendAddresses") or []:
+                        state = address["properties"].get("adminState", "None")
+                        members.append(f"ip={address['properties'].get('ipAddress')} ({state})")
+                    out[pool["id"]] = sorted(members)
+            return out
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def _nic(self, name: str) -> dict[str, Any]:
+        nic = self.nics.get(name.lower())
+        if nic is None:
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{NETWORK}/networkInterfaces/{name}' under resource group "
+                f"'{self.resource_group}' was not found.",
+            )
+        return nic
+
+    def _lb(self, name: str) -> dict[str, Any]:
+        lb = self.lbs.get(name.lower())
+        if lb is None:
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{NETWORK}/loadBalancers/{name}' under resource group "
+                f"'{self.resource_group}' was not found.",
+            )
+        return lb
+
+    def _pool(self, lb: str, pool: str) -> dict[str, Any]:
+        entry = _named(self._lb(lb)["properties"]["backendAddressPools"], pool)
+        if entry is None:
+            raise ArmError(404, "NotFound", f"Resource {self.pool_id(lb, pool)} not found.")
+        return entry
+
+    @staticmethod
+    def _ipconfig(nic: dict[str, Any], name: str) -> dict[str, Any]:
+        config = _named(nic["properties"]["ipConfigurations"], name)
+        if config is None:
+            raise ArmError(404, "NotFound", f"ipConfiguration {name} not found")
+        return config
+
+    @staticmethod
+    def _in_pool(nic: dict[str, Any], pool_id: str) -> bool:
+        return any(
+            ref["id"].lower() == pool_id.lower()
+            for config in nic["properties"]["ipConfigurations"]
+            for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
+        )
+
+    def _pool_exists(self, pool_id: str) -> bool:
+        wanted = pool_id.lower()
+        for lb in self.lbs.values():
+            if any(p["id"].lower() == wanted for p in lb["properties"]["backendAddressPools"]):
+                return True
+        for gw in self.appgws.values():
+            if any(p["id"].lower() == wanted for p in gw["properties"]["backendAddressPools"]):
+                return True
+        return False
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def get_nic(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            answer = copy.deepcopy(self._nic(name))
+            for mutation in list(self.mutations):
+                if mutation.nic.lower() == name.lower():
+                    self.mutations.remove(mutation)
+                    self._apply_mutation(mutation)
+            return answer
+
+    def _apply_mutation(self, mutation: Mutation) -> None:
+        nic = self._nic(mutation.nic)
+        if mutation.tag is not None:
+            nic.setdefault("tags", {})[mutation.tag[0]] = mutation.tag[1]
+        if mutation.add_pool is not None:
+            config = self._ipconfig(nic, mutation.add_pool[0])
+            config["properties"].setdefault("loadBalancerBackendAddressPools", []).append(
+                {"id": mutation.add_pool[1]}
+            )
+        nic["etag"] = new_etag()
+
+    def list_nics(self) -> dict[str, Any]:
+        with self.lock:
+            return {"value": [copy.deepcopy(n) for n in self.nics.values()]}
+
+    def put_nic(self, name: str, body: dict[str, Any], if_match: str | None) -> tuple[dict[str, Any], str]:
+        """Apply a NIC PUT. Returns (answer body, operation id). Raises ArmError."""
+        with self.lock:
+            nic = self._nic(name)
+            if if_match is not None and if_match not in ("*", nic["etag"]):
+                raise ArmError(
+                    412,
+                    "PreconditionFailed",
+                    "Precondition failed.",
+                    [
+                        {
+                            "code": "PreconditionFailedEtagMismatch",
+                            "message": f"Etag provided in if-match header {if_match} does not match etag "
+                            f"{nic['etag']} of resource {nic['id']} in NRP data store.",
+                        }
+                    ],
+                )
+            configs_in = ((body.get("properties") or {}).get("ipConfigurations")) or []
+            if not isinstance(configs_in, list):
+                raise ArmError(400, "InvalidRequestFormat", "ipConfigurations must be a list")
+            for config_in in configs_in:
+                props = config_in.get("properties") or {}
+                for key in ("loadBalancerBackendAddressPools", "applicationGatewayBackendAddressPools"):
+                    for ref in props.get(key) or []:
+                        if not self._pool_exists(ref.get("id", "")):
+                            raise ArmError(
+                                400,
+                                "InvalidResourceReference",
+                                f"Resource {ref.get('id')} referenced by resource {nic['id']} was not found. "
+                                "Please make sure that the referenced resource exists, and that both "
+                                "resources are in the same region.",
+                            )
+            updated = copy.deepcopy(nic)
+            if "tags" in body:
+                updated["tags"] = body["tags"]
+            by_name = {c["name"].lower(): c for c in updated["properties"]["ipConfigurations"]}
+            for config_in in configs_in:
+                target = by_name.get(str(config_in.get("name", "")).lower())
+                if target is None:
+                    continue  # adding ipConfigurations is out of the emulator's scope
+                props = config_in.get("properties") or {}
+                for key in (
+                    "loadBalancerBackendAddressPools",
+                    "applicationGatewayBackendAddressPools",
+                    "loadBalancerInboundNatRules",
+                ):
+                    target["properties"][key] = [{"id": r["id"]} for r in props.get(key) or []]
+            etag = new_etag()
+            updated["etag"] = etag
+            for config in updated["properties"]["ipConfigurations"]:
+                config["etag"] = etag
+            operation = str(uuid.uuid4())
+            fail = self.fail_next_lro > 0
+            if fail:
+                self.fail_next_lro -= 1
+            else:
+                self.nics[name.lower()] = updated
+            self.operations[operation] = Operation(polls_left=self.settings.lro_polls, fail=fail)
+            self.writes.append({"kind": "nic", "name": name, "if_match": if_match, "failed": fail})
+            answer = copy.deepcopy(updated)
+            answer["properties"]["provisioningState"] = "Updating"
+            return answer, operation
+
+    def operation_status(self, operation: str) -> dict[str, Any]:
+        with self.lock:
+            op = self.operations.get(operation)
+            if op is None:
+                raise ArmError(404, "NotFound", f"operation {operation} not found")
+            if op.polls_left > 0:
+                op.polls_left -= 1
+                return {"status": "InProgress"}
+            if op.fail:
+                return {
+                    "status": "Failed",
+                    "error": {
+                        "code": "InternalServerError",
+                        "message": "An error occurred while updating the network interface.",
+                    },
+                }
+            return {"status": "Succeeded"}
+
+    def get_lb(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            lb = copy.deepcopy(self._lb(name))
+            for pool in lb["properties"]["backendAddressPools"]:
+                if "loadBalancerBackendAddresses" in pool["properties"]:
+                    continue
+                pool["properties"]["backendIPConfigurations"] = [
+                    {"id": c["id"]}
+                    for n in self.nics.values()
+                    for c in n["properties"]["ipConfigurations"]
+                    if any(
+                        r["id"].lower() == pool["id"].lower()
+                        for r in c["properties"].get("loadBalancerBackendAddressPools") or []
+                    )
+                ]
+            return lb
+
+    def list_lbs(self) -> dict[str, Any]:
+        with self.lock:
+            return {"value": [self.get_lb(lb["name"]) for lb in self.lbs.values()]}
+
+    def get_pool(self, lb: str, pool: str) -> dict[str, Any]:
+        with self.lock:
+            entry = _named(self.get_lb(lb)["properties"]["backendAddressPools"], pool)
+            if entry is None:
+                raise ArmError(404, "NotFound", f"Resource {self.pool_id(lb, pool)} not found.")
+            return entry
+
+    def put_pool(
+        self, lb: str, pool: str, body: dict[str, Any], if_match: str | None
+    ) -> tuple[dict[str, Any], str]:
+        with self.lock:
+            entry = self._pool(lb, pool)
+            if if_match is not None and if_match not in ("*", entry["etag"]):
+                raise ArmError(
+                    412,
+                    "PreconditionFailed",
+                    "Precondition failed.",
+                    [
+                        {
+                            "code": "PreconditionFailedEtagMismatch",
+                            "message": f"Etag provided in if-match header {if_match} does not match etag "
+                            f"{entry['etag']} of resource {entry['id']} in NRP data store.",
+                        }
+                    ],
+                )
+            addresses = (body.get("properties") or {}).get("loadBalancerBackendAddresses")
+            if addresses is not None:
+                entry["properties"]["loadBalancerBackendAddresses"] = [
+                    {"name": a.get("name"), "properties": dict(a.get("properties") or {})} for a in addresses
+                ]
+            entry["etag"] = new_etag()
+            operation = str(uuid.uuid4())
+            self.operations[operation] = Operation(polls_left=self.settings.lro_polls)
+            self.writes.append(
+                {"kind": "pool", "name": f"{lb}/{pool}", "if_match": if_match, "failed": False}
+            )
+            return self.get_pool(lb, pool), operation
+
+    def get_app_gateway(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            gw = self.appgws.get(name.lower())
+            if gw is None:
+                raise ArmError(
+                    404,
+                    "ResourceNotFound",
+                    f"The Resource '{NETWORK}/applicationGateways/{name}' under resource group "
+                    f"'{self.resource_group}' was not found.",
+                )
+            return copy.deepcopy(gw)
