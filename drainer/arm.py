@@ -47,11 +47,18 @@ class ArmError(ActionError):
         super().__init__(what, reason)
 
 
-class ArmDeadlineError(AzureError):
-    """The next retry or poll would end after the deadline."""
+class ArmDeadlineError(Exception):
+    """The next retry would start after the deadline.
+
+    Deliberately not an AzureError: azure-core's retry loop treats those as retryable and would
+    swallow it.
+    """
 
 
 def _describe(exc: BaseException) -> tuple[str, int | None, str]:
+    """A one-line reason, the HTTP status and Azure's error code."""
+    if isinstance(exc, ArmDeadlineError):
+        return str(exc), None, ""
     if isinstance(exc, HttpResponseError):
         code = ""
         message = exc.message or str(exc)
@@ -62,6 +69,10 @@ def _describe(exc: BaseException) -> tuple[str, int | None, str]:
             if details:
                 message = f"{message} ({'; '.join(details)})"
         status = exc.status_code
+        if status is not None and status < 300:
+            # A long-running operation that ended Failed: the poll itself answered 200.
+            text = f"the operation failed: {code}: {message}" if code else f"the operation failed: {message}"
+            return " ".join(text.split()), None, code
         text = f"HTTP {status} {code}: {message}" if code else f"HTTP {status}: {message}"
         return " ".join(text.split()), status, code
     return f"{type(exc).__name__}: {exc}".strip(), None, ""
@@ -167,17 +178,17 @@ class ArmNetwork:
         self._calls += 1
         try:
             return fn(*args, **self._call_options, **kwargs)
-        except AzureError as exc:
+        except (AzureError, ArmDeadlineError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
 
     def _wait(self, what: str, poller: Any) -> Any:
-        poller.wait(timeout=max(0.0, self._remaining()))
-        if not poller.done():
-            raise ArmError(what, f"the operation did not finish within the {self.cfg.deadline:g}s deadline")
         try:
+            poller.wait(timeout=max(0.0, self._remaining()))
+            if not poller.done():
+                raise ArmError(what, f"the operation did not finish within the {self.cfg.deadline:g}s deadline")
             return poller.result()
-        except AzureError as exc:
+        except (AzureError, ArmDeadlineError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
 

@@ -21,6 +21,15 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = SHARED / "azure-examples"
 SCENARIOS = SHARED / "scenarios" / "scenarios.json"
 ENTRY = Path(__file__).resolve().parent / "agent_entry.py"
+DEFAULT_CONFIG = """
+[imds]
+deadline = 3.0
+read_timeout = 1.0
+
+[azure]
+poll_interval = 0.05
+deadline = 20.0
+"""
 
 
 @pytest.fixture
@@ -53,7 +62,7 @@ class Agent:
         return self.tmp / "config.toml"
 
     def env(self, **overrides: str) -> dict[str, str]:
-        self.config_path.write_text(self.config_text or "[imds]\ndeadline = 3.0\nread_timeout = 1.0\n")
+        self.config_path.write_text(self.config_text or DEFAULT_CONFIG)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.tmp),

@@ -336,7 +336,7 @@ class _Handler(BaseHTTPRequestHandler):
                 model.set_incarnation(int(data["value"]))
                 self._send(200, {})
             elif route == "vms" and method == "POST":
-                vm = model.add_vm(data["name"], data.get("scale_set", ""))
+                vm = model.add_vm(data["name"], data.get("scale_set", ""), uniform=bool(data.get("uniform")))
                 self._send(201, {"name": vm.name})
             elif segments and segments[0] == "arm":
                 self._arm_control(method, segments[1:], data)
