@@ -186,7 +186,8 @@ class ArmNetwork:
         try:
             poller.wait(timeout=max(0.0, self._remaining()))
             if not poller.done():
-                raise ArmError(what, f"the operation did not finish within the {self.cfg.deadline:g}s deadline")
+                limit = f"{self.cfg.deadline:g}s"
+                raise ArmError(what, f"the operation did not finish within the {limit} deadline")
             return poller.result()
         except (AzureError, ArmDeadlineError) as exc:
             reason, status, code = _describe(exc)

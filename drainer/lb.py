@@ -32,8 +32,9 @@ from azure.mgmt.network.models import (
     SubResource,
 )
 
-from drainer.actions import ActionContext
+from drainer.actions import ActionContext, Actuator
 from drainer.arm import ArmError, Network
+from drainer.config import Config
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError, DrainHeldError
 from drainer.imds import InstanceInfo
@@ -502,18 +503,18 @@ class AdminStateDrain(_Base):
             ctx.ledger.forget(pool_entries)
 
 
-def make_lb_actuator(ctx_config: Any, vm: InstanceInfo, log: Any) -> Any:
+def make_lb_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
     """The actuator for ``[drain] method`` nic or admin-state, over a (dry-run wrapped) ARM client."""
     from drainer.arm import ArmNetwork, DryRunNetwork  # noqa: PLC0415
 
     network: Network = ArmNetwork(
-        ctx_config.azure, subscription_id=vm.subscription_id, imds_endpoint=ctx_config.imds.endpoint
+        config.azure, subscription_id=vm.subscription_id, imds_endpoint=config.imds.endpoint
     )
-    if ctx_config.dry_run:
+    if config.dry_run:
         network = DryRunNetwork(network, log)
-    if ctx_config.drain.method == "admin-state":
-        return AdminStateDrain(network, ctx_config)
-    return NicDrain(network, ctx_config)
+    if config.drain.method == "admin-state":
+        return AdminStateDrain(network, config)
+    return NicDrain(network, config)
 
 
 __all__ = ["AdminStateDrain", "Ledger", "NicDrain", "ResourceId", "make_lb_actuator"]
