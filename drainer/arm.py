@@ -89,7 +89,7 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
         if response is not None:
             wait = self.get_retry_after(response)
             if wait is None and response.http_response.status_code == 429:
-                found = _RETRY_IN.search(response.http_response.text())
+                found = _RETRY_IN.search(_body_text(response.http_response))
                 wait = float(found.group(1)) if found else None
         if wait is None:
             wait = self.get_backoff_time(settings)
@@ -97,6 +97,15 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
             raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
         if wait > 0:
             transport.sleep(wait)
+
+
+def _body_text(http_response: Any) -> str:
+    """The body of an error answer, reading it first if the call streamed (LRO initial requests do)."""
+    try:
+        http_response.read()
+        return str(http_response.text())
+    except (AzureError, ValueError, OSError):
+        return ""
 
 
 def _imds_session() -> requests.Session:

@@ -408,3 +408,27 @@ def test_admin_state_refuses_a_basic_load_balancer(agent: Agent, control: Emulat
     done = agent.check()
     assert done.returncode == 1
     assert "Standard load balancer" in done.stderr
+
+
+def test_retryable_error_due_to_another_operation_waits_as_told(
+    agent: Agent, topology: EmulatorControl
+) -> None:
+    # Azure sends this as a 429 without a Retry-After header; the wait is in the message.
+    body = (
+        '{"error": {"code": "RetryableError", "message": "A retryable error occured.", "details": '
+        '[{"code": "RetryableErrorDueToAnotherOperation", "message": "Operation X is updating resource Y. '
+        'The call can be retried in 1 seconds."}]}}'
+    )
+    topology.fault(match="networkInterfaces/web-0-nic", method="PUT", status=429, count=1, body=body)
+    topology.schedule("Reboot", ["web-0"])
+    assert agent.check().returncode == 0
+    puts = [r for r in _arm_requests(topology) if r["method"] == "PUT" and r["path"].endswith("web-0-nic")]
+    assert [p["status"] for p in puts] == ["fault", 200]
+    assert puts[1]["at"] - puts[0]["at"] >= 0.9
+
+
+def test_server_errors_are_retried_within_the_action(agent: Agent, topology: EmulatorControl) -> None:
+    topology.fault(match="loadBalancers/lb-web", method="GET", status=500, count=2)
+    topology.schedule("Reboot", ["web-0"])
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["drain_state"] == "drained"
