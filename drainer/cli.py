@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from drainer import __version__
@@ -67,7 +66,7 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
 def _load_config(args: argparse.Namespace) -> Config:
     config = load(args.config)
     if args.dry_run:
-        config = replace(config, dry_run=True)
+        config = config._replace(dry_run=True)
     return config
 
 
@@ -121,10 +120,16 @@ def _config_command(action: str, config: Config) -> int:
 
 
 def _config_json(config: Config) -> dict[str, Any]:
-    from dataclasses import asdict  # noqa: PLC0415
+    def plain(value: Any) -> Any:
+        if hasattr(value, "_asdict"):
+            return {k: plain(v) for k, v in value._asdict().items()}
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
 
-    data = asdict(config)
-    data["policy"]["actions"] = dict(config.policy.actions)
+    data: dict[str, Any] = plain(config)
     return data
 
 

@@ -15,8 +15,7 @@ VM drain states (``DrainState``): ``in_rotation`` → ``draining`` → ``drained
 ``in_rotation``. ``draining`` and ``restoring`` are the intents, persisted before the action runs, so a
 run that dies mid-way is completed by the next one.
 
-Persisted records are frozen dataclasses; the messages between the core and the runner (observations,
-transitions, actions, decisions) are NamedTuples: just as typed and immutable, and several times cheaper
+Every type here is a NamedTuple: as typed and immutable as a frozen dataclass, and several times cheaper
 to define, which matters because the every-minute idle run pays for each class at start-up.
 """
 
@@ -24,8 +23,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import NamedTuple
 
 from drainer.config import PolicyConfig
@@ -47,8 +46,7 @@ class DrainState(str, enum.Enum):
     RESTORING = "restoring"
 
 
-@dataclass(frozen=True)
-class EventRecord:
+class EventRecord(NamedTuple):
     event: ScheduledEvent  # as last observed
     state: EventState
     reason: str
@@ -59,8 +57,7 @@ class EventRecord:
     cleared_at: datetime | None = None
 
 
-@dataclass(frozen=True)
-class VmState:
+class VmState(NamedTuple):
     drain_state: DrainState = DrainState.IN_ROTATION
     since: datetime | None = None
     # Keys of the events that hold the VM out of rotation (empty when in rotation).
@@ -77,10 +74,9 @@ class VmState:
         return self.drain_state is DrainState.IN_ROTATION
 
 
-@dataclass(frozen=True)
-class State:
-    events: Mapping[str, EventRecord] = field(default_factory=dict)
-    vm: VmState = field(default_factory=VmState)
+class State(NamedTuple):
+    events: Mapping[str, EventRecord] = MappingProxyType({})
+    vm: VmState = VmState()
     incarnation: int | None = None
     boot_id: str | None = None
 
@@ -203,8 +199,7 @@ def _observe_events(
                 started_at is None or old.state is EventState.CLEARED
             ):
                 started_at = now
-            record = replace(
-                old,
+            record = old._replace(
                 event=event,
                 state=new_state,
                 reason=reason if changed else old.reason,
@@ -215,7 +210,7 @@ def _observe_events(
             )
             if old.state is EventState.CLEARED:
                 reason = f"reappeared: {reason}"
-                record = replace(record, reason=reason, first_seen=now)
+                record = record._replace(reason=reason, first_seen=now)
             if changed:
                 transitions.append(
                     _event_transition(
@@ -231,7 +226,7 @@ def _observe_events(
             continue
         what = "completed" if old.event.status is EventStatus.STARTED else "cancelled"
         reason = f"no longer listed ({what})"
-        records[key] = replace(old, state=EventState.CLEARED, reason=reason, updated_at=now, cleared_at=now)
+        records[key] = old._replace(state=EventState.CLEARED, reason=reason, updated_at=now, cleared_at=now)
         transitions.append(
             _event_transition(old.event, _event_label(old.state, old.event.status), "cleared", reason)
         )
@@ -315,7 +310,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
             )
             actions.append(Drain(ids, types, "re-drain after reboot"))
         elif current is DrainState.DRAINED:
-            vm = replace(vm, held_by=held_by)
+            vm = vm._replace(held_by=held_by)
         else:
             if ids:
                 reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
@@ -331,7 +326,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                     reason=reason,
                 )
             else:
-                vm = replace(vm, held_by=held_by)
+                vm = vm._replace(held_by=held_by)
             actions.append(Drain(ids, types, reason))
     elif current is not DrainState.IN_ROTATION:
         reason = "no event holds this VM any more"
@@ -363,7 +358,7 @@ def set_manual(state: State, on: bool, now: datetime) -> Decision:
         to_state="manual" if on else "automatic",
         reason="operator took the VM out by hand" if on else "operator released the manual hold",
     )
-    return Decision(state=replace(state, vm=replace(state.vm, manual=on)), transitions=(transition,))
+    return Decision(state=state._replace(vm=state.vm._replace(manual=on)), transitions=(transition,))
 
 
 def _move(
@@ -394,14 +389,14 @@ def record_outcome(
         if vm.held == error:
             return Decision(state=state)
         transition = Transition(subject="vm", from_state=vm.drain_state.value, to_state="held", reason=error)
-        return Decision(state=replace(state, vm=replace(vm, held=error)), transitions=(transition,))
+        return Decision(state=state._replace(vm=vm._replace(held=error)), transitions=(transition,))
     if error is not None:
-        vm = replace(vm, attempts=vm.attempts + 1, last_error=error, held="")
-        return Decision(state=replace(state, vm=vm))
+        vm = vm._replace(attempts=vm.attempts + 1, last_error=error, held="")
+        return Decision(state=state._replace(vm=vm))
     transitions: list[Transition] = []
     done = DrainState.DRAINED if isinstance(action, Drain) else DrainState.IN_ROTATION
     held_by = vm.held_by if isinstance(action, Drain) else ()
     vm = _move(
         vm, to=done, now=now, held_by=held_by, transitions=transitions, reason=f"{action.name} succeeded"
     )
-    return Decision(state=replace(state, vm=vm), transitions=tuple(transitions))
+    return Decision(state=state._replace(vm=vm), transitions=tuple(transitions))

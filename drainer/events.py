@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -30,8 +29,7 @@ class EventStatus(str, enum.Enum):
     STARTED = "Started"
 
 
-@dataclass(frozen=True)
-class ScheduledEvent:
+class ScheduledEvent(NamedTuple):
     event_id: str
     event_type: EventType
     status: EventStatus

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -53,12 +52,14 @@ class Seams(NamedTuple):
     actuator: Actuator | None = None
 
 
-@dataclass
 class RunResult:
-    exit_code: int = EXIT_OK
-    transitions: list[Transition] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    held_by: list[str] = field(default_factory=list)  # events holding the VM out after the run
+    """What one run did (mutable: filled in as the run goes)."""
+
+    def __init__(self) -> None:
+        self.exit_code = EXIT_OK
+        self.transitions: list[Transition] = []
+        self.errors: list[str] = []
+        self.held_by: list[str] = []  # events holding the VM out after the run
 
 
 def read_boot_id(path: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,15 @@ EXAMPLE = ROOT / "config.example.toml"
 
 def test_example_file_is_valid_and_states_the_defaults() -> None:
     loaded = load(str(EXAMPLE), environ={})
-    assert replace(loaded, source="x") == replace(Config(), source="x")
+    assert loaded._replace(source="x") == Config(source="x")
 
 
 def test_example_file_mentions_every_option() -> None:
     text = EXAMPLE.read_text()
     for section in ("imds", "policy", "drain", "azure", "logging"):
         assert f"[{section}]" in text
-        for f in fields(getattr(Config(), section)):
-            assert f"\n{f.name} = " in text or f"[{section}.{f.name}]" in text, f"{section}.{f.name}"
+        for name in getattr(Config(), section)._fields:
+            assert f"\n{name} = " in text or f"[{section}.{name}]" in text, f"{section}.{name}"
     for name in ("state_dir", "dry_run"):
         assert f"\n{name} = " in text
     assert "[vm]\n" in text

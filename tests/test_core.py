@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -232,4 +231,4 @@ def test_step_is_pure() -> None:
     obs = Observation(document_from_json(_doc(1, _event())), "web-0", "b")
     assert step(state, obs, T0, POLICY) == step(state, obs, T0, POLICY)
     assert state == State()
-    assert replace(state) == state
+    assert state._replace() == state
