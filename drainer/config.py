@@ -25,6 +25,8 @@ DEFAULT_CONFIG_PATH = "/etc/drainer/config.toml"
 DEFAULT_STATE_DIR = "/var/lib/drainer"
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+DEFAULT_HOOKS_DIR = "/etc/drainer/hooks.d"
+HOOK_PHASES = ("on-event", "pre-drain", "post-drain", "pre-restore", "post-restore")
 
 ACTIONS = ("drain", "ignore")
 DRAIN_METHODS = ("nic", "admin-state", "log")
@@ -72,6 +74,16 @@ class DrainConfig(NamedTuple):
     nics: tuple[str, ...] = ()
 
 
+class HooksConfig(NamedTuple):
+    dir: str = DEFAULT_HOOKS_DIR
+    timeout: float = 60.0  # seconds per hook, then SIGTERM to its process group
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    on_failure: str = "abort"  # a failing pre-drain hook: "abort" the drain or "continue"
+    output_limit: int = 8192  # bytes of stdout and of stderr kept per hook run (head and tail)
+    # "phase/name" -> seconds, overriding ``timeout`` for one hook.
+    timeouts: Mapping[str, float] = MappingProxyType({})
+
+
 class AzureConfig(NamedTuple):
     arm_endpoint: str = DEFAULT_ARM_ENDPOINT
     identity: str = "managed"  # managed identity through IMDS, or DefaultAzureCredential
@@ -100,6 +112,7 @@ class Config(NamedTuple):
     policy: PolicyConfig = PolicyConfig()
     drain: DrainConfig = DrainConfig()
     azure: AzureConfig = AzureConfig()
+    hooks: HooksConfig = HooksConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -236,6 +249,29 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     )
     azure_s.done()
 
+    hooks_s = _Section(path, "hooks", raw.get("hooks"))
+    timeouts_s = _Section(path, "hooks.timeouts", hooks_s.raw.get("timeouts"))
+    timeouts: dict[str, float] = {}
+    for key in list(timeouts_s.raw):
+        phase, _, name = key.partition("/")
+        if phase not in HOOK_PHASES or not name or "/" in name:
+            raise ConfigError(
+                path,
+                f"hooks.timeouts.{key}",
+                f'must be "<phase>/<hook name>" with a phase of {", ".join(HOOK_PHASES)}',
+            )
+        timeouts[key] = timeouts_s.number(key, float, 60.0, low=0.1, high=86400)
+    timeouts_s.done()
+    hooks = HooksConfig(
+        dir=hooks_s.get("dir", str, DEFAULT_HOOKS_DIR),
+        timeout=hooks_s.number("timeout", float, 60.0, low=0.1, high=86400),
+        kill_grace=hooks_s.number("kill_grace", float, 5.0, low=0.0, high=600),
+        on_failure=hooks_s.choice("on_failure", ("abort", "continue"), "abort"),
+        output_limit=hooks_s.number("output_limit", int, 8192, low=256, high=1 << 24),
+        timeouts=MappingProxyType(timeouts),
+    )
+    hooks_s.done(subtables=("timeouts",))
+
     log_s = _Section(path, "logging", raw.get("logging"))
     logging_cfg = LoggingConfig(
         format=log_s.choice("format", LOG_FORMATS, "auto"),
@@ -264,9 +300,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         policy=policy,
         drain=drain,
         azure=azure,
+        hooks=hooks,
         logging=logging_cfg,
     )
-    top.done(subtables=("imds", "policy", "drain", "azure", "logging", "vm"))
+    top.done(subtables=("imds", "policy", "drain", "azure", "hooks", "logging", "vm"))
     return config
 
 
@@ -298,6 +335,12 @@ def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = N
     else:
         if not path.is_file():
             raise ConfigError(str(path), "", "no such file")
+        from drainer.permissions import unsafe_reason  # noqa: PLC0415
+
+        for trusted in (path, path.parent):
+            reason = unsafe_reason(trusted)
+            if reason:
+                raise ConfigError(str(path), "", f"refused: {reason}")
         config = from_mapping(_read_toml(path), str(path))
     endpoint = env.get("DRAINER_IMDS_ENDPOINT")
     if endpoint:

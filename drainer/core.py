@@ -331,8 +331,14 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
     elif current is not DrainState.IN_ROTATION:
         reason = "no event holds this VM any more"
         if current is not DrainState.RESTORING:
+            # held_by stays: the events this restore is for (their hooks get them), cleared once back.
             vm = _move(
-                vm, to=DrainState.RESTORING, now=now, held_by=(), transitions=transitions, reason=reason
+                vm,
+                to=DrainState.RESTORING,
+                now=now,
+                held_by=vm.held_by,
+                transitions=transitions,
+                reason=reason,
             )
         actions.append(Restore(reason))
 

@@ -11,14 +11,26 @@ idempotent.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer.config import Config
-from drainer.core import Decision, Drain, Observation, State, Transition, record_outcome, set_manual, step
+from drainer.core import (
+    Action,
+    Decision,
+    Drain,
+    DrainState,
+    Observation,
+    State,
+    Transition,
+    record_outcome,
+    set_manual,
+    step,
+)
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError, MalformedDocumentError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
@@ -177,24 +189,92 @@ def _run_locked(
     log_transitions(log, decision.transitions)
     result.transitions.extend(decision.transitions)
     state = decision.state
-    result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
-    if not decision.actions:
+    _run_event_hooks(config, log, store=store, vm=vm, state=state, transitions=decision.transitions)
+    if decision.actions:
+        state = _act(
+            config,
+            log=log,
+            seams=seams,
+            store=store,
+            vm=vm,
+            state=state,
+            actions=decision.actions,
+            result=result,
+        )
+    if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
+        result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
+    _retry_failed_hooks(config, log, store, vm, state)
+
+
+def _hooks_phase_exists(config: Config, phase: str) -> bool:
+    return (Path(config.hooks.dir) / phase).is_dir()
+
+
+def _run_event_hooks(
+    config: Config,
+    log: Any,
+    *,
+    store: StateStore,
+    vm: InstanceInfo,
+    state: State,
+    transitions: Sequence[Transition],
+) -> None:
+    """on-event hooks for each event seen for the first time (or again after it cleared)."""
+    new = [t.event_id for t in transitions if t.subject == "event" and t.from_state in {"new", "cleared"}]
+    if not new or not _hooks_phase_exists(config, "on-event"):
         return
+    from drainer.hooks import HookRunner, PendingPhases  # noqa: PLC0415 - only when there are hooks to run
+
+    runner = HookRunner(config, log, os.environ)
+    pending = PendingPhases(None if config.dry_run else store)
+    for event_id in new:
+        record = state.events.get(event_id.casefold())
+        if record is not None and not runner.run_phase("on-event", vm=vm, events=[record]).ok:
+            pending.add("on-event", [event_id], "any")
+
+
+def _retry_failed_hooks(config: Config, log: Any, store: StateStore, vm: InstanceInfo, state: State) -> None:
+    if config.dry_run or store.meta("pending_phases") in (None, "", "[]"):
+        return
+    from drainer.hooks import HookRunner, PendingPhases, retry_pending  # noqa: PLC0415
+
+    retry_pending(
+        HookRunner(config, log, os.environ),
+        PendingPhases(store),
+        vm=vm,
+        drain_state=state.vm.drain_state.value,
+        events=state.events,
+    )
+
+
+def _act(
+    config: Config,
+    *,
+    log: Any,
+    seams: Seams,
+    store: StateStore,
+    vm: InstanceInfo,
+    state: State,
+    actions: Sequence[Action],
+    result: RunResult,
+) -> State:
+    """Carry out the decided actions, each with its hooks, and record each outcome."""
     # Not on the idle path: the actions (and, for the load-balancer methods, the Azure SDK).
     from drainer.actions import ActionContext, make_actuator  # noqa: PLC0415
+    from drainer.hooks import HookedActuator, HookRunner, PendingPhases  # noqa: PLC0415
     from drainer.ledger import Ledger, MemoryLedger, StoreLedger  # noqa: PLC0415
 
     try:
         actuator = seams.actuator or make_actuator(config, vm, log)
     except DrainerError as exc:
         actuator = _FailingActuator(exc)
+    actuator = HookedActuator(
+        actuator, HookRunner(config, log, os.environ), PendingPhases(None if config.dry_run else store)
+    )
     ledger: Ledger = MemoryLedger(store.ledger()) if config.dry_run else StoreLedger(store, seams.now)
-    for action in decision.actions:
-        events = (
-            tuple(state.events[e.casefold()] for e in action.event_ids if e.casefold() in state.events)
-            if isinstance(action, Drain)
-            else ()
-        )
+    for action in actions:
+        keys = [e.casefold() for e in action.event_ids] if isinstance(action, Drain) else state.vm.held_by
+        events = tuple(state.events[k] for k in keys if k in state.events)
         ctx = ActionContext(
             config=config,
             vm=vm,
@@ -240,6 +320,7 @@ def _run_locked(
             result.exit_code = EXIT_ACTION_FAILED
         log_transitions(log, outcome.transitions)
         result.transitions.extend(outcome.transitions)
+    return state
 
 
 class _FailingActuator:
