@@ -15,7 +15,7 @@ from typing import Any
 
 from drainer import __version__
 from drainer.config import Config, load
-from drainer.errors import EXIT_OK, DrainerError
+from drainer.errors import EXIT_OK, EXIT_USAGE, DrainerError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--event", metavar="EVENT_ID", help="only this event")
     history.add_argument("--limit", type=int, default=200, help="newest N entries (default 200)")
-    config = sub.add_parser("config", help="validate or show the configuration")
+    config = sub.add_parser("config", help="validate (config and hooks) or show the configuration")
     config.add_argument("action", choices=("check", "show"))
+    hooks = sub.add_parser("hooks", help="the hooks that would run, per phase, in order")
+    hooks.add_argument("action", choices=("list",))
     emulator = sub.add_parser("emulator", help="serve an IMDS emulator on loopback")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8169)
@@ -83,6 +85,11 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
     config = _load_config(args)
     if command == "config":
         return _config_command(args.action, config)
+    if command == "hooks":
+        from drainer.hooks import listing  # noqa: PLC0415
+
+        print("\n".join(listing(config)))
+        return EXIT_OK
     from drainer import log as logmod  # noqa: PLC0415
 
     logmod.configure(config.logging, level="debug" if args.verbose else None)
@@ -113,7 +120,14 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
 
 def _config_command(action: str, config: Config) -> int:
     if action == "check":
-        print(f"drainer: configuration OK ({config.source})")
+        from drainer.hooks import problems  # noqa: PLC0415
+
+        refused = problems(config)
+        for problem in refused:
+            print(f"drainer: hook refused: {problem}", file=sys.stderr)
+        if refused:
+            return EXIT_USAGE
+        print(f"drainer: configuration OK ({config.source}); hooks in {config.hooks.dir} OK")
         return EXIT_OK
     print(json.dumps(_config_json(config), indent=2))
     return EXIT_OK

@@ -359,10 +359,18 @@ def retry_pending(
     vm: InstanceInfo,
     drain_state: str,
     events: Mapping[str, EventRecord],
+    earlier: str | None,
 ) -> None:
-    """Run again the phases that failed on earlier runs, while they still apply."""
-    keep: list[dict[str, Any]] = []
-    for item in pending.load():
+    """Run again the phases that failed on earlier runs (``earlier``: the pending list as it was
+    before this run's actions), while they still apply. Phases that failed in this run stay pending."""
+    try:
+        decoded = json.loads(earlier or "[]")
+    except ValueError:
+        decoded = []
+    before = [p for p in decoded if isinstance(p, dict)] if isinstance(decoded, list) else []
+    current = pending.load()
+    keep = [p for p in current if p not in before]  # failed during this run: next run
+    for item in [p for p in current if p in before]:
         phase = str(item.get("phase"))
         when = str(item.get("when"))
         if when not in ("any", drain_state):

@@ -189,6 +189,9 @@ def _run_locked(
     log_transitions(log, decision.transitions)
     result.transitions.extend(decision.transitions)
     state = decision.state
+    # Hook phases that failed on earlier runs are retried after this run's actions; a phase that
+    # fails during this run waits for the next one.
+    earlier_failures = store.meta("pending_phases")
     _run_event_hooks(config, log, store=store, vm=vm, state=state, transitions=decision.transitions)
     if decision.actions:
         state = _act(
@@ -203,7 +206,8 @@ def _run_locked(
         )
     if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
         result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
-    _retry_failed_hooks(config, log, store, vm, state)
+    if earlier_failures not in (None, "", "[]"):
+        _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
 
 
 def _hooks_phase_exists(config: Config, phase: str) -> bool:
@@ -233,8 +237,10 @@ def _run_event_hooks(
             pending.add("on-event", [event_id], "any")
 
 
-def _retry_failed_hooks(config: Config, log: Any, store: StateStore, vm: InstanceInfo, state: State) -> None:
-    if config.dry_run or store.meta("pending_phases") in (None, "", "[]"):
+def _retry_failed_hooks(
+    config: Config, log: Any, *, store: StateStore, vm: InstanceInfo, state: State, earlier: str | None
+) -> None:
+    if config.dry_run:
         return
     from drainer.hooks import HookRunner, PendingPhases, retry_pending  # noqa: PLC0415
 
@@ -244,6 +250,7 @@ def _retry_failed_hooks(config: Config, log: Any, store: StateStore, vm: Instanc
         vm=vm,
         drain_state=state.vm.drain_state.value,
         events=state.events,
+        earlier=earlier,
     )
 
 
