@@ -74,6 +74,28 @@ class DrainConfig(NamedTuple):
     nics: tuple[str, ...] = ()
 
 
+class ApprovalConfig(NamedTuple):
+    enabled: bool = True
+    # Event types approved early once this VM is drained (a Preempt needs no approval).
+    types: tuple[str, ...] = ("Reboot", "Redeploy", "Freeze", "Terminate")
+    # Local TCP ports whose established connections must reach zero before approving.
+    service_ports: tuple[int, ...] = ()
+    # The longest wait for those connections, from the moment the VM left rotation.
+    drain_timeout: float = 300.0
+    # Within this many seconds of NotBefore, approve without waiting for the other listed VMs.
+    near_seconds: float = 60.0
+    # Approve even when the drain failed or was held (the VM may still be serving).
+    when_not_drained: bool = False
+
+
+class RestoreConfig(NamedTuple):
+    # A local health check that must pass before the VM is put back (both optional):
+    health_url: str = ""  # answers 2xx
+    health_command: tuple[str, ...] = ()  # argv, exits 0
+    # After this long the VM is put back anyway, with a warning.
+    health_timeout: float = 300.0
+
+
 class HooksConfig(NamedTuple):
     dir: str = DEFAULT_HOOKS_DIR
     timeout: float = 60.0  # seconds per hook, then SIGTERM to its process group
@@ -113,6 +135,8 @@ class Config(NamedTuple):
     drain: DrainConfig = DrainConfig()
     azure: AzureConfig = AzureConfig()
     hooks: HooksConfig = HooksConfig()
+    approval: ApprovalConfig = ApprovalConfig()
+    restore: RestoreConfig = RestoreConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -272,6 +296,40 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     )
     hooks_s.done(subtables=("timeouts",))
 
+    approval_s = _Section(path, "approval", raw.get("approval"))
+    types = approval_s.get("types", list, list(ApprovalConfig().types))
+    known_types = {t.value for t in EventType}
+    if not all(isinstance(t, str) and t in known_types for t in types):
+        raise ConfigError(
+            path, "approval.types", f"must be a list of event types ({', '.join(sorted(known_types))})"
+        )
+    ports = approval_s.get("service_ports", list, [])
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports):
+        raise ConfigError(path, "approval.service_ports", "must be a list of TCP ports (1-65535)")
+    approval = ApprovalConfig(
+        enabled=approval_s.get("enabled", bool, True),
+        types=tuple(types),
+        service_ports=tuple(ports),
+        drain_timeout=approval_s.number("drain_timeout", float, 300.0, low=0, high=86400),
+        near_seconds=approval_s.number("near_seconds", float, 60.0, low=0, high=86400),
+        when_not_drained=approval_s.get("when_not_drained", bool, False),
+    )
+    approval_s.done()
+
+    restore_s = _Section(path, "restore", raw.get("restore"))
+    health_url = restore_s.get("health_url", str, "")
+    if health_url:
+        health_url = _check_endpoint(path, "restore.health_url", health_url)
+    command = restore_s.get("health_command", list, [])
+    if not all(isinstance(c, str) and c for c in command):
+        raise ConfigError(path, "restore.health_command", "must be an argv list of strings (no shell)")
+    restore = RestoreConfig(
+        health_url=health_url,
+        health_command=tuple(command),
+        health_timeout=restore_s.number("health_timeout", float, 300.0, low=0, high=86400),
+    )
+    restore_s.done()
+
     log_s = _Section(path, "logging", raw.get("logging"))
     logging_cfg = LoggingConfig(
         format=log_s.choice("format", LOG_FORMATS, "auto"),
@@ -301,9 +359,11 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         drain=drain,
         azure=azure,
         hooks=hooks,
+        approval=approval,
+        restore=restore,
         logging=logging_cfg,
     )
-    top.done(subtables=("imds", "policy", "drain", "azure", "hooks", "logging", "vm"))
+    top.done(subtables=("imds", "policy", "drain", "azure", "hooks", "approval", "restore", "logging", "vm"))
     return config
 
 

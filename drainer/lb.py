@@ -125,6 +125,42 @@ class _Base:
         ctx.log.info("discovered NICs", nics=found)
         return found
 
+    def peers(
+        self, vm: InstanceInfo, ledger: Ledger, listed: set[str]
+    ) -> tuple[frozenset[str], frozenset[str]]:
+        """For the early-approval rule: (the listed VMs still in a pool this VM was taken out of,
+        the listed VMs visible in this VM's resource group). One NIC list, plus one load-balancer
+        list for admin-state. Raises ArmError."""
+        self.network.start()
+        me = vm.name.casefold()
+        names_by_ip: dict[str, str] = {}
+        in_rotation: set[str] = set()
+        visible: set[str] = set()
+        ours = {e.target.lower() for e in ledger.entries("nic") if e.kind == "lb-pool"}
+        for nic in self.network.list_nics(vm.resource_group):
+            if nic.virtual_machine is None or not nic.virtual_machine.id:
+                continue
+            name = str(nic.virtual_machine.id).rstrip("/").rsplit("/", 1)[-1].casefold()
+            if name not in listed:
+                continue
+            visible.add(name)
+            for config in nic.ip_configurations or []:
+                if config.private_ip_address:
+                    names_by_ip[str(config.private_ip_address)] = name
+                if any(str(p.id).lower() in ours for p in config.load_balancer_backend_address_pools or []):
+                    in_rotation.add(name)
+        admin_pools = {e.resource_id.lower() for e in ledger.entries("admin-state")}
+        if admin_pools:
+            for lb in self.network.list_load_balancers(vm.resource_group):
+                for pool in lb.backend_address_pools or []:
+                    if str(pool.id).lower() not in admin_pools:
+                        continue
+                    for address in pool.load_balancer_backend_addresses or []:
+                        owner = names_by_ip.get(str(address.ip_address))
+                        if owner and (address.admin_state or "None") != "Down":
+                            in_rotation.add(owner)
+        return frozenset(in_rotation - {me}), frozenset(visible)
+
     def _forget_nic_cache(self, ctx: ActionContext) -> None:
         if ctx.store is not None:
             ctx.store.set_meta({"nics": ""})

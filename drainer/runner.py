@@ -20,14 +20,20 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer.config import Config
 from drainer.core import (
-    Action,
+    ApprovalFacts,
+    Approve,
     Decision,
     Drain,
     DrainState,
     Observation,
+    Restore,
     State,
     Transition,
+    approval_candidates,
+    decide_approvals,
+    record_approval,
     record_outcome,
+    restore_gate,
     set_manual,
     step,
 )
@@ -193,7 +199,8 @@ def _run_locked(
     # fails during this run waits for the next one.
     earlier_failures = store.meta("pending_phases")
     _run_event_hooks(config, log, store=store, vm=vm, state=state, transitions=decision.transitions)
-    if decision.actions:
+    actions = [a for a in decision.actions if isinstance(a, (Drain, Restore))]
+    if actions:
         state = _act(
             config,
             log=log,
@@ -201,8 +208,12 @@ def _run_locked(
             store=store,
             vm=vm,
             state=state,
-            actions=decision.actions,
+            actions=actions,
             result=result,
+        )
+    if approval_candidates(state):
+        state = _approve(
+            config, log=log, seams=seams, store=store, imds=imds, vm=vm, state=state, result=result
         )
     if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
         result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
@@ -262,7 +273,7 @@ def _act(
     store: StateStore,
     vm: InstanceInfo,
     state: State,
-    actions: Sequence[Action],
+    actions: Sequence[Drain | Restore],
     result: RunResult,
 ) -> State:
     """Carry out the decided actions, each with its hooks, and record each outcome."""
@@ -280,6 +291,8 @@ def _act(
     )
     ledger: Ledger = MemoryLedger(store.ledger()) if config.dry_run else StoreLedger(store, seams.now)
     for action in actions:
+        if isinstance(action, Restore) and not _restore_gate_open(config, log, seams, state):
+            continue
         keys = [e.casefold() for e in action.event_ids] if isinstance(action, Drain) else state.vm.held_by
         events = tuple(state.events[k] for k in keys if k in state.events)
         ctx = ActionContext(
@@ -328,6 +341,98 @@ def _act(
         log_transitions(log, outcome.transitions)
         result.transitions.extend(outcome.transitions)
     return state
+
+
+def _restore_gate_open(config: Config, log: Any, seams: Seams, state: State) -> bool:
+    """The optional local health check before putting the VM back (see ``core.restore_gate``)."""
+    if not config.restore.health_url and not config.restore.health_command:
+        return True
+    from drainer.health import healthy  # noqa: PLC0415
+
+    go, why = restore_gate(state.vm, seams.now(), config.restore, healthy(config, log))
+    if not go:
+        log.info("restore waits for the local health check", reason=why)
+    elif why:
+        log.warning("restore gate timed out", reason=why)
+    return go
+
+
+def _approve(
+    config: Config,
+    *,
+    log: Any,
+    seams: Seams,
+    store: StateStore,
+    imds: ImdsClient,
+    vm: InstanceInfo,
+    state: State,
+    result: RunResult,
+) -> State:
+    """Approve this VM's events early where the rule in ``core.decide_approvals`` allows it."""
+    cfg = config.approval
+    now = seams.now()
+    drained = state.vm.drain_state is DrainState.DRAINED
+    connections = None
+    if cfg.enabled and cfg.service_ports and drained:
+        from drainer.connections import count_established  # noqa: PLC0415
+
+        connections = count_established(cfg.service_ports)
+    facts = ApprovalFacts(open_connections=connections)
+    listed = {r.casefold() for c in approval_candidates(state) for r in c.event.resources}
+    if cfg.enabled and drained and len(listed) > 1 and config.drain.method in ("nic", "admin-state"):
+        in_rotation, visible = _peer_facts(config, log, vm, store, listed)
+        facts = facts._replace(peers_in_rotation=in_rotation, pool_members=visible)
+    decision = decide_approvals(state, vm.name, now, cfg, facts)
+    if decision.transitions and not config.dry_run:
+        store.save(state, decision.state, decision.transitions, now)
+    log_transitions(log, decision.transitions)
+    result.transitions.extend(decision.transitions)
+    state = decision.state
+    for action in decision.actions:
+        if not isinstance(action, Approve):
+            continue
+        if config.dry_run:
+            log.warning("dry-run: would approve (StartRequests)", event_ids=list(action.event_ids))
+            continue
+        seams.checkpoint("before-approve")
+        error: str | None = None
+        try:
+            imds.approve(action.event_ids)
+        except DrainerError as exc:
+            error = str(exc)
+        seams.checkpoint("after-approve")
+        outcome = record_approval(state, action, error, seams.now())
+        store.save(state, outcome.state, outcome.transitions, seams.now())
+        state = outcome.state
+        if error is None:
+            log.info("approved early", event_ids=list(action.event_ids))
+        else:
+            log.error("approval failed; retried on the next run", error=error)
+            result.errors.append(error)
+            result.exit_code = EXIT_ACTION_FAILED
+        log_transitions(log, outcome.transitions)
+        result.transitions.extend(outcome.transitions)
+    return state
+
+
+def _peer_facts(
+    config: Config, log: Any, vm: InstanceInfo, store: StateStore, listed: set[str]
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """Which listed VMs share this VM's pools and are still in them, read from ARM. On an ARM error
+    the peers stay unknown (the approval then waits, or goes ahead near NotBefore)."""
+    from drainer.actions import make_actuator  # noqa: PLC0415
+    from drainer.ledger import StoreLedger  # noqa: PLC0415
+
+    try:
+        actuator = make_actuator(config, vm, log)
+        peers = getattr(actuator, "peers", None)
+        if peers is None:
+            return None, None
+        result: tuple[frozenset[str], frozenset[str]] = peers(vm, StoreLedger(store, _utcnow), listed)
+    except DrainerError as exc:
+        log.warning("could not read the other VMs' pool membership", error=str(exc))
+        return None, None
+    return result
 
 
 class _FailingActuator:

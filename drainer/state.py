@@ -21,7 +21,7 @@ from drainer.core import DrainState, EventRecord, EventState, State, Transition,
 from drainer.errors import StateError
 from drainer.events import EventStatus, EventType, ScheduledEvent
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -43,7 +43,11 @@ CREATE TABLE IF NOT EXISTS events (
     last_seen TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     started_at TEXT,
-    cleared_at TEXT
+    cleared_at TEXT,
+    left_rotation_at TEXT,
+    approved_at TEXT,
+    returned_at TEXT,
+    approval TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS vm (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -87,7 +91,16 @@ _MIGRATIONS = {
         "item TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL, "
         "recorded_at TEXT NOT NULL, PRIMARY KEY (method, resource_id, item, kind, target))",
     ],
+    2: [
+        "ALTER TABLE events ADD COLUMN left_rotation_at TEXT",
+        "ALTER TABLE events ADD COLUMN approved_at TEXT",
+        "ALTER TABLE events ADD COLUMN returned_at TEXT",
+        "ALTER TABLE events ADD COLUMN approval TEXT NOT NULL DEFAULT ''",
+    ],
 }
+
+
+_EVENT_PLACEHOLDERS = ",".join("?" * 21)  # the events table's columns, in order
 
 
 class LedgerEntry(NamedTuple):
@@ -258,7 +271,7 @@ class StateStore:
                 for key, record in new.events.items():
                     if old.events.get(key) != record:
                         db.execute(
-                            "INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            f"INSERT OR REPLACE INTO events VALUES ({_EVENT_PLACEHOLDERS})",  # noqa: S608 - fixed "?" list
                             _record_to_row(key, record),
                         )
                 for key in old.events.keys() - new.events.keys():
@@ -365,6 +378,10 @@ def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
         _ts(record.updated_at),
         _ts(record.started_at),
         _ts(record.cleared_at),
+        _ts(record.left_rotation_at),
+        _ts(record.approved_at),
+        _ts(record.returned_at),
+        record.approval,
     )
 
 
@@ -389,4 +406,8 @@ def _record_from_row(row: Sequence[Any]) -> EventRecord:
         updated_at=_need_dt(row[14]),
         started_at=_dt(row[15]),
         cleared_at=_dt(row[16]),
+        left_rotation_at=_dt(row[17]),
+        approved_at=_dt(row[18]),
+        returned_at=_dt(row[19]),
+        approval=row[20],
     )

@@ -29,6 +29,10 @@ read_timeout = 1.0
 [azure]
 poll_interval = 0.05
 deadline = 20.0
+
+[approval]
+# The tests of the other features keep events Scheduled; tests/test_approval.py turns it on.
+enabled = false
 """
 
 
