@@ -444,11 +444,20 @@ def decide_approvals(
             approve.append(event.event_id)
         if status != record.approval:
             records[event.key] = record._replace(approval=status)
-            transitions.append(
-                _event_transition(event, f"approval: {record.approval or 'none'}", status, "early approval")
-            )
+            transitions.append(_approval_transition(event, record.approval, status))
     actions: tuple[Action, ...] = (Approve(tuple(approve), "drained and ready"),) if approve else ()
     return Decision(state=state._replace(events=records), actions=actions, transitions=tuple(transitions))
+
+
+def _approval_transition(event: ScheduledEvent, old: str, new: str) -> Transition:
+    return Transition(
+        subject="approval",
+        event_id=event.event_id,
+        event_type=event.event_type.value,
+        from_state=old or "none",
+        to_state=new,
+        reason="early approval",
+    )
 
 
 def _peers_blocking(others: set[str], facts: ApprovalFacts) -> set[str]:
@@ -474,9 +483,7 @@ def record_approval(state: State, action: Approve, error: str | None, now: datet
             continue
         if error is None:
             records[record.event.key] = record._replace(approved_at=now, approval="approved")
-            transitions.append(
-                _event_transition(record.event, record.approval, "approved", "StartRequests sent")
-            )
+            transitions.append(_approval_transition(record.event, record.approval, "approved"))
         else:
             records[record.event.key] = record._replace(approval=f"approval failed (retried): {error}")
     return Decision(state=state._replace(events=records), transitions=tuple(transitions))

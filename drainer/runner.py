@@ -211,7 +211,7 @@ def _run_locked(
             actions=actions,
             result=result,
         )
-    if approval_candidates(state):
+    if config.approval.enabled and approval_candidates(state):
         state = _approve(
             config, log=log, seams=seams, store=store, imds=imds, vm=vm, state=state, result=result
         )
