@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--event", metavar="EVENT_ID", help="only this event")
     history.add_argument("--limit", type=int, default=200, help="newest N entries (default 200)")
+    history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
     config = sub.add_parser("config", help="validate (config and hooks) or show the configuration")
     config.add_argument("action", choices=("check", "show"))
     hooks = sub.add_parser("hooks", help="the hooks that would run, per phase, in order")
@@ -114,7 +115,9 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
     if command == "status":
         return report.status(config, as_json=args.json)
     if command == "history":
-        return report.history(config, as_json=args.json, event_id=args.event, limit=args.limit)
+        return report.history(
+            config, as_json=args.json, event_id=args.event, limit=args.limit, windows=args.windows
+        )
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
 
 

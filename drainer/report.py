@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ def _event_json(record: EventRecord, vm_name: str) -> dict[str, Any]:
         "last_seen": format_iso(record.last_seen),
         "started_at": format_iso(record.started_at) or None,
         "cleared_at": format_iso(record.cleared_at) or None,
+        **window_json(record),
+    }
+
+
+def window_json(record: EventRecord) -> dict[str, Any]:
+    """The maintenance window as this VM lived it (all times UTC, ISO 8601)."""
+    out_seconds = None
+    if record.left_rotation_at is not None and record.returned_at is not None:
+        out_seconds = round((record.returned_at - record.left_rotation_at).total_seconds(), 3)
+    return {
+        "approval": record.approval or None,
+        "left_rotation_at": format_iso(record.left_rotation_at) or None,
+        "approved_at": format_iso(record.approved_at) or None,
+        "returned_at": format_iso(record.returned_at) or None,
+        "out_of_rotation_seconds": out_seconds,
     }
 
 
@@ -123,6 +139,12 @@ def status(config: Config, *, as_json: bool) -> int:
     if not data["events"]:
         print("No scheduled events seen.")
     for e in data["events"]:
+        if e["state"] == "active":
+            print(
+                f"  window of {e['event_id']}: left rotation {e['left_rotation_at'] or '-'}, "
+                f"approval: {e['approval'] or '-'}, approved {e['approved_at'] or '-'}, "
+                f"started {e['started_at'] or '-'}"
+            )
         when = f" NotBefore {e['not_before']}" if e["not_before"] else ""
         print(
             f"  {e['event_id']}  {e['event_type']:<9} {e['event_status']:<9} "
@@ -145,22 +167,71 @@ def _history_json(entry: HistoryEntry) -> dict[str, Any]:
     }
 
 
-def history(config: Config, *, as_json: bool, event_id: str | None, limit: int) -> int:
+def history(config: Config, *, as_json: bool, event_id: str | None, limit: int, windows: bool = False) -> int:
     store = _open(config)
     entries: list[HistoryEntry] = []
+    records: list[EventRecord] = []
     if store is not None:
         try:
             entries = store.history(event_id=event_id, limit=max(1, limit))
+            records = [
+                r
+                for r in store.load().events.values()
+                if r.left_rotation_at is not None and (event_id is None or r.event.key == event_id.casefold())
+            ]
         finally:
             store.close()
+    records.sort(key=lambda r: r.first_seen)
     if as_json:
-        print(json.dumps([_history_json(e) for e in entries], indent=2))
+        if windows:
+            rows = [
+                {
+                    "event_id": r.event.event_id,
+                    "event_type": r.event.event_type.value,
+                    "started_at": format_iso(r.started_at) or None,
+                    "cleared_at": format_iso(r.cleared_at) or None,
+                    **window_json(r),
+                }
+                for r in records
+            ]
+            print(json.dumps(rows, indent=2))
+        else:
+            print(json.dumps([_history_json(e) for e in entries], indent=2))
         return EXIT_OK
+    if records:
+        print("Maintenance windows (UTC):")
+        for line in format_windows(records):
+            print(f"  {line}")
+        print()
     if not entries:
         print("No history yet.")
     for line in format_history(entries):
         print(line)
     return EXIT_OK
+
+
+def _hms(value: datetime | None) -> str:
+    return value.strftime("%H:%M:%S") if value is not None else "-"
+
+
+def format_windows(records: list[EventRecord]) -> list[str]:
+    lines = [
+        f"{'event':<38} {'type':<9} {'left':>8} {'approved':>8} {'started':>8} {'cleared':>8} "
+        f"{'returned':>8}  out of rotation"
+    ]
+    for r in records:
+        window = window_json(r)
+        out = (
+            f"{window['out_of_rotation_seconds']:.1f}s"
+            if window["out_of_rotation_seconds"] is not None
+            else "-"
+        )
+        lines.append(
+            f"{r.event.event_id:<38} {r.event.event_type.value:<9} {_hms(r.left_rotation_at):>8} "
+            f"{_hms(r.approved_at):>8} {_hms(r.started_at):>8} {_hms(r.cleared_at):>8} "
+            f"{_hms(r.returned_at):>8}  {out}"
+        )
+    return lines
 
 
 def format_history(entries: list[HistoryEntry]) -> list[str]:

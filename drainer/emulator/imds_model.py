@@ -86,6 +86,9 @@ class EmulatedEvent:
     source: str = "Platform"
     duration: int = -1
     resource_type: str = "VirtualMachine"
+    # Scripted timing: the maintenance takes this long once Started, then the event disappears.
+    maintenance_seconds: float | None = None
+    started_at: float | None = None  # time.monotonic() when it started
 
     def to_json(self, api_version: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -267,6 +270,7 @@ class ImdsModel:
         status: str = "Scheduled",
         not_before_in: float | None = None,
         duration: int = -1,
+        maintenance_seconds: float | None = None,
         description: str = "",
         source: str = "Platform",
     ) -> EmulatedEvent:
@@ -286,6 +290,8 @@ class ImdsModel:
                 description=description or _DESCRIPTIONS.get(event_type, ""),
                 source=source,
                 duration=duration,
+                maintenance_seconds=maintenance_seconds,
+                started_at=time.monotonic() if status == "Started" else None,
             )
             self.events[event.event_id.casefold()] = event
             self._bump()
@@ -298,6 +304,7 @@ class ImdsModel:
                 return False
             if event.status != "Started":
                 event.status = "Started"
+                event.started_at = time.monotonic()
                 self._bump()
             return True
 
@@ -332,6 +339,16 @@ class ImdsModel:
         for event in self.events.values():
             if event.status == "Scheduled" and event.not_before and event.not_before <= now:
                 event.status = "Started"
+                event.started_at = time.monotonic()
+                changed = True
+        # A scripted maintenance ends: the event disappears, as a completed one does.
+        for key, event in list(self.events.items()):
+            if (
+                event.maintenance_seconds is not None
+                and event.started_at is not None
+                and time.monotonic() - event.started_at >= event.maintenance_seconds
+            ):
+                del self.events[key]
                 changed = True
         if changed:
             self._bump()

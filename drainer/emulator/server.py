@@ -307,6 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
                     duration=int(data.get("duration", -1)),
                     description=data.get("description", ""),
                     source=data.get("source", "Platform"),
+                    maintenance_seconds=data.get("maintenance_seconds"),
                 )
                 self._send(201, event.to_json("2020-07-01"))
             elif (
