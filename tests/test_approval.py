@@ -1,0 +1,267 @@
+"""Early approval once drained, availability-set awareness, the restore gate and the window record."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drainer.emulator.control import EmulatorControl
+from drainer.emulator.server import RunningEmulator
+from tests.conftest import DEFAULT_CONFIG, Agent, log_records
+
+APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true")
+
+
+@pytest.fixture
+def pool(control: EmulatorControl) -> EmulatorControl:
+    control.add_load_balancer("lb-web", pools=["web-pool"])
+    for vm in ("web-0", "web-1", "web-2"):
+        control.join(vm, "lb-web", "web-pool")
+    return control
+
+
+def _approvals(control: EmulatorControl) -> list[dict[str, object]]:
+    return list(control.state()["approvals"])  # type: ignore[arg-type]
+
+
+def _status_of(control: EmulatorControl, event_id: str) -> str | None:
+    for event in control.state()["events"]:
+        if event["EventId"] == event_id:
+            return str(event["EventStatus"])
+    return None
+
+
+def _other(emulator: RunningEmulator, tmp: Path, vm: str, config: str) -> Agent:
+    (tmp / vm).mkdir()
+    other = Agent(emulator=emulator, tmp=tmp / vm, vm=vm)
+    other.config_text = config
+    return other
+
+
+def test_approves_once_drained_and_the_event_starts(agent: Agent, pool: EmulatorControl) -> None:
+    agent.config_text = APPROVING
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    done = agent.check()
+    assert done.returncode == 0, done.stderr
+    assert [a["event_id"] for a in _approvals(pool)] == [event_id]
+    assert _status_of(pool, event_id) == "Started"  # the emulator starts it, as Azure does
+    (event,) = agent.status()["events"]
+    assert event["approval"] == "approved"
+    assert event["left_rotation_at"] <= event["approved_at"]
+    assert agent.check().returncode == 0
+    assert len(_approvals(pool)) == 1  # never twice
+    pool.remove(event_id)
+    assert agent.check().returncode == 0
+    (window,) = json.loads(agent.run("history", "--json", "--windows").stdout)
+    assert window["out_of_rotation_seconds"] is not None and window["out_of_rotation_seconds"] >= 0
+    assert window["returned_at"] >= window["approved_at"] >= window["left_rotation_at"]
+    text = agent.run("history").stdout
+    assert "Maintenance windows" in text and event_id in text
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[int, socket.socket]]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    yield port, client
+    client.close()
+    accepted.close()
+    server.close()
+
+
+def test_waits_for_established_connections_before_approving(
+    agent: Agent, pool: EmulatorControl, connection: tuple[int, socket.socket]
+) -> None:
+    port, client = connection
+    agent.config_text = APPROVING.replace(
+        "[approval]", f"[approval]\nservice_ports = [{port}]\ndrain_timeout = 600"
+    )
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    (event,) = agent.status()["events"]
+    assert (
+        event["approval"].startswith("waiting: 1 established connections")
+        or "2 established" in event["approval"]
+    )
+    assert agent.status()["vm"]["drain_state"] == "drained"
+    assert _approvals(pool) == []
+    client.close()
+    connection_gone = agent.check()
+    assert connection_gone.returncode == 0
+    assert [a["event_id"] for a in _approvals(pool)] == [event_id]
+
+
+def test_connection_wait_is_bounded_by_drain_timeout(
+    agent: Agent, pool: EmulatorControl, connection: tuple[int, socket.socket]
+) -> None:
+    port, _ = connection
+    agent.config_text = APPROVING.replace(
+        "[approval]", f"[approval]\nservice_ports = [{port}]\ndrain_timeout = 0"
+    )
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert len(_approvals(pool)) == 1
+
+
+def test_no_approval_when_the_drain_failed(agent: Agent, pool: EmulatorControl) -> None:
+    agent.config_text = APPROVING
+    pool.fail_next_lro(1)
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 1
+    assert _approvals(pool) == []
+    (event,) = agent.status()["events"]
+    assert event["approval"] == "waiting: VM is draining"
+    assert agent.check().returncode == 0  # the drain succeeds now, then the approval goes
+    assert len(_approvals(pool)) == 1
+
+
+def test_no_approval_when_the_drain_is_held(agent: Agent, control: EmulatorControl) -> None:
+    control.add_load_balancer("lb-web", pools=["web-pool"])
+    control.join("web-0", "lb-web", "web-pool")
+    agent.config_text = APPROVING + "\n[drain]\nmin_in_service = 1\n"
+    control.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert _approvals(control) == []
+    assert "held" in agent.status()["events"][0]["approval"]
+
+
+@pytest.mark.parametrize("first", ["web-0", "web-1"])
+def test_multi_vm_event_is_approved_exactly_once_when_every_listed_member_is_out(
+    agent: Agent, pool: EmulatorControl, emulator: RunningEmulator, tmp_path: Path, first: str
+) -> None:
+    agent.config_text = APPROVING
+    web1 = _other(emulator, tmp_path, "web-1", APPROVING)
+    agents = {"web-0": agent, "web-1": web1}
+    event_id = pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
+    second = "web-1" if first == "web-0" else "web-0"
+    assert agents[first].check().returncode == 0
+    assert _approvals(pool) == []  # the other listed VM still serves from the shared pool
+    assert "still in rotation" in agents[first].status()["events"][0]["approval"]
+    assert agents[second].check().returncode == 0
+    if first == "web-0":
+        # web-1 sees web-0 out, but web-0 (the lowest name) is the one that approves.
+        assert _approvals(pool) == []
+        assert (
+            agents[second].status()["events"][0]["approval"] == "waiting: web-0 approves for the listed VMs"
+        )
+        assert agents[first].check().returncode == 0
+    approvals = _approvals(pool)
+    assert [(a["event_id"], a["vm"]) for a in approvals] == [(event_id, "web-0")]
+    for a in agents.values():
+        assert a.check().returncode == 0
+    assert len(_approvals(pool)) == 1
+    assert _status_of(pool, event_id) == "Started"
+
+
+def test_near_not_before_waives_the_wait_for_other_vms(agent: Agent, pool: EmulatorControl) -> None:
+    agent.config_text = APPROVING.replace("[approval]", "[approval]\nnear_seconds = 3600")
+    pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert len(_approvals(pool)) == 1
+    assert agent.status()["events"][0]["approval"] == "approved"
+
+
+def test_preempt_is_not_approved_and_other_vms_events_never(agent: Agent, pool: EmulatorControl) -> None:
+    agent.config_text = APPROVING
+    pool.schedule("Preempt", ["web-0"], not_before_in=30)
+    pool.schedule("Reboot", ["web-1"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert _approvals(pool) == []
+    by_type = {e["event_type"]: e for e in agent.status()["events"]}
+    assert by_type["Preempt"]["approval"] == "not approved early (policy)"
+    assert by_type["Reboot"]["approval"] is None
+
+
+def test_dry_run_says_it_would_approve_and_does_not(agent: Agent, pool: EmulatorControl) -> None:
+    agent.config_text = APPROVING
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    done = agent.check("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert _approvals(pool) == []
+    assert any(r["event"] == "dry-run: would approve (StartRequests)" for r in log_records(done.stderr))
+
+
+class _Health:
+    """A local health endpoint whose answer the test sets."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        health = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(health.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/healthz"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def health() -> Iterator[_Health]:
+    endpoint = _Health()
+    yield endpoint
+    endpoint.close()
+
+
+def test_restore_gate_waits_for_the_health_check_then_restores(
+    agent: Agent, pool: EmulatorControl, health: _Health
+) -> None:
+    agent.config_text = DEFAULT_CONFIG + f'\n[restore]\nhealth_url = "{health.url}"\nhealth_timeout = 600\n'
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    pool.remove(event_id)
+    assert agent.check().returncode == 0
+    status = agent.status()
+    assert status["vm"]["drain_state"] == "restoring"  # the app is not healthy yet: stay out
+    assert "web-0-nic" not in next(iter(pool.membership().values()))
+    health.status = 200
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["in_rotation"] is True
+    assert "web-0-nic" in next(iter(pool.membership().values()))
+
+
+def test_restore_gate_times_out_and_restores_anyway(
+    agent: Agent, pool: EmulatorControl, health: _Health
+) -> None:
+    agent.config_text = DEFAULT_CONFIG + f'\n[restore]\nhealth_url = "{health.url}"\nhealth_timeout = 0\n'
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    pool.remove(event_id)
+    done = agent.check()
+    assert done.returncode == 0
+    assert agent.status()["vm"]["in_rotation"] is True
+    assert any(r["event"] == "restore gate timed out" for r in log_records(done.stderr))
+
+
+def test_restore_gate_with_a_command(agent: Agent, pool: EmulatorControl, tmp_path: Path) -> None:
+    flag = tmp_path / "healthy"
+    agent.config_text = DEFAULT_CONFIG + f'\n[restore]\nhealth_command = ["test", "-e", "{flag}"]\n'
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    pool.remove(event_id)
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["drain_state"] == "restoring"
+    flag.touch()
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["in_rotation"] is True
