@@ -101,7 +101,8 @@ def test_full_cycle_status_history_and_log_records(agent: Agent, control: Emulat
     assert ours == ["active", "active/Started", "cleared"]
     text = agent.run("history", "--event", event_id.lower())
     assert text.returncode == 0
-    assert text.stdout.count(event_id) == 3
+    assert text.stdout.count(event_id) == 4  # its window line and its three transitions
+    assert "Maintenance windows" in text.stdout
 
 
 def test_idle_run_twice_writes_no_history(agent: Agent) -> None:
