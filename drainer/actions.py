@@ -84,6 +84,10 @@ def make_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
     A dry run of ``log`` is wrapped whole; the load-balancer methods make their reads and log the
     writes they would make (their ARM client is wrapped instead).
     """
+    if config.drain.method == "probe":
+        from drainer.probe import ProbeDrain  # noqa: PLC0415
+
+        return ProbeDrain(config.probe.flag_file, dry_run=config.dry_run)
     if config.drain.method in ("nic", "admin-state"):
         from drainer.lb import make_lb_actuator  # noqa: PLC0415 - imports the Azure SDK
 

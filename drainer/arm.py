@@ -31,6 +31,7 @@ from azure.mgmt.network.models import (
     NetworkInterface,
 )
 
+from drainer import metrics
 from drainer.config import AzureConfig, is_loopback
 from drainer.errors import ActionError
 
@@ -97,6 +98,10 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
             raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
         if wait > 0:
             transport.sleep(wait)
+
+
+def _count_response(response: Any) -> None:
+    metrics.current.inc("arm_requests", {"status": str(response.http_response.status_code)})
 
 
 def _body_text(http_response: Any) -> str:
@@ -186,7 +191,7 @@ class ArmNetwork:
             raise ArmError(what, f"ARM deadline of {self.cfg.deadline:g}s passed")
         self._calls += 1
         try:
-            return fn(*args, **self._call_options, **kwargs)
+            return fn(*args, **self._call_options, raw_response_hook=_count_response, **kwargs)
         except (AzureError, ArmDeadlineError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc

@@ -29,7 +29,8 @@ DEFAULT_HOOKS_DIR = "/etc/drainer/hooks.d"
 HOOK_PHASES = ("on-event", "pre-drain", "post-drain", "pre-restore", "post-restore")
 
 ACTIONS = ("drain", "ignore")
-DRAIN_METHODS = ("nic", "admin-state", "log")
+DRAIN_METHODS = ("nic", "admin-state", "probe", "log")
+DEFAULT_DISABLED_FILE = "/etc/drainer/disabled"
 IDENTITIES = ("managed", "default")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -96,6 +97,28 @@ class RestoreConfig(NamedTuple):
     health_timeout: float = 300.0
 
 
+class DaemonConfig(NamedTuple):
+    poll_interval: float = 1.0  # seconds between checks (Preempt gives 30 s of notice)
+    stop_timeout: float = 20.0  # on SIGTERM, wait this long for the current check to finish
+    error_log_interval: float = 600.0  # the same error is logged once, then at most this often
+
+
+class MetricsConfig(NamedTuple):
+    enabled: bool = False
+    address: str = "127.0.0.1:9839"  # the daemon's /metrics and /healthz
+    textfile: str = ""  # one-shot: node_exporter textfile collector file, written atomically
+
+
+class ProbeConfig(NamedTuple):
+    # method = "probe": the daemon answers the load balancer's health probe here: 200 in rotation,
+    # 503 while drained. Point the probe at it (it must be reachable from 168.63.129.16).
+    address: str = "0.0.0.0:8088"
+    path: str = "/drainer/ready"
+    # Also (one-shot and daemon): this file exists while the VM is out of rotation, for an
+    # application whose own health check should fail then.
+    flag_file: str = "/run/drainer/out-of-rotation"
+
+
 class HooksConfig(NamedTuple):
     dir: str = DEFAULT_HOOKS_DIR
     timeout: float = 60.0  # seconds per hook, then SIGTERM to its process group
@@ -137,6 +160,11 @@ class Config(NamedTuple):
     hooks: HooksConfig = HooksConfig()
     approval: ApprovalConfig = ApprovalConfig()
     restore: RestoreConfig = RestoreConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    probe: ProbeConfig = ProbeConfig()
+    # While this file exists, drainer does nothing (check and run exit or idle, saying so).
+    disabled_file: str = DEFAULT_DISABLED_FILE
     logging: LoggingConfig = LoggingConfig()
 
 
@@ -192,6 +220,18 @@ def _check_endpoint(path: str, key: str, url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, key, f"must be an http(s) URL, not {url!r}")
     return url.rstrip("/")
+
+
+def _check_address(path: str, key: str, value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(path, key, f"must be host:port, not {value!r}")
+    return value
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -330,6 +370,33 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     )
     restore_s.done()
 
+    daemon_s = _Section(path, "daemon", raw.get("daemon"))
+    daemon = DaemonConfig(
+        poll_interval=daemon_s.number("poll_interval", float, 1.0, low=0.1, high=3600),
+        stop_timeout=daemon_s.number("stop_timeout", float, 20.0, low=0, high=3600),
+        error_log_interval=daemon_s.number("error_log_interval", float, 600.0, low=0, high=86400),
+    )
+    daemon_s.done()
+
+    metrics_s = _Section(path, "metrics", raw.get("metrics"))
+    metrics = MetricsConfig(
+        enabled=metrics_s.get("enabled", bool, False),
+        address=_check_address(path, "metrics.address", metrics_s.get("address", str, "127.0.0.1:9839")),
+        textfile=metrics_s.get("textfile", str, ""),
+    )
+    metrics_s.done()
+
+    probe_s = _Section(path, "probe", raw.get("probe"))
+    probe_path = probe_s.get("path", str, "/drainer/ready")
+    if not probe_path.startswith("/"):
+        raise ConfigError(path, "probe.path", "must start with /")
+    probe = ProbeConfig(
+        address=_check_address(path, "probe.address", probe_s.get("address", str, "0.0.0.0:8088")),
+        path=probe_path,
+        flag_file=probe_s.get("flag_file", str, "/run/drainer/out-of-rotation"),
+    )
+    probe_s.done()
+
     log_s = _Section(path, "logging", raw.get("logging"))
     logging_cfg = LoggingConfig(
         format=log_s.choice("format", LOG_FORMATS, "auto"),
@@ -361,9 +428,28 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         hooks=hooks,
         approval=approval,
         restore=restore,
+        daemon=daemon,
+        metrics=metrics,
+        probe=probe,
+        disabled_file=top.get("disabled_file", str, DEFAULT_DISABLED_FILE),
         logging=logging_cfg,
     )
-    top.done(subtables=("imds", "policy", "drain", "azure", "hooks", "approval", "restore", "logging", "vm"))
+    top.done(
+        subtables=(
+            "imds",
+            "policy",
+            "drain",
+            "azure",
+            "hooks",
+            "approval",
+            "restore",
+            "daemon",
+            "metrics",
+            "probe",
+            "logging",
+            "vm",
+        )
+    )
     return config
 
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from drainer import __version__, process
+from drainer import __version__, metrics, process
 from drainer.config import Config
 from drainer.core import Drain, EventRecord, Restore
 from drainer.errors import ActionError
@@ -267,6 +267,8 @@ class HookRunner:
                 "stdout": done.stdout,
                 "stderr": done.stderr,
             }
+            result = "timeout" if done.timed_out else ("ok" if done.exit_code == 0 else "failed")
+            metrics.current.inc("hook_runs", {"phase": phase, "result": result})
             if done.timed_out:
                 failures.append(f"{hook.name}: timed out after {hook.timeout:g}s")
                 self.log.error("hook timed out; its process group was killed", timeout=hook.timeout, **fields)

@@ -18,6 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from drainer import metrics
 from drainer.config import ImdsConfig
 from drainer.errors import ImdsHttpError, ImdsUnavailableError, MalformedDocumentError
 from drainer.events import EventsDocument, parse_document
@@ -177,6 +178,8 @@ class ImdsClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self.requests_made = 0
+        self.last_etag: str | None = None
+        self._events_cache: tuple[str, EventsDocument] | None = None
 
     def close(self) -> None:
         self._session.close()
@@ -185,10 +188,21 @@ class ImdsClient:
     def events_url(self) -> str:
         return f"{self.config.endpoint}/metadata/scheduledevents"
 
-    def _request(self, method: str, url: str, *, params: dict[str, str], body: bytes | None = None) -> bytes:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str],
+        body: bytes | None = None,
+        if_none_match: str | None = None,
+    ) -> bytes | None:
+        """The body of a 200 answer, or None for a 304 (only with ``if_none_match``)."""
         headers = {"Metadata": "true", "x-ms-client-request-id": _request_id()}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if if_none_match:
+            headers["If-None-Match"] = if_none_match
         shown = f"{url}?api-version={params.get('api-version', '')}"
         self.requests_made += 1
         try:
@@ -203,10 +217,12 @@ class ImdsClient:
                 allow_redirects=False,
             )
         except _DeadlineExceededError as exc:
+            metrics.current.inc("imds_requests", {"status": "deadline"})
             raise ImdsUnavailableError(
                 f"IMDS did not answer within the {self.config.deadline:g}s deadline", url=shown
             ) from exc
         except requests.RequestException as exc:
+            metrics.current.inc("imds_requests", {"status": "error"})
             reason = type(exc).__name__
             raise ImdsUnavailableError(f"IMDS unreachable ({reason})", url=shown) from exc
         with response:
@@ -217,8 +233,12 @@ class ImdsClient:
                     f"IMDS connection broke while reading ({type(exc).__name__})", url=shown
                 ) from exc
         status = response.status_code
+        metrics.current.inc("imds_requests", {"status": str(status)})
+        self.last_etag = response.headers.get("ETag")
         if status == 200:
             return payload
+        if status == 304 and if_none_match:
+            return None
         detail = _error_text(payload)
         if status in RETRY_STATUSES:
             raise ImdsUnavailableError(
@@ -243,8 +263,19 @@ class ImdsClient:
         Raises ImdsUnavailableError, ImdsHttpError, MalformedDocumentError.
         """
         url = self.events_url
-        body = self._request("GET", url, params={"api-version": self.config.api_version})
-        return parse_document(body, source=url)
+        cached = self._events_cache
+        body = self._request(
+            "GET",
+            url,
+            params={"api-version": self.config.api_version},
+            if_none_match=cached[0] if cached else None,
+        )
+        if body is None and cached is not None:
+            return cached[1]  # 304: unchanged since the last answer
+        document = parse_document(body or b"", source=url)
+        # Where IMDS offers an ETag, a long-lived client (the daemon) asks If-None-Match next time.
+        self._events_cache = (self.last_etag, document) if self.last_etag else None
+        return document
 
     def approve(self, event_ids: Sequence[str]) -> None:
         """POST StartRequests for ``event_ids`` (the events then start without waiting).
@@ -267,7 +298,7 @@ class ImdsClient:
         url = f"{self.config.endpoint}/metadata/instance"
         body = self._request("GET", url, params={"api-version": self.config.instance_api_version})
         try:
-            raw = json.loads(body)
+            raw = json.loads(body or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedDocumentError(f"instance metadata is not JSON ({exc})", url=url) from exc
         return InstanceInfo.from_json(raw, source=url)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from drainer import metrics
 from drainer.config import Config
 from drainer.core import (
     ApprovalFacts,
@@ -130,22 +131,30 @@ def log_transitions(log: Any, transitions: list[Transition] | tuple[Transition, 
 
 
 def run_once(
-    config: Config, log: Any, seams: Seams | None = None, *, manual: bool | None = None
+    config: Config,
+    log: Any,
+    seams: Seams | None = None,
+    *,
+    manual: bool | None = None,
+    imds: ImdsClient | None = None,
 ) -> RunResult:
     """One complete run. Raises DrainerError subclasses for failures that stop the run early.
 
     ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
+    ``imds``: a client kept across runs (the daemon: keep-alive and ETag); else one for this run.
     """
     seams = seams or Seams()
     result = RunResult()
     with RunLock(config.state_dir):
         store = StateStore(config.state_dir)
-        imds = ImdsClient(config.imds)
+        client = imds or ImdsClient(config.imds)
         try:
-            _run_locked(config, log=log, seams=seams, store=store, imds=imds, result=result, manual=manual)
+            _run_locked(config, log=log, seams=seams, store=store, imds=client, result=result, manual=manual)
         finally:
-            imds.close()
+            if imds is None:
+                client.close()
             store.close()
+    metrics.current.set("last_check", {}, time.time())
     return result
 
 
@@ -195,6 +204,11 @@ def _run_locked(
     log_transitions(log, decision.transitions)
     result.transitions.extend(decision.transitions)
     state = decision.state
+    for t in decision.transitions:
+        if t.subject == "event" and t.from_state in {"new", "cleared"}:
+            record = state.events.get(t.event_id.casefold())
+            status = record.event.status.value if record else ""
+            metrics.current.inc("events_seen", {"event_type": t.event_type, "event_status": status})
     # Hook phases that failed on earlier runs are retried after this run's actions; a phase that
     # fails during this run waits for the next one.
     earlier_failures = store.meta("pending_phases")
@@ -219,6 +233,7 @@ def _run_locked(
         result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
     if earlier_failures not in (None, "", "[]"):
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
+    metrics.record_drain_state(state.vm.drain_state.value)
 
 
 def _hooks_phase_exists(config: Config, phase: str) -> bool:
@@ -324,6 +339,17 @@ def _act(
             store.save(state, outcome.state, outcome.transitions, seams.now())
         seams.checkpoint(f"recorded-{action.name}")
         state = outcome.state
+        result_label = "ok" if error is None else ("held" if held else "failed")
+        metrics.current.inc("actions", {"action": action.name, "result": result_label})
+        metrics.current.observe("action_duration", {"action": action.name}, elapsed)
+        if error is None and isinstance(action, Restore):
+            for record in events:
+                done = outcome.state.events.get(record.event.key, record)
+                if done.left_rotation_at is not None and done.returned_at is not None:
+                    seconds = (done.returned_at - done.left_rotation_at).total_seconds()
+                    metrics.current.set(
+                        "out_of_rotation", {"event_type": done.event.event_type.value}, seconds
+                    )
         if error is None:
             log.info(f"{action.name} succeeded", seconds=elapsed, method=actuator.name)
         elif held:
@@ -403,6 +429,7 @@ def _approve(
         seams.checkpoint("after-approve")
         outcome = record_approval(state, action, error, seams.now())
         store.save(state, outcome.state, outcome.transitions, seams.now())
+        metrics.current.inc("actions", {"action": "approve", "result": "ok" if error is None else "failed"})
         state = outcome.state
         if error is None:
             log.info("approved early", event_ids=list(action.event_ids))

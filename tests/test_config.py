@@ -66,7 +66,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[policy]\nlead_time_seconds = true\n", "policy.lead_time_seconds", "must be a int"),
         ("[policy.actions]\nHibernate = 'drain'\n", "policy.actions.Hibernate", "unknown key"),
         ("[policy.actions]\nReboot = 'maybe'\n", "policy.actions.Reboot", "one of drain, ignore"),
-        ("[drain]\nmethod = 'magic'\n", "drain.method", "one of nic, admin-state, log"),
+        ("[drain]\nmethod = 'magic'\n", "drain.method", "one of nic, admin-state, probe, log"),
         ("[drain]\nnics = [1]\n", "drain.nics", "list of NIC names"),
         ("[drain]\nmin_in_service = -1\n", "drain.min_in_service", "between"),
         ("[azure]\narm_endpoint = 'http://management.example.com'\n", "azure.arm_endpoint", "must use https"),

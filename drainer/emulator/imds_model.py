@@ -229,6 +229,9 @@ class ImdsModel:
         self.approvals: list[dict[str, Any]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
         self.tokens_issued = 0
+        # Whether scheduled events answers carry an ETag (and honour If-None-Match with 304). Not
+        # documented for IMDS: on by default here so the daemon's conditional GET is exercised.
+        self.etags = True
 
     # -- scripting ---------------------------------------------------------------------------
 

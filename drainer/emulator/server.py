@@ -27,6 +27,7 @@ Control routes (JSON in, JSON out):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -164,7 +165,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, MISSING_API_VERSION)
                 return 400
             if self.command == "GET":
-                self._send(200, model.document(version))
+                document = model.document(version)
+                etag = '"' + hashlib.sha256(document.encode()).hexdigest()[:20] + '"'
+                if model.etags and self.headers.get("If-None-Match") == etag:
+                    self._send(304, b"", {"ETag": etag})
+                    return 304
+                self._send(200, document, {"ETag": etag} if model.etags else None)
                 return 200
             if self.command == "POST":
                 status, answer = model.approve(body, vm.name)
