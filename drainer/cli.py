@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from drainer import __version__
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sub.add_parser("check", help="one run: read Scheduled Events, decide, act (cron/timer)")
+    sub.add_parser("run", help="the daemon: check every [daemon] poll_interval seconds")
     sub.add_parser("drain", help="take this VM out of rotation by hand (a manual hold)")
     sub.add_parser("restore", help="release the manual hold (the VM returns unless an event holds it)")
     status = sub.add_parser("status", help="this VM's drain state and the known events")
@@ -95,15 +97,26 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
 
     logmod.configure(config.logging, level="debug" if args.verbose else None)
     logger = logmod.get_logger()
+    if command == "check" and Path(config.disabled_file).exists():
+        logger.warning("disabled: the kill-switch file exists; doing nothing", file=config.disabled_file)
+        return EXIT_OK
+    if command == "run":
+        from drainer.daemon import run_daemon  # noqa: PLC0415
+
+        return run_daemon(config, logger, seams)
     if command in ("check", "drain", "restore"):
         from drainer.runner import run_once  # noqa: PLC0415
 
         manual = {"check": None, "drain": True, "restore": False}[command]
+        recorder = _oneshot_metrics(config)
         try:
             result = run_once(config, logger, seams, manual=manual)
         except DrainerError as exc:
             logger.error("check failed; nothing was changed", error=str(exc), error_type=type(exc).__name__)
             raise
+        finally:
+            if recorder is not None:
+                _write_oneshot_metrics(config, recorder, logger)
         if manual is False and result.held_by:
             print(
                 f"drainer: manual hold released; the VM stays out for {', '.join(result.held_by)}",
@@ -119,6 +132,28 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
             config, as_json=args.json, event_id=args.event, limit=args.limit, windows=args.windows
         )
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
+
+
+def _oneshot_metrics(config: Config) -> Any:
+    """For a one-shot run with ``[metrics] textfile``: a recorder carrying the counters of earlier runs."""
+    if not (config.metrics.enabled and config.metrics.textfile):
+        return None
+    from drainer.prom import enable  # noqa: PLC0415 - prometheus_client only when metrics are on
+
+    recorder = enable()
+    recorder.load_counts(Path(config.state_dir) / "metrics.json")
+    return recorder
+
+
+def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
+    from drainer.prom import write_textfile  # noqa: PLC0415
+
+    try:
+        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+        recorder.save_counts(Path(config.state_dir) / "metrics.json")
+        write_textfile(recorder, config.metrics.textfile)
+    except OSError as exc:
+        log.error("cannot write the metrics textfile", file=config.metrics.textfile, error=str(exc))
 
 
 def _config_command(action: str, config: Config) -> int:

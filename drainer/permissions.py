@@ -22,7 +22,9 @@ def unsafe_reason(path: Path) -> str | None:
         return f"cannot stat {path}: {exc.strerror}"
     if info.st_uid not in (0, os.geteuid()):
         return f"{path} is owned by uid {info.st_uid}, neither root nor the user drainer runs as"
-    if info.st_mode & stat.S_IWOTH and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX):
+    if stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX:
+        return None  # a sticky directory (/tmp): others cannot replace what we own in it
+    if info.st_mode & stat.S_IWOTH:
         return f"{path} is world-writable (mode {stat.S_IMODE(info.st_mode):04o})"
     if info.st_mode & stat.S_IWGRP:
         return f"{path} is group-writable (mode {stat.S_IMODE(info.st_mode):04o})"

@@ -1,0 +1,205 @@
+"""``drainer run``: the daemon. APScheduler 3.x runs the very same ``run_once`` as ``drainer check``
+every ``[daemon] poll_interval`` seconds (one at a time, missed runs coalesced).
+
+- SIGTERM / SIGINT: no new check starts; the running one gets ``stop_timeout`` seconds to finish, else
+  it is abandoned (every step is crash-safe: the next start completes it). The run lock is the kernel's
+  and goes with the process.
+- The same error is logged once, then at most every ``error_log_interval`` seconds with a count, and
+  once more when checks succeed again.
+- ``[metrics] enabled``: ``/metrics`` (Prometheus) and ``/healthz`` on ``[metrics] address``.
+- ``[drain] method = "probe"``: the readiness URL on ``[probe] address`` answers 200 in rotation and
+  503 while drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from drainer.config import Config, parse_address
+from drainer.errors import EXIT_OK, DrainerError, LockedError
+from drainer.imds import ImdsClient
+from drainer.runner import Seams, run_once
+
+
+class ErrorThrottle:
+    """Logs an error the first time, then the same error at most every ``interval`` seconds."""
+
+    def __init__(self, log: Any, interval: float) -> None:
+        self.log = log
+        self.interval = interval
+        self.key: str | None = None
+        self.count = 0
+        self.last_logged = 0.0
+
+    def failed(self, error: str, kind: str) -> None:
+        now = time.monotonic()
+        if error != self.key:
+            self.key, self.count, self.last_logged = error, 1, now
+            self.log.error("check failed; retrying every poll", error=error, error_type=kind)
+            return
+        self.count += 1
+        if now - self.last_logged >= self.interval:
+            self.last_logged = now
+            self.log.error("check still failing", error=error, error_type=kind, failures=self.count)
+
+    def succeeded(self) -> None:
+        if self.key is not None:
+            self.log.info("checks succeed again", failures=self.count)
+        self.key, self.count = None, 0
+
+
+class _Status:
+    """What the HTTP endpoints report."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.last_ok: float | None = None
+        self.recorder: Any = None
+
+    def healthy(self) -> tuple[bool, str]:
+        limit = max(3 * self.config.daemon.poll_interval, 30.0)
+        if self.last_ok is None:
+            return False, "no successful check yet"
+        age = time.time() - self.last_ok
+        return (age <= limit), f"last successful check {age:.1f}s ago"
+
+
+def _serve(address: str, handler: type[BaseHTTPRequestHandler], status: _Status) -> ThreadingHTTPServer:
+    host, port = parse_address(address)
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    server.status = status  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, name=f"http {address}", daemon=True).start()
+    return server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _answer(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        status: _Status = self.server.status  # type: ignore[attr-defined]
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics" and status.recorder is not None:
+            self._answer(200, status.recorder.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/healthz":
+            ok, why = status.healthy()
+            self._answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
+        elif path == status.config.probe.path and status.config.drain.method == "probe":
+            out = Path(status.config.probe.flag_file).exists()
+            self._answer(503 if out else 200, b"out of rotation\n" if out else b"in rotation\n")
+        else:
+            self._answer(404, b"not found\n")
+
+
+def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
+    """Serve until SIGTERM or SIGINT. Returns the exit code."""
+    from apscheduler.executors.pool import ThreadPoolExecutor  # noqa: PLC0415 - the daemon only
+    from apscheduler.schedulers.blocking import BlockingScheduler  # noqa: PLC0415
+
+    # APScheduler warns when a run is skipped because the previous one still runs: that is the point
+    # of max_instances=1 here, not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    status = _Status(config)
+    servers: list[ThreadingHTTPServer] = []
+    if config.metrics.enabled:
+        from drainer.prom import enable  # noqa: PLC0415
+
+        status.recorder = enable()
+        servers.append(_serve(config.metrics.address, _Handler, status))
+    if config.drain.method == "probe" and config.probe.address != config.metrics.address:
+        servers.append(_serve(config.probe.address, _Handler, status))
+    imds = ImdsClient(config.imds)
+    throttle = ErrorThrottle(log, config.daemon.error_log_interval)
+    stopping = threading.Event()
+    idle = threading.Event()
+    idle.set()
+    disabled_said = False
+
+    def check() -> None:
+        nonlocal disabled_said
+        if stopping.is_set():
+            return
+        idle.clear()
+        try:
+            if Path(config.disabled_file).exists():
+                if not disabled_said:
+                    log.warning(
+                        "disabled: doing nothing while the kill-switch file exists", file=config.disabled_file
+                    )
+                    disabled_said = True
+                return
+            if disabled_said:
+                log.info("enabled again: the kill-switch file is gone", file=config.disabled_file)
+                disabled_said = False
+            run_once(config, log, seams, imds=imds)
+            status.last_ok = time.time()
+            throttle.succeeded()
+        except LockedError:
+            log.debug("another drainer run holds the lock; skipping this poll")
+        except DrainerError as exc:
+            throttle.failed(str(exc), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon: log it, keep polling
+            log.error("unexpected error in a check (a bug)", error=repr(exc), error_type=type(exc).__name__)
+        finally:
+            idle.set()
+
+    scheduler = BlockingScheduler(
+        executors={"default": ThreadPoolExecutor(1)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    scheduler.add_job(
+        check,
+        "interval",
+        seconds=config.daemon.poll_interval,
+        id="check",
+        next_run_time=datetime.now(),
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            return  # a second signal (e.g. from a supervisor and the terminal): already stopping
+        stopping.set()
+        log.info("stopping", signal=signal.Signals(signum).name)
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "daemon started",
+        poll_interval=config.daemon.poll_interval,
+        method=config.drain.method,
+        metrics=config.metrics.address if config.metrics.enabled else None,
+        pid=os.getpid(),
+    )
+    scheduler.start()  # returns once shut down
+    finished = idle.wait(config.daemon.stop_timeout)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    if not finished:
+        log.warning(
+            "stopping: abandoning the running check (it is crash-safe)",
+            stop_timeout=config.daemon.stop_timeout,
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_OK)  # the check's thread cannot be interrupted; the kernel releases the lock
+    imds.close()
+    log.info("daemon stopped")
+    return EXIT_OK
