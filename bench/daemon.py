@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from drainer.emulator.control import EmulatorControl
@@ -49,7 +50,7 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -103,9 +104,7 @@ def main() -> int:
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
-    print(
-        f"idle {args.idle:g}s at 1 s polling: CPU {cpu_pct:.2f}%, RSS max {max(rss):.1f} MiB"
-    )
+    print(f"idle {args.idle:g}s at 1 s polling: CPU {cpu_pct:.2f}%, RSS max {max(rss):.1f} MiB")
     print(
         f"reaction latency (event visible -> NIC write), {args.trials} trials: "
         f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
