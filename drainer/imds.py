@@ -38,7 +38,12 @@ RETRY_STATUSES = frozenset(
 
 
 class _DeadlineExceededError(Exception):
-    """The next retry would start after the deadline."""
+    """The next retry would start after the deadline. Carries what the last attempt got."""
+
+    def __init__(self, status: int | None, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
 
 
 class _DeadlineRetry(Retry):
@@ -61,7 +66,9 @@ class _DeadlineRetry(Retry):
             if retry_after is not None:
                 wait = max(wait, retry_after)
         if time.monotonic() + wait >= self.deadline:
-            raise _DeadlineExceededError
+            last = self.history[-1] if self.history else None
+            error = type(last.error).__name__ if last is not None and last.error is not None else ""
+            raise _DeadlineExceededError(last.status if last is not None else None, error)
         time.sleep(wait)
 
 
@@ -218,9 +225,12 @@ class ImdsClient:
             )
         except _DeadlineExceededError as exc:
             metrics.current.inc("imds_requests", {"status": "deadline"})
-            raise ImdsUnavailableError(
-                f"IMDS did not answer within the {self.config.deadline:g}s deadline", url=shown
-            ) from exc
+            limit = f"{self.config.deadline:g}s deadline"
+            if exc.status is not None:
+                message = f"IMDS kept answering HTTP {exc.status} until the {limit}"
+            else:
+                message = f"IMDS unreachable ({exc.error or 'no answer'}) until the {limit}"
+            raise ImdsUnavailableError(message, url=shown, status=exc.status) from exc
         except requests.RequestException as exc:
             metrics.current.inc("imds_requests", {"status": "error"})
             reason = type(exc).__name__
