@@ -336,6 +336,10 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
             )
             actions.append(Drain(ids, types, "re-drain after reboot"))
         elif current is DrainState.DRAINED:
+            # An event that arrives while the VM is already out: out for it from now on.
+            for key in set(held_by) - set(vm.held_by):
+                if records[key].left_rotation_at is None:
+                    records[key] = records[key]._replace(left_rotation_at=now)
             vm = vm._replace(held_by=held_by)
         else:
             if ids:

@@ -12,9 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
+
+# A fixed, bounded profile in CI; `HYPOTHESIS_PROFILE=long` by hand for a deeper search.
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("long", max_examples=3000, stateful_step_count=80, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
