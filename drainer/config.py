@@ -35,6 +35,22 @@ IDENTITIES = ("managed", "default")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# The config file's tables, in the order config.example.toml documents them.
+SECTIONS = (
+    "vm",
+    "imds",
+    "policy",
+    "drain",
+    "azure",
+    "approval",
+    "restore",
+    "hooks",
+    "daemon",
+    "metrics",
+    "probe",
+    "logging",
+)
+
 T = TypeVar("T")
 _DEFAULT_ACTIONS: Mapping[str, str] = MappingProxyType({t.value: "drain" for t in EventType})
 
@@ -434,22 +450,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         disabled_file=top.get("disabled_file", str, DEFAULT_DISABLED_FILE),
         logging=logging_cfg,
     )
-    top.done(
-        subtables=(
-            "imds",
-            "policy",
-            "drain",
-            "azure",
-            "hooks",
-            "approval",
-            "restore",
-            "daemon",
-            "metrics",
-            "probe",
-            "logging",
-            "vm",
-        )
-    )
+    top.done(subtables=SECTIONS)
     return config
 
 

@@ -60,6 +60,15 @@ def control(emulator: RunningEmulator) -> EmulatorControl:
     return EmulatorControl(emulator.url)
 
 
+@pytest.fixture
+def pool(control: EmulatorControl) -> EmulatorControl:
+    """lb-web with one NIC-based pool, web-pool, holding web-0, web-1 and web-2."""
+    control.add_load_balancer("lb-web", pools=["web-pool"])
+    for vm in ("web-0", "web-1", "web-2"):
+        control.join(vm, "lb-web", "web-pool")
+    return control
+
+
 @dataclass
 class Agent:
     """Runs ``drainer`` (through tests/agent_entry.py) against the emulator as VM ``vm``."""

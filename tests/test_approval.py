@@ -18,14 +18,6 @@ from tests.conftest import DEFAULT_CONFIG, Agent, log_records
 APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true")
 
 
-@pytest.fixture
-def pool(control: EmulatorControl) -> EmulatorControl:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1", "web-2"):
-        control.join(vm, "lb-web", "web-pool")
-    return control
-
-
 def _approvals(control: EmulatorControl) -> list[dict[str, object]]:
     return list(control.state()["approvals"])  # type: ignore[arg-type]
 

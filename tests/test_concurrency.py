@@ -12,14 +12,8 @@ from tests.conftest import DEFAULT_CONFIG, ENTRY, Agent
 from tests.test_daemon import Daemon, wait_until
 
 
-def _pool(control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1", "web-2"):
-        control.join(vm, "lb-web", "web-pool")
-
-
-def test_checks_started_together_act_once(agent: Agent, control: EmulatorControl) -> None:
-    _pool(control)
+def test_checks_started_together_act_once(agent: Agent, pool: EmulatorControl) -> None:
+    control = pool
     assert agent.check().returncode == 0
     for round_ in range(3):
         event_id = control.schedule("Reboot", ["web-0"])
@@ -46,8 +40,8 @@ def test_checks_started_together_act_once(agent: Agent, control: EmulatorControl
         assert agent.status()["vm"]["in_rotation"] is True
 
 
-def test_daemon_and_a_cron_oneshot_side_by_side(agent: Agent, control: EmulatorControl) -> None:
-    _pool(control)
+def test_daemon_and_a_cron_oneshot_side_by_side(agent: Agent, pool: EmulatorControl) -> None:
+    control = pool
     agent.config_text = DEFAULT_CONFIG + "\n[daemon]\npoll_interval = 0.2\n"
     daemon = Daemon(agent)
     daemon.start()

@@ -92,14 +92,6 @@ def daemon(agent: Agent) -> Iterator[Daemon]:
         runner.process.wait()
 
 
-@pytest.fixture
-def pool(control: EmulatorControl) -> EmulatorControl:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1", "web-2"):
-        control.join(vm, "lb-web", "web-pool")
-    return control
-
-
 def _in_pool(control: EmulatorControl) -> bool:
     return "web-0-nic" in next(iter(control.membership().values()))
 

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from drainer.config import ApprovalConfig, PolicyConfig, from_mapping
+from drainer.config import SECTIONS, ApprovalConfig, PolicyConfig, from_mapping
 from drainer.core import (
     ApprovalFacts,
     Approve,
@@ -267,20 +267,6 @@ def test_parser_survives_any_bytes(body: bytes) -> None:
         parse_document(body)
 
 
-SECTIONS = [
-    "imds",
-    "policy",
-    "drain",
-    "azure",
-    "hooks",
-    "approval",
-    "restore",
-    "daemon",
-    "metrics",
-    "probe",
-    "logging",
-    "vm",
-]
 keys = st.sampled_from(
     [
         "endpoint",

@@ -296,27 +296,39 @@ class ArmModel:
 
     # -- lookups -----------------------------------------------------------------------------
 
-    def _nic(self, name: str) -> dict[str, Any]:
-        nic = self.nics.get(name.lower())
-        if nic is None:
+    def _resource(self, table: dict[str, dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+        found = table.get(name.lower())
+        if found is None:
             raise ArmError(
                 404,
                 "ResourceNotFound",
-                f"The Resource '{NETWORK}/networkInterfaces/{name}' under resource group "
+                f"The Resource '{NETWORK}/{kind}/{name}' under resource group "
                 f"'{self.resource_group}' was not found.",
             )
-        return nic
+        return found
+
+    def _nic(self, name: str) -> dict[str, Any]:
+        return self._resource(self.nics, "networkInterfaces", name)
 
     def _lb(self, name: str) -> dict[str, Any]:
-        lb = self.lbs.get(name.lower())
-        if lb is None:
+        return self._resource(self.lbs, "loadBalancers", name)
+
+    @staticmethod
+    def _check_etag(resource: dict[str, Any], if_match: str | None) -> None:
+        """412 as Azure answers a stale If-Match (PreconditionFailed / PreconditionFailedEtagMismatch)."""
+        if if_match is not None and if_match not in ("*", resource["etag"]):
             raise ArmError(
-                404,
-                "ResourceNotFound",
-                f"The Resource '{NETWORK}/loadBalancers/{name}' under resource group "
-                f"'{self.resource_group}' was not found.",
+                412,
+                "PreconditionFailed",
+                "Precondition failed.",
+                [
+                    {
+                        "code": "PreconditionFailedEtagMismatch",
+                        "message": f"Etag provided in if-match header {if_match} does not match etag "
+                        f"{resource['etag']} of resource {resource['id']} in NRP data store.",
+                    }
+                ],
             )
-        return lb
 
     def _pool(self, lb: str, pool: str) -> dict[str, Any]:
         entry = _named(self._lb(lb)["properties"]["backendAddressPools"], pool)
@@ -379,19 +391,7 @@ class ArmModel:
         """Apply a NIC PUT. Returns (answer body, operation id). Raises ArmError."""
         with self.lock:
             nic = self._nic(name)
-            if if_match is not None and if_match not in ("*", nic["etag"]):
-                raise ArmError(
-                    412,
-                    "PreconditionFailed",
-                    "Precondition failed.",
-                    [
-                        {
-                            "code": "PreconditionFailedEtagMismatch",
-                            "message": f"Etag provided in if-match header {if_match} does not match etag "
-                            f"{nic['etag']} of resource {nic['id']} in NRP data store.",
-                        }
-                    ],
-                )
+            self._check_etag(nic, if_match)
             configs_in = ((body.get("properties") or {}).get("ipConfigurations")) or []
             if not isinstance(configs_in, list):
                 raise ArmError(400, "InvalidRequestFormat", "ipConfigurations must be a list")
@@ -489,19 +489,7 @@ class ArmModel:
     ) -> tuple[dict[str, Any], str]:
         with self.lock:
             entry = self._pool(lb, pool)
-            if if_match is not None and if_match not in ("*", entry["etag"]):
-                raise ArmError(
-                    412,
-                    "PreconditionFailed",
-                    "Precondition failed.",
-                    [
-                        {
-                            "code": "PreconditionFailedEtagMismatch",
-                            "message": f"Etag provided in if-match header {if_match} does not match etag "
-                            f"{entry['etag']} of resource {entry['id']} in NRP data store.",
-                        }
-                    ],
-                )
+            self._check_etag(entry, if_match)
             addresses = (body.get("properties") or {}).get("loadBalancerBackendAddresses")
             if addresses is not None:
                 entry["properties"]["loadBalancerBackendAddresses"] = [
@@ -517,12 +505,4 @@ class ArmModel:
 
     def get_app_gateway(self, name: str) -> dict[str, Any]:
         with self.lock:
-            gw = self.appgws.get(name.lower())
-            if gw is None:
-                raise ArmError(
-                    404,
-                    "ResourceNotFound",
-                    f"The Resource '{NETWORK}/applicationGateways/{name}' under resource group "
-                    f"'{self.resource_group}' was not found.",
-                )
-            return copy.deepcopy(gw)
+            return copy.deepcopy(self._resource(self.appgws, "applicationGateways", name))
