@@ -103,6 +103,8 @@ class ApprovalConfig(NamedTuple):
     near_seconds: float = 60.0
     # Approve even when the drain failed or was held (the VM may still be serving).
     when_not_drained: bool = False
+    # While waiting for the other listed VMs, read their pool membership at most this often.
+    peer_check_interval: float = 30.0
 
 
 class RestoreConfig(NamedTuple):
@@ -369,6 +371,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         drain_timeout=approval_s.number("drain_timeout", float, 300.0, low=0, high=86400),
         near_seconds=approval_s.number("near_seconds", float, 60.0, low=0, high=86400),
         when_not_drained=approval_s.get("when_not_drained", bool, False),
+        peer_check_interval=approval_s.number("peer_check_interval", float, 30.0, low=0, high=3600),
     )
     approval_s.done()
 

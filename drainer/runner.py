@@ -446,10 +446,23 @@ def _peer_facts(
     config: Config, log: Any, vm: InstanceInfo, store: StateStore, listed: set[str]
 ) -> tuple[frozenset[str] | None, frozenset[str] | None]:
     """Which listed VMs share this VM's pools and are still in them, read from ARM. On an ARM error
-    the peers stay unknown (the approval then waits, or goes ahead near NotBefore)."""
+    the peers stay unknown (the approval then waits, or goes ahead near NotBefore).
+
+    While an approval waits for the other VMs, the daemon would ask every second: the answer is
+    reused for ``[approval] peer_check_interval`` seconds (kept in the state's meta) to spare ARM's
+    read quota."""
     from drainer.actions import make_actuator  # noqa: PLC0415
     from drainer.ledger import StoreLedger  # noqa: PLC0415
 
+    cached = store.meta("peer_check")
+    if cached:
+        try:
+            data = json.loads(cached)
+            fresh = time.time() - float(data["at"]) < config.approval.peer_check_interval
+            if data["listed"] == sorted(listed) and fresh:
+                return frozenset(data["in_rotation"]), frozenset(data["members"])
+        except (ValueError, KeyError, TypeError):
+            pass
     try:
         actuator = make_actuator(config, vm, log)
         peers = getattr(actuator, "peers", None)
@@ -459,6 +472,19 @@ def _peer_facts(
     except DrainerError as exc:
         log.warning("could not read the other VMs' pool membership", error=str(exc))
         return None, None
+    if not config.dry_run:
+        store.set_meta(
+            {
+                "peer_check": json.dumps(
+                    {
+                        "at": time.time(),
+                        "listed": sorted(listed),
+                        "in_rotation": sorted(result[0]),
+                        "members": sorted(result[1]),
+                    }
+                )
+            }
+        )
     return result
 
 

@@ -15,7 +15,7 @@ from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
 from tests.conftest import DEFAULT_CONFIG, Agent, log_records
 
-APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true")
+APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true\npeer_check_interval = 0")
 
 
 def _approvals(control: EmulatorControl) -> list[dict[str, object]]:
@@ -153,6 +153,17 @@ def test_multi_vm_event_is_approved_exactly_once_when_every_listed_member_is_out
         assert a.check().returncode == 0
     assert len(_approvals(pool)) == 1
     assert _status_of(pool, event_id) == "Started"
+
+
+def test_peer_membership_reads_are_reused_for_peer_check_interval(
+    agent: Agent, pool: EmulatorControl
+) -> None:
+    agent.config_text = APPROVING.replace("peer_check_interval = 0", "peer_check_interval = 3600")
+    pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
+    for _ in range(3):
+        assert agent.check().returncode == 0
+    lists = [r for r in pool.requests() if r["path"].endswith("/networkInterfaces") and r["method"] == "GET"]
+    assert len(lists) == 2  # NIC discovery once, the peers' membership once: not every run
 
 
 def test_near_not_before_waives_the_wait_for_other_vms(agent: Agent, pool: EmulatorControl) -> None:
