@@ -75,6 +75,9 @@ class PolicyConfig(NamedTuple):
     lead_time_seconds: int = 0
     # Cleared events are kept this long for `status`, `history` and reappearance detection.
     retention_days: int = 30
+    # Failed or held drains and restores are retried with backoff, at most this many seconds apart
+    # (0: every run).
+    retry_max_seconds: int = 60
 
     def action_for(self, event_type: EventType) -> str:
         return self.actions.get(event_type.value, "drain")
@@ -302,6 +305,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         ),
         lead_time_seconds=policy_s.number("lead_time_seconds", int, 0, low=0, high=7 * 86400),
         retention_days=policy_s.number("retention_days", int, 30, low=1, high=3650),
+        retry_max_seconds=policy_s.number("retry_max_seconds", int, 60, low=0, high=3600),
     )
     policy_s.done(subtables=("actions",))
 

@@ -73,6 +73,8 @@ class VmState(NamedTuple):
     held: str = ""
     # An operator took the VM out by hand (`drainer drain`); maintenance events do not undo it.
     manual: bool = False
+    # When the current drain or restore last failed or was held: retries back off from there.
+    last_attempt_at: datetime | None = None
 
     @property
     def in_rotation(self) -> bool:
@@ -355,9 +357,12 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                     transitions=transitions,
                     reason=reason,
                 )
+                actions.append(Drain(ids, types, reason))
             else:
+                # A retry of a failed or held drain backs off; a new event retries at once.
+                if held_by != vm.held_by or retry_due(vm, now, policy):
+                    actions.append(Drain(ids, types, reason))
                 vm = vm._replace(held_by=held_by)
-            actions.append(Drain(ids, types, reason))
     elif current is not DrainState.IN_ROTATION:
         reason = "no event holds this VM any more"
         if current is not DrainState.RESTORING:
@@ -370,7 +375,8 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                 transitions=transitions,
                 reason=reason,
             )
-        actions.append(Restore(reason))
+        if retry_due(vm, now, policy):
+            actions.append(Restore(reason))
 
     new_state = State(
         events=records,
@@ -395,6 +401,22 @@ def set_manual(state: State, on: bool, now: datetime) -> Decision:
         reason="operator took the VM out by hand" if on else "operator released the manual hold",
     )
     return Decision(state=state._replace(vm=state.vm._replace(manual=on)), transitions=(transition,))
+
+
+def retry_due(vm: VmState, now: datetime, policy: PolicyConfig) -> bool:
+    """Whether a failed or held drain or restore may be tried again now.
+
+    Retries back off (1, 2, 4 ... seconds, at most ``retry_max_seconds``; a held drain every
+    ``retry_max_seconds / 4``) so a daemon polling every second does not hammer ARM through an outage.
+    A one-shot run every minute is not slowed down by it (the default cap is 60 s).
+    """
+    if vm.last_attempt_at is None or policy.retry_max_seconds <= 0:
+        return True
+    if vm.held:
+        delay = policy.retry_max_seconds / 4
+    else:
+        delay = min(float(policy.retry_max_seconds), 2.0 ** max(vm.attempts - 1, 0))
+    return (now - vm.last_attempt_at).total_seconds() >= delay
 
 
 def approval_candidates(state: State) -> list[EventRecord]:
@@ -529,12 +551,13 @@ def record_outcome(
     if vm.drain_state is not expected:
         return Decision(state=state)  # the intent changed meanwhile; nothing to record
     if error is not None and held:
-        if vm.held == error:
-            return Decision(state=state)
+        vm = vm._replace(held=error, last_attempt_at=now)
+        if state.vm.held == error:
+            return Decision(state=state._replace(vm=vm))
         transition = Transition(subject="vm", from_state=vm.drain_state.value, to_state="held", reason=error)
-        return Decision(state=state._replace(vm=vm._replace(held=error)), transitions=(transition,))
+        return Decision(state=state._replace(vm=vm), transitions=(transition,))
     if error is not None:
-        vm = vm._replace(attempts=vm.attempts + 1, last_error=error, held="")
+        vm = vm._replace(attempts=vm.attempts + 1, last_error=error, held="", last_attempt_at=now)
         return Decision(state=state._replace(vm=vm))
     transitions: list[Transition] = []
     done = DrainState.DRAINED if isinstance(action, Drain) else DrainState.IN_ROTATION

@@ -21,7 +21,7 @@ from drainer.core import DrainState, EventRecord, EventState, State, Transition,
 from drainer.errors import StateError
 from drainer.events import EventStatus, EventType, ScheduledEvent
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS vm (
     attempts INTEGER NOT NULL,
     last_error TEXT NOT NULL,
     held TEXT NOT NULL DEFAULT '',
-    manual INTEGER NOT NULL DEFAULT 0
+    manual INTEGER NOT NULL DEFAULT 0,
+    last_attempt_at TEXT
 );
 CREATE TABLE IF NOT EXISTS ledger (
     method TEXT NOT NULL,
@@ -97,6 +98,7 @@ _MIGRATIONS = {
         "ALTER TABLE events ADD COLUMN returned_at TEXT",
         "ALTER TABLE events ADD COLUMN approval TEXT NOT NULL DEFAULT ''",
     ],
+    3: ["ALTER TABLE vm ADD COLUMN last_attempt_at TEXT"],
 }
 
 
@@ -201,7 +203,8 @@ class StateStore:
         try:
             events = {row[0]: _record_from_row(row) for row in self._db.execute("SELECT * FROM events")}
             row = self._db.execute(
-                "SELECT drain_state, since, held_by, attempts, last_error, held, manual FROM vm WHERE id = 1"
+                "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at"
+                " FROM vm WHERE id = 1"
             ).fetchone()
         except (sqlite3.Error, ValueError, KeyError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
@@ -216,6 +219,7 @@ class StateStore:
                     last_error=str(row[4]),
                     held=str(row[5]),
                     manual=bool(row[6]),
+                    last_attempt_at=_dt(row[7]),
                 )
             except (ValueError, TypeError) as exc:
                 raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
@@ -279,7 +283,7 @@ class StateStore:
                 if new.vm != old.vm:
                     vm = new.vm
                     db.execute(
-                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             vm.drain_state.value,
                             _ts(vm.since),
@@ -288,6 +292,7 @@ class StateStore:
                             vm.last_error,
                             vm.held,
                             int(vm.manual),
+                            _ts(vm.last_attempt_at),
                         ),
                     )
                 values = dict(meta or {})

@@ -35,6 +35,10 @@ EXAMPLES = SHARED / "azure-examples"
 SCENARIOS = SHARED / "scenarios" / "scenarios.json"
 ENTRY = Path(__file__).resolve().parent / "agent_entry.py"
 DEFAULT_CONFIG = """
+[policy]
+# Runs in the tests follow each other within a second: retry failed actions on every run.
+retry_max_seconds = 0
+
 [imds]
 deadline = 3.0
 read_timeout = 1.0

@@ -23,7 +23,8 @@ from drainer.events import document_from_json
 from tests.conftest import load_scenarios
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
-POLICY = PolicyConfig()
+# Retries are due on every run here (the runs share one instant); the backoff has its own tests below.
+POLICY = PolicyConfig(retry_max_seconds=0)
 
 
 def _run(
@@ -232,3 +233,53 @@ def test_step_is_pure() -> None:
     assert step(state, obs, T0, POLICY) == step(state, obs, T0, POLICY)
     assert state == State()
     assert state._replace() == state
+
+
+def test_retries_back_off_and_a_new_event_retries_at_once() -> None:
+    policy = PolicyConfig(retry_max_seconds=60)
+    state, _ = _run(State(), _doc(1, _event()), policy=policy, fail=True)  # attempt 1 fails at T0
+    decision = step(state, Observation(document_from_json(_doc(1, _event())), "web-0"), T0, policy)
+    assert decision.actions == ()  # within 1 s of the failure: wait
+    later = T0 + timedelta(seconds=1)
+    decision = step(state, Observation(document_from_json(_doc(1, _event())), "web-0"), later, policy)
+    assert [type(a) for a in decision.actions] == [Drain]
+    state, _ = _run(state, _doc(1, _event()), policy=policy, now=later, fail=True)  # attempt 2
+    decision = step(
+        state,
+        Observation(document_from_json(_doc(1, _event())), "web-0"),
+        later + timedelta(seconds=1.5),
+        policy,
+    )
+    assert decision.actions == ()  # 2 s after the second failure
+    decision = step(
+        state, Observation(document_from_json(_doc(2, _event(), _event("B"))), "web-0"), later, policy
+    )
+    assert [type(a) for a in decision.actions] == [Drain]  # a new event: at once
+
+
+def test_restore_retries_back_off_but_never_stop() -> None:
+    policy = PolicyConfig(retry_max_seconds=60)
+    state, _ = _run(State(), _doc(1, _event()), policy=policy)
+    now = T0
+    for attempt in range(1, 10):
+        state, _ = _run(state, _doc(2), policy=policy, now=now, fail=True)
+        assert state.vm.attempts == attempt
+        now += timedelta(seconds=61)  # the cap: a restore is always retried within a minute
+    state, _ = _run(state, _doc(2), policy=policy, now=now)
+    assert state.vm.in_rotation
+
+
+def test_held_drain_rechecks_every_quarter_of_the_cap() -> None:
+    policy = PolicyConfig(retry_max_seconds=60)
+    decision = step(State(), Observation(document_from_json(_doc(1, _event())), "web-0"), T0, policy)
+    (drain,) = decision.actions
+    assert isinstance(drain, Drain)
+    held = record_outcome(decision.state, drain, "held: too few", T0, held=True).state
+    soon = step(
+        held, Observation(document_from_json(_doc(1, _event())), "web-0"), T0 + timedelta(seconds=10), policy
+    )
+    assert soon.actions == ()
+    due = step(
+        held, Observation(document_from_json(_doc(1, _event())), "web-0"), T0 + timedelta(seconds=15), policy
+    )
+    assert [type(a) for a in due.actions] == [Drain]
