@@ -55,6 +55,7 @@ CONTROL = "/_emulator"
 class _Handler(BaseHTTPRequestHandler):
     server: EmulatorServer
     protocol_version = "HTTP/1.1"
+    _log_path: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet; requests are recorded in the model instead
@@ -77,6 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
             payload = body.encode()
         else:
             payload = body
+        if self._log_path is not None:
+            self._record(self._log_path, status)
+            self._log_path = None
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(payload)))
@@ -119,11 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(path, "fault")
             self._fault(fault)
             return
+        # Recorded as the answer is sent (see _send), so a client never sees an answer the log lacks.
+        self._log_path = path
         if path.startswith("/subscriptions/"):
-            status = self._arm(path, parse_qs(parts.query), body)
+            self._arm(path, parse_qs(parts.query), body)
         else:
-            status = self._imds(path, parse_qs(parts.query), vm_name, body)
-        self._record(path, status)
+            self._imds(path, parse_qs(parts.query), vm_name, body)
 
     def _fault(self, fault: Fault) -> None:
         if fault.delay:
