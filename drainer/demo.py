@@ -32,6 +32,8 @@ def _describe(t: Transition) -> str:
         return f"VM {t.from_state} -> {t.to_state} ({t.reason})"
     if t.subject == "event":
         return f"{t.event_type} {t.event_id[:8]}: {t.from_state} -> {t.to_state} ({t.reason})"
+    if t.subject == "approval":
+        return f"{t.event_type} {t.event_id[:8]}: approval {t.from_state} -> {t.to_state}"
     return f"{t.from_state} -> {t.to_state} ({t.reason})"
 
 
