@@ -65,9 +65,7 @@ def main() -> int:
     for _ in range(args.trials):
         with RunningEmulator(["web-0", "web-1", "web-2"]) as emulator, tempfile.TemporaryDirectory() as tmp:
             control = EmulatorControl(emulator.url)
-            control.add_load_balancer("lb-web", pools=["web-pool"])
-            for vm in ("web-0", "web-1", "web-2"):
-                control.join(vm, "lb-web", "web-pool")
+            control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
             config = Path(tmp) / "config.toml"
             config.write_text(CONFIG.format(poll=args.poll))
             env = {

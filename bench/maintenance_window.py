@@ -85,9 +85,7 @@ def play(name: str, policy: PolicyConfig, approval: ApprovalConfig) -> dict[str,
     log = get_logger()
     with RunningEmulator(["web-0", "web-1", "web-2"]) as emulator, tempfile.TemporaryDirectory() as state_dir:
         control = EmulatorControl(emulator.url)
-        control.add_load_balancer("lb-web", pools=["web-pool"])
-        for vm in ("web-0", "web-1", "web-2"):
-            control.join(vm, "lb-web", "web-pool")
+        control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
         traffic = Traffic(control)
         if approval.service_ports == (0,):
             approval = approval._replace(service_ports=(traffic.port,))

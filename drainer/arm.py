@@ -237,35 +237,39 @@ class ArmNetwork:
         )
         return result
 
-    def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface:
-        what = f"write NIC {name}"
+    def _put(self, what: str, begin: Any, *args: Any, resource: Any) -> Any:
+        """A long-running PUT with If-Match (the etag it was read with), waited for within the deadline."""
         poller = self._call(
             what,
+            begin,
+            *args,
+            resource,
+            headers={"If-Match": resource.etag} if resource.etag else {},
+            polling_interval=self.cfg.poll_interval,
+        )
+        return self._wait(what, poller)
+
+    def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface:
+        result: NetworkInterface = self._put(
+            f"write NIC {name}",
             self._client.network_interfaces.begin_create_or_update,
             resource_group,
             name,
-            nic,
-            headers={"If-Match": nic.etag} if nic.etag else {},
-            polling_interval=self.cfg.poll_interval,
+            resource=nic,
         )
-        result: NetworkInterface = self._wait(what, poller)
         return result
 
     def put_pool(
         self, resource_group: str, lb: str, name: str, pool: BackendAddressPool
     ) -> BackendAddressPool:
-        what = f"write backend pool {lb}/{name}"
-        poller = self._call(
-            what,
+        result: BackendAddressPool = self._put(
+            f"write backend pool {lb}/{name}",
             self._client.load_balancer_backend_address_pools.begin_create_or_update,
             resource_group,
             lb,
             name,
-            pool,
-            headers={"If-Match": pool.etag} if pool.etag else {},
-            polling_interval=self.cfg.poll_interval,
+            resource=pool,
         )
-        result: BackendAddressPool = self._wait(what, poller)
         return result
 
 

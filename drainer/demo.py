@@ -53,9 +53,7 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="drainer-demo-") as state_dir,
     ):
         control = EmulatorControl(emulator.url)
-        control.add_load_balancer("lb-web", pools=["web-pool"])
-        for vm in VMS:
-            control.join(vm, "lb-web", "web-pool")
+        control.load_balancer_with("lb-web", "web-pool", list(VMS))
         config = Config(
             source="<demo>",
             state_dir=state_dir,

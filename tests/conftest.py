@@ -67,9 +67,7 @@ def control(emulator: RunningEmulator) -> EmulatorControl:
 @pytest.fixture
 def pool(control: EmulatorControl) -> EmulatorControl:
     """lb-web with one NIC-based pool, web-pool, holding web-0, web-1 and web-2."""
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1", "web-2"):
-        control.join(vm, "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
     return control
 
 

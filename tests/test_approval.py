@@ -118,8 +118,7 @@ def test_no_approval_when_the_drain_failed(agent: Agent, pool: EmulatorControl) 
 
 
 def test_no_approval_when_the_drain_is_held(agent: Agent, control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    control.join("web-0", "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0"])
     agent.config_text = APPROVING + "\n[drain]\nmin_in_service = 1\n"
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agent.check().returncode == 0

@@ -32,9 +32,7 @@ def configure(agent: Agent, extra: str = "", method: str = LOG_METHOD) -> None:
 
 
 def test_order_around_the_builtin_drain(agent: Agent, control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1"):
-        control.join(vm, "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
     trace = agent.tmp / "trace"
     for phase, name in [("pre-drain", "20-b"), ("pre-drain", "10-a"), ("post-drain", "10-c")]:
         hook(
@@ -212,9 +210,7 @@ def test_failing_post_drain_is_retried_on_the_next_run(agent: Agent, control: Em
 
 
 def test_failing_pre_restore_never_keeps_the_vm_out(agent: Agent, control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for vm in ("web-0", "web-1"):
-        control.join(vm, "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
     hook(agent, "pre-restore", "10-fail", "exit 1\n")
     configure(agent, method="")
     event_id = control.schedule("Reboot", ["web-0"])

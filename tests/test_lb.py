@@ -230,9 +230,7 @@ def test_idle_run_makes_no_arm_call(agent: Agent, topology: EmulatorControl) -> 
 
 
 def test_min_in_service_holds_the_drain(agent: Agent, control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    control.join("web-0", "lb-web", "web-pool")
-    control.join("web-1", "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
     agent.config_text = DEFAULT_CONFIG + "\n[drain]\nmin_in_service = 2\n"
     event_id = control.schedule("Reboot", ["web-0"])
     done = agent.check()
@@ -254,8 +252,7 @@ def test_min_in_service_holds_the_drain(agent: Agent, control: EmulatorControl) 
 
 
 def test_preempt_drains_even_below_min_in_service(agent: Agent, control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    control.join("web-0", "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-0"])
     control.schedule("Preempt", ["web-0"])
     done = agent.check()
     assert done.returncode == 0, done.stderr

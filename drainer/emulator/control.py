@@ -75,6 +75,12 @@ class EmulatorControl:
             {"name": name, "pools": pools, "ip_pools": ip_pools or [], "probe": probe, "sku": sku},
         )
 
+    def load_balancer_with(self, lb: str, pool: str, vms: list[str]) -> None:
+        """A load balancer with one NIC-based pool holding each VM's NIC (the usual availability set)."""
+        self.add_load_balancer(lb, pools=[pool])
+        for vm in vms:
+            self.join(vm, lb, pool)
+
     def join(
         self, vm: str, lb: str, pool: str, *, nic: str | None = None, ipconfig: str = "ipconfig1"
     ) -> None:
