@@ -1,48 +1,21 @@
-"""Carrying out the core's actions. Every drain method implements ``Actuator``.
+"""The drain methods that need no Azure SDK, and the factory that picks one for the config.
 
-The runner never asks ``if dry_run``: a dry run wraps the real actuator in ``DryRunActuator``.
+The runner never asks ``if dry_run``: a dry run wraps the actuator (``log``), the ARM client
+(``nic``, ``admin-state``) or the flag writer (``probe``) so that nothing is changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from drainer.actuator import ActionContext, Actuator
 from drainer.config import Config
-from drainer.core import Drain, EventRecord, Restore
+from drainer.core import Drain, Restore
 from drainer.imds import InstanceInfo
-from drainer.ledger import Ledger
-from drainer.state import StateStore
-
-
-@dataclass(frozen=True)
-class ActionContext:
-    config: Config
-    vm: InstanceInfo
-    events: tuple[EventRecord, ...]  # the events the action is for (empty for a restore)
-    log: Any
-    ledger: Ledger  # what was changed outside drainer, recorded before the change
-    store: StateStore | None = None  # for caches (NIC ids); None in a dry run
-    # Crash-injection seam between the steps of an action (see drainer.runner.Seams).
-    checkpoint: Callable[[str], None] = lambda _: None
-
-
-class Actuator(Protocol):
-    """A drain method. Both calls are idempotent and raise ActionError on failure."""
-
-    name: str
-
-    def drain(self, action: Drain, ctx: ActionContext) -> None: ...
-
-    def restore(self, action: Restore, ctx: ActionContext) -> None: ...
 
 
 class LogActuator:
-    """Drain method ``log``: records and logs the decision, changes nothing outside drainer.
-
-    Useful on its own with hooks (a later release) or to watch what drainer would do.
-    """
+    """Drain method ``log``: records and logs the decision, changes nothing outside drainer."""
 
     name = "log"
 
@@ -57,6 +30,9 @@ class LogActuator:
 
     def restore(self, action: Restore, ctx: ActionContext) -> None:
         ctx.log.warning("vm returning to rotation", vm=ctx.vm.name, method=self.name)
+
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        return False, "nothing outside drainer to compare (method log)"
 
 
 class DryRunActuator:
@@ -77,6 +53,9 @@ class DryRunActuator:
     def restore(self, action: Restore, ctx: ActionContext) -> None:
         ctx.log.warning("dry-run: would put vm back into rotation", vm=ctx.vm.name, method=self.inner.name)
 
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        return False, f"dry-run: would compare with what should be ({'out' if out else 'in'})"
+
 
 def make_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
     """The actuator for ``config.drain.method``.
@@ -91,7 +70,6 @@ def make_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
     if config.drain.method in ("nic", "admin-state"):
         from drainer.lb import make_lb_actuator  # noqa: PLC0415 - imports the Azure SDK
 
-        lb_actuator: Actuator = make_lb_actuator(config, vm, log)
-        return lb_actuator
+        return make_lb_actuator(config, vm, log)
     actuator: Actuator = LogActuator()
     return DryRunActuator(actuator) if config.dry_run else actuator

@@ -52,7 +52,9 @@ SECTIONS = (
 )
 
 T = TypeVar("T")
-_DEFAULT_ACTIONS: Mapping[str, str] = MappingProxyType({t.value: "drain" for t in EventType})
+# An unknown event type always holds the VM (it is not configurable).
+_KNOWN_TYPES = tuple(t for t in EventType if t is not EventType.UNKNOWN)
+_DEFAULT_ACTIONS: Mapping[str, str] = MappingProxyType({t.value: "drain" for t in _KNOWN_TYPES})
 
 
 class ImdsConfig(NamedTuple):
@@ -78,6 +80,12 @@ class PolicyConfig(NamedTuple):
     # Failed or held drains and restores are retried with backoff, at most this many seconds apart
     # (0: every run).
     retry_max_seconds: int = 60
+    # Reconcile with Azure (the NICs' pool references and drainer's records on them) at most this
+    # often while nothing happens (seconds; 0: never periodically), and at most every
+    # `reconcile_active_seconds` while an event holds or concerns this VM. Also at every boot and
+    # whenever the local state was missing or unreadable.
+    reconcile_interval_seconds: int = 1800
+    reconcile_active_seconds: int = 300
 
     def action_for(self, event_type: EventType) -> str:
         return self.actions.get(event_type.value, "drain")
@@ -92,6 +100,10 @@ class DrainConfig(NamedTuple):
     application_gateways: bool = False
     # NICs to drain, as resource ids or names in the VM's resource group; empty: discover them.
     nics: tuple[str, ...] = ()
+    # A pool, load balancer or NIC that answers 404 is dropped from a restore only once it answered
+    # 404 at least this many times over at least this many seconds (one answer proves nothing).
+    gone_after_reads: int = 3
+    gone_after_seconds: int = 300
 
 
 class ApprovalConfig(NamedTuple):
@@ -296,7 +308,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
 
     policy_s = _Section(path, "policy", raw.get("policy"))
     actions_s = _Section(path, "policy.actions", policy_s.raw.get("actions"))
-    actions = MappingProxyType({t.value: actions_s.choice(t.value, ACTIONS, "drain") for t in EventType})
+    actions = MappingProxyType({t.value: actions_s.choice(t.value, ACTIONS, "drain") for t in _KNOWN_TYPES})
     actions_s.done()
     policy = PolicyConfig(
         actions=actions,
@@ -306,6 +318,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         lead_time_seconds=policy_s.number("lead_time_seconds", int, 0, low=0, high=7 * 86400),
         retention_days=policy_s.number("retention_days", int, 30, low=1, high=3650),
         retry_max_seconds=policy_s.number("retry_max_seconds", int, 60, low=0, high=3600),
+        reconcile_interval_seconds=policy_s.number(
+            "reconcile_interval_seconds", int, 1800, low=0, high=7 * 86400
+        ),
+        reconcile_active_seconds=policy_s.number("reconcile_active_seconds", int, 300, low=0, high=86400),
     )
     policy_s.done(subtables=("actions",))
 
@@ -317,6 +333,8 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         method=drain_s.choice("method", DRAIN_METHODS, "nic"),
         min_in_service=drain_s.number("min_in_service", int, 1, low=0, high=1000),
         application_gateways=drain_s.get("application_gateways", bool, False),
+        gone_after_reads=drain_s.number("gone_after_reads", int, 3, low=1, high=1000),
+        gone_after_seconds=drain_s.number("gone_after_seconds", int, 300, low=0, high=30 * 86400),
         nics=tuple(nics),
     )
     drain_s.done()

@@ -75,6 +75,9 @@ class VmState(NamedTuple):
     manual: bool = False
     # When the current drain or restore last failed or was held: retries back off from there.
     last_attempt_at: datetime | None = None
+    # The last reconcile with Azure: when, and what it found (shown by `status`).
+    last_reconcile_at: datetime | None = None
+    last_reconcile: str = ""
 
     @property
     def in_rotation(self) -> bool:
@@ -92,6 +95,8 @@ class Observation(NamedTuple):
     document: EventsDocument
     vm_name: str
     boot_id: str | None = None
+    # The local state was missing, empty or unreadable (rebuilt this run): reconcile with Azure.
+    fresh: bool = False
 
 
 class Transition(NamedTuple):
@@ -127,6 +132,18 @@ class Restore(NamedTuple):
         return "restore"
 
 
+class Reconcile(NamedTuple):
+    """Compare what should be (``out``: the VM out of rotation) with what is (the NICs' pool
+    references and drainer's records on them) and converge, whatever the local state says."""
+
+    out: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "reconcile"
+
+
 class Approve(NamedTuple):
     """Ask Azure to start these events now (POST StartRequests)."""
 
@@ -148,7 +165,7 @@ class ApprovalFacts(NamedTuple):
     pool_members: frozenset[str] | None = None
 
 
-Action = Drain | Restore | Approve
+Action = Drain | Restore | Approve | Reconcile
 
 
 class Decision(NamedTuple):
@@ -167,6 +184,9 @@ def classify(
     """What an observed event means for this VM, and why."""
     if not event.concerns(vm_name):
         return EventState.OTHER_VM, f"does not list {vm_name}"
+    if event.event_type is EventType.UNKNOWN or event.status is EventStatus.UNKNOWN:
+        # Unknown is not gone: whatever it is, it holds the VM until it disappears.
+        return EventState.ACTIVE, "unknown type or status: holds the VM until it disappears"
     if previous is EventState.ACTIVE:
         # Sticky: once out for an event, stay out until it clears (a moved NotBefore must not make
         # the VM flap in and out of rotation).
@@ -293,12 +313,13 @@ def _vm_transition(old: DrainState, new: DrainState, reason: str) -> Transition:
 def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) -> Decision:
     """Fold one observed document into the state and decide what to do."""
     transitions: list[Transition] = []
-    if state.incarnation is not None and obs.document.incarnation < state.incarnation:
+    incarnation = obs.document.incarnation
+    if state.incarnation is not None and incarnation is not None and incarnation < state.incarnation:
         transitions.append(
             Transition(
                 subject="agent",
                 from_state=f"incarnation {state.incarnation}",
-                to_state=f"incarnation {obs.document.incarnation}",
+                to_state=f"incarnation {incarnation}",
                 reason="DocumentIncarnation went backwards: the service was re-enabled",
             )
         )
@@ -378,13 +399,68 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         if retry_due(vm, now, policy):
             actions.append(Restore(reason))
 
+    if not actions:
+        why = _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
+        if why:
+            out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
+            actions.append(Reconcile(out, why))
     new_state = State(
         events=records,
         vm=vm,
-        incarnation=obs.document.incarnation,
+        incarnation=incarnation if incarnation is not None else state.incarnation,
         boot_id=obs.boot_id if obs.boot_id is not None else state.boot_id,
     )
     return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions))
+
+
+def _reconcile_due(
+    vm: VmState,
+    records: Mapping[str, EventRecord],
+    now: datetime,
+    policy: PolicyConfig,
+    *,
+    fresh: bool,
+    rebooted: bool,
+) -> str:
+    """Why a reconcile is due now ("" when it is not)."""
+    if fresh:
+        return "the local state was missing or unreadable"
+    if rebooted:
+        return "the VM rebooted"
+    busy = not vm.in_rotation or any(
+        r.state in (EventState.ACTIVE, EventState.PENDING) for r in records.values()
+    )
+    failed = vm.last_reconcile.startswith("failed")
+    interval = policy.reconcile_active_seconds if busy or failed else policy.reconcile_interval_seconds
+    if interval <= 0:
+        return ""
+    if vm.last_reconcile_at is None:
+        return "never reconciled"
+    elapsed = (now - vm.last_reconcile_at).total_seconds()
+    if elapsed < 0:  # the wall clock stepped back: due now rather than stalled
+        return "the clock stepped back"
+    if elapsed >= interval:
+        return "an event is in progress" if busy else "periodic"
+    return ""
+
+
+def record_reconcile(
+    state: State, action: Reconcile, found: str, error: str | None, now: datetime, *, changed: bool
+) -> Decision:
+    """Fold the outcome of a reconcile into the state (shown by ``status``)."""
+    text = f"failed: {error}" if error is not None else found
+    vm = state.vm._replace(last_reconcile_at=now, last_reconcile=text[:500])
+    transitions: tuple[Transition, ...] = ()
+    if changed or error is not None:
+        transitions = (
+            Transition(
+                subject="agent",
+                from_state="reconcile",
+                to_state="failed" if error is not None else "converged",
+                reason=f"{action.reason}: {text}"[:500],
+            ),
+        )
+    return Decision(state=state._replace(vm=vm), transitions=transitions)
 
 
 def set_manual(state: State, on: bool, now: datetime) -> Decision:
@@ -416,7 +492,9 @@ def retry_due(vm: VmState, now: datetime, policy: PolicyConfig) -> bool:
         delay = policy.retry_max_seconds / 4
     else:
         delay = min(float(policy.retry_max_seconds), 2.0 ** max(vm.attempts - 1, 0))
-    return (now - vm.last_attempt_at).total_seconds() >= delay
+    elapsed = (now - vm.last_attempt_at).total_seconds()
+    # A negative elapsed time means the wall clock stepped back: due now, never stalled.
+    return elapsed < 0 or elapsed >= delay
 
 
 def approval_candidates(state: State) -> list[EventRecord]:
@@ -536,7 +614,14 @@ def _move(
     reason: str,
 ) -> VmState:
     transitions.append(_vm_transition(vm.drain_state, to, reason))
-    return VmState(drain_state=to, since=now, held_by=held_by, manual=vm.manual)
+    return VmState(
+        drain_state=to,
+        since=now,
+        held_by=held_by,
+        manual=vm.manual,
+        last_reconcile_at=vm.last_reconcile_at,
+        last_reconcile=vm.last_reconcile,
+    )
 
 
 def record_outcome(
@@ -572,6 +657,8 @@ def record_outcome(
         elif isinstance(action, Restore) and record.returned_at is None:
             records[key] = record._replace(returned_at=now)
     state = state._replace(events=records)
+    # A drain or restore that succeeded left Azure as it should be: it counts as a reconcile.
+    vm = vm._replace(last_reconcile_at=now, last_reconcile=f"{action.name} succeeded")
     vm = _move(
         vm, to=done, now=now, held_by=held_by, transitions=transitions, reason=f"{action.name} succeeded"
     )

@@ -27,6 +27,7 @@ from typing import Any
 from drainer.config import Config, parse_address
 from drainer.errors import EXIT_OK, DrainerError, LockedError
 from drainer.imds import ImdsClient
+from drainer.probe import out_of_rotation
 from drainer.runner import Seams, run_once
 
 
@@ -102,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
             ok, why = status.healthy()
             self._answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
         elif path == status.config.probe.path and status.config.drain.method == "probe":
-            out = Path(status.config.probe.flag_file).exists()
+            out = out_of_rotation(status.config.state_dir, status.config.probe.flag_file)
             self._answer(503 if out else 200, b"out of rotation\n" if out else b"in rotation\n")
         else:
             self._answer(404, b"not found\n")

@@ -9,6 +9,7 @@ changes nothing.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -22,11 +23,24 @@ class EventType(str, enum.Enum):
     REDEPLOY = "Redeploy"
     PREEMPT = "Preempt"
     TERMINATE = "Terminate"
+    # A type this version does not know (or an invalid one): it still holds the VM while listed.
+    UNKNOWN = "Unknown"
 
 
 class EventStatus(str, enum.Enum):
     SCHEDULED = "Scheduled"
     STARTED = "Started"
+    # A status this version does not know: only the event's disappearance ends it.
+    UNKNOWN = "Unknown"
+
+
+# Bounds on what one event may carry; anything longer is cut (text) or refused (counts, numbers).
+MAX_ID = 128
+MAX_TEXT = 2048
+MAX_RESOURCES = 1000
+MAX_RESOURCE_NAME = 256
+MAX_DURATION = 10 * 365 * 86400
+MAX_INT_DIGITS = 20
 
 
 class ScheduledEvent(NamedTuple):
@@ -73,7 +87,7 @@ class ParseWarning(NamedTuple):
 
 
 class EventsDocument(NamedTuple):
-    incarnation: int
+    incarnation: int | None  # None: absent or not a usable integer
     events: tuple[ScheduledEvent, ...]
     warnings: tuple[ParseWarning, ...] = ()
 
@@ -112,110 +126,171 @@ def parse_not_before(value: str) -> datetime | None:
 def parse_document(body: bytes | str, *, source: str = "IMDS") -> EventsDocument:
     """Parse a Scheduled Events document.
 
-    Raises MalformedDocumentError when the body is not JSON or has the wrong shape; unknown event
-    types and statuses, and events missing an id, are returned in ``warnings`` instead.
+    Each event is parsed on its own: an invalid value in one event is a warning and never blocks
+    another event (an invalid event that lists this VM is kept, with an unknown type or status, so
+    it holds the VM). Raises MalformedDocumentError when the body as a whole is not a Scheduled
+    Events document (not JSON, nested beyond reason, not an object, Events not a list).
     """
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, parse_int=_bounded_int)
+    except RecursionError as exc:
+        raise MalformedDocumentError("not JSON (nested too deeply)", url=source) from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedDocumentError(f"not JSON ({exc})", url=source) from exc
+        raise MalformedDocumentError(f"not JSON ({_clean(str(exc))[:200]})", url=source) from exc
     return document_from_json(raw, source=source)
+
+
+class _Huge(str):
+    """An integer with more than MAX_INT_DIGITS digits: kept as text, never converted."""
+
+
+def _bounded_int(text: str) -> int | _Huge:
+    # Python refuses to convert integers of more than 4,300 digits (a ValueError from deep inside
+    # json.loads): keep absurd ones as text and let the field's parser refuse that one value.
+    return _Huge(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _clean(text: str) -> str:
+    """The text with lone surrogates (valid JSON, invalid UTF-8) replaced, so it can be stored."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _fail(source: str, reason: str) -> MalformedDocumentError:
     return MalformedDocumentError(f"malformed Scheduled Events document: {reason}", url=source)
 
 
-def _parse_incarnation(value: object, source: str) -> int:
-    if isinstance(value, bool):
-        raise _fail(source, "DocumentIncarnation is a boolean")
+class _InvalidFieldError(ValueError):
+    """One field of one event is invalid."""
+
+
+def _parse_incarnation(value: object) -> int | None:
+    if isinstance(value, (bool, _Huge)):
+        return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) <= MAX_INT_DIGITS:
         return int(value.strip())
-    raise _fail(source, f"DocumentIncarnation is not an integer: {value!r}"[:200])
+    return None
 
 
-def _optional_str(raw: dict[str, Any], key: str, source: str) -> str:
+def _text(raw: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
     value = raw.get(key)
     if value is None:
         return ""
-    if not isinstance(value, str):
-        raise _fail(source, f"{key} is not a string")
-    return value
+    if not isinstance(value, str) or isinstance(value, _Huge):
+        raise _InvalidFieldError(f"{key} is not a string")
+    return _clean(value)[:limit]
 
 
-def _parse_duration(value: object, source: str) -> int | None:
+def _parse_duration(value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _fail(source, "DurationInSeconds is not an integer")
+    if isinstance(value, (bool, _Huge)) or not isinstance(value, (int, str)):
+        raise _InvalidFieldError("DurationInSeconds is not an integer")
     try:
-        seconds = int(value)
+        seconds = int(value) if len(str(value)) <= MAX_INT_DIGITS else None
     except ValueError as exc:
-        raise _fail(source, "DurationInSeconds is not an integer") from exc
+        raise _InvalidFieldError("DurationInSeconds is not an integer") from exc
+    if seconds is None or seconds > MAX_DURATION:
+        raise _InvalidFieldError("DurationInSeconds is out of range")
     return None if seconds < 0 else seconds
 
 
+def _resources(item: dict[str, Any]) -> tuple[tuple[str, ...], str]:
+    """The names in Resources (strings only, bounded) and a note when some were not usable."""
+    raw = item.get("Resources", [])
+    if raw is None:
+        return (), ""
+    if not isinstance(raw, list):
+        return (), "Resources is not a list"
+    names = tuple(
+        _clean(r) for r in raw[:MAX_RESOURCES] if isinstance(r, str) and 0 < len(r) <= MAX_RESOURCE_NAME
+    )
+    return names, ("" if len(names) == len(raw) else "some Resources entries are not VM names")
+
+
+def _event_id(item: dict[str, Any]) -> str:
+    value = item.get("EventId")
+    if isinstance(value, str) and not isinstance(value, _Huge) and 0 < len(value) <= MAX_ID:
+        return _clean(value)
+    # No usable id: a stable one from the content, so the event is still tracked while listed.
+    digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode("utf-8", "replace"))
+    return "unidentified-" + digest.hexdigest()[:16]
+
+
+def _one_event(item: dict[str, Any], warnings: list[ParseWarning]) -> ScheduledEvent:
+    """One event, however invalid its fields (each invalid field is a warning)."""
+    event_id = _event_id(item)
+    if event_id.startswith("unidentified-"):
+        warnings.append(ParseWarning(event_id, "event without a usable EventId", ignored=False))
+    resources, note = _resources(item)
+    if note:
+        warnings.append(ParseWarning(event_id, note, ignored=False))
+
+    def field(parse: Any, default: Any) -> Any:
+        try:
+            return parse()
+        except _InvalidFieldError as exc:
+            warnings.append(ParseWarning(event_id, str(exc), ignored=False))
+            return default
+
+    type_text = field(lambda: _text(item, "EventType", 64), "")
+    try:
+        event_type = EventType(type_text)
+    except ValueError:
+        event_type = EventType.UNKNOWN
+    if event_type is EventType.UNKNOWN:
+        warnings.append(
+            ParseWarning(event_id, f"unknown EventType {type_text!r}: holds the VM", ignored=False)
+        )
+    status_text = field(lambda: _text(item, "EventStatus", 64), "")
+    try:
+        status = EventStatus(status_text)
+    except ValueError:
+        status = EventStatus.UNKNOWN
+    if status is EventStatus.UNKNOWN:
+        warnings.append(
+            ParseWarning(event_id, f"unknown EventStatus {status_text!r}: holds the VM", ignored=False)
+        )
+    not_before_text = field(lambda: _text(item, "NotBefore", 64), "")
+    try:
+        not_before = parse_not_before(not_before_text)
+    except (ValueError, OverflowError):
+        # Unknown NotBefore means "could be any moment": the safe reading is "now".
+        note = f"unparseable NotBefore {not_before_text!r}, treated as imminent"
+        warnings.append(ParseWarning(event_id, note, ignored=False))
+        not_before = None
+    return ScheduledEvent(
+        event_id=event_id,
+        event_type=event_type,
+        status=status,
+        resources=resources,
+        not_before=not_before,
+        resource_type=field(lambda: _text(item, "ResourceType", 64), "") or "VirtualMachine",
+        description=field(lambda: _text(item, "Description"), ""),
+        source=field(lambda: _text(item, "EventSource", 64), ""),
+        duration_seconds=field(lambda: _parse_duration(item.get("DurationInSeconds")), None),
+    )
+
+
 def document_from_json(raw: object, *, source: str = "IMDS") -> EventsDocument:
-    """Build an EventsDocument from decoded JSON. Raises MalformedDocumentError on wrong types."""
+    """Build an EventsDocument from decoded JSON. Raises MalformedDocumentError when the document as
+    a whole has the wrong shape; a bad event is a warning (and kept where it can be)."""
     if not isinstance(raw, dict):
         raise _fail(source, "top level is not an object")
-    incarnation = _parse_incarnation(raw.get("DocumentIncarnation", 0), source)
+    warnings: list[ParseWarning] = []
+    incarnation = _parse_incarnation(raw.get("DocumentIncarnation", 0))
+    if incarnation is None:
+        warnings.append(ParseWarning("", "DocumentIncarnation is not a usable integer", ignored=False))
     events_raw = raw.get("Events", [])
     if events_raw is None:
         events_raw = []
     if not isinstance(events_raw, list):
         raise _fail(source, "Events is not a list")
     events: list[ScheduledEvent] = []
-    warnings: list[ParseWarning] = []
     for item in events_raw:
         if not isinstance(item, dict):
-            raise _fail(source, "an event is not an object")
-        event_id = _optional_str(item, "EventId", source)
-        type_text = _optional_str(item, "EventType", source)
-        status_text = _optional_str(item, "EventStatus", source)
-        resources_raw = item.get("Resources", [])
-        if resources_raw is None:
-            resources_raw = []
-        if not isinstance(resources_raw, list) or not all(isinstance(r, str) for r in resources_raw):
-            raise _fail(source, "Resources is not a list of strings")
-        not_before_text = _optional_str(item, "NotBefore", source)
-        description = _optional_str(item, "Description", source)
-        event_source = _optional_str(item, "EventSource", source)
-        resource_type = _optional_str(item, "ResourceType", source) or "VirtualMachine"
-        duration = _parse_duration(item.get("DurationInSeconds"), source)
-        if not event_id:
-            warnings.append(ParseWarning("", "event without EventId"))
+            warnings.append(ParseWarning("", "an event is not an object"))
             continue
-        try:
-            event_type = EventType(type_text)
-        except ValueError:
-            warnings.append(ParseWarning(event_id, f"unknown EventType {type_text!r}"))
-            continue
-        try:
-            status = EventStatus(status_text)
-        except ValueError:
-            warnings.append(ParseWarning(event_id, f"unknown EventStatus {status_text!r}"))
-            continue
-        try:
-            not_before = parse_not_before(not_before_text)
-        except ValueError:
-            # Unknown NotBefore means "could be any moment": the safe reading is "now".
-            note = f"unparseable NotBefore {not_before_text!r}, treated as imminent"
-            warnings.append(ParseWarning(event_id, note, ignored=False))
-            not_before = None
-        events.append(
-            ScheduledEvent(
-                event_id=event_id,
-                event_type=event_type,
-                status=status,
-                resources=tuple(resources_raw),
-                not_before=not_before,
-                resource_type=resource_type,
-                description=description,
-                source=event_source,
-                duration_seconds=duration,
-            )
-        )
+        events.append(_one_event(item, warnings))
     return EventsDocument(incarnation=incarnation, events=tuple(events), warnings=tuple(warnings))

@@ -1,17 +1,20 @@
 """Drain method ``probe``: no Azure credentials, works for scale-set Uniform instances.
 
-The VM leaves rotation by failing the load balancer's health probe: while drained, the flag file
-exists, the daemon's readiness URL answers 503, and an application whose own health check reads the
-flag answers 503 too. The load balancer stops sending new connections after the probe's threshold.
+The VM leaves rotation by failing the load balancer's health probe. The readiness answer comes from
+the persisted state (the VM's drain state in the state database, which survives a daemon restart, a
+reboot and a removed runtime directory); the flag file is a convenience for an application whose own
+health check reads it, and every run puts it back in line with the state.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.state import DB_NAME
 
 
 class ProbeDrain:
@@ -22,28 +25,51 @@ class ProbeDrain:
         self.dry_run = dry_run
 
     def drain(self, action: Drain, ctx: Any) -> None:
-        if self.dry_run:
-            ctx.log.warning("dry-run: would create the out-of-rotation flag", flag=str(self.flag))
-            return
-        try:
-            self.flag.parent.mkdir(parents=True, exist_ok=True)
-            new = self.flag.with_name(self.flag.name + ".new")
-            new.write_text(",".join(action.event_ids) + "\n")
-            new.replace(self.flag)
-        except OSError as exc:
-            raise ActionError("drain", f"cannot create {self.flag}: {exc.strerror}") from exc
-        ctx.log.info("health probe now fails: out-of-rotation flag set", flag=str(self.flag))
+        self._set(True, ",".join(action.event_ids), ctx)
 
     def restore(self, action: Restore, ctx: Any) -> None:
+        self._set(False, "", ctx)
+
+    def reconcile(self, out: bool, ctx: Any) -> tuple[bool, str]:
+        if self.flag.exists() == out:
+            return False, "flag file matches the state"
+        self._set(out, "reconcile", ctx)
+        return True, f"flag file {'created' if out else 'removed'} to match the state"
+
+    def _set(self, out: bool, text: str, ctx: Any) -> None:
         if self.dry_run:
-            ctx.log.warning("dry-run: would remove the out-of-rotation flag", flag=str(self.flag))
+            what = "create" if out else "remove"
+            ctx.log.warning(f"dry-run: would {what} the out-of-rotation flag", flag=str(self.flag))
             return
         try:
-            self.flag.unlink(missing_ok=True)
+            if out:
+                self.flag.parent.mkdir(parents=True, exist_ok=True)
+                new = self.flag.with_name(self.flag.name + ".new")
+                new.write_text(text + "\n")
+                new.replace(self.flag)
+            else:
+                self.flag.unlink(missing_ok=True)
         except OSError as exc:
-            raise ActionError("restore", f"cannot remove {self.flag}: {exc.strerror}") from exc
-        ctx.log.info("health probe passes again: out-of-rotation flag removed", flag=str(self.flag))
+            raise ActionError(
+                "drain" if out else "restore", f"cannot change {self.flag}: {exc.strerror}"
+            ) from exc
+        if out:
+            ctx.log.info("health probe now fails: out-of-rotation flag set", flag=str(self.flag))
+        else:
+            ctx.log.info("health probe passes again: out-of-rotation flag removed", flag=str(self.flag))
 
 
-def in_rotation(flag_file: str) -> bool:
-    return not Path(flag_file).exists()
+def out_of_rotation(state_dir: str, flag_file: str) -> bool:
+    """The readiness answer: out while the persisted drain state is not ``in_rotation`` (or the flag
+    file says so). A state database that cannot be read right now leaves the flag to decide."""
+    try:
+        db = sqlite3.connect(f"file:{Path(state_dir) / DB_NAME}?mode=ro", uri=True, timeout=1)
+        try:
+            row = db.execute("SELECT drain_state FROM vm WHERE id = 1").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        row = None
+    if row is not None and row[0] != "in_rotation":
+        return True
+    return Path(flag_file).exists()

@@ -58,7 +58,13 @@ def window_json(record: EventRecord) -> dict[str, Any]:
 
 
 def status_json(
-    state: State, vm_info: dict[str, Any], last_check: str | None, ledger: list[LedgerEntry] | None = None
+    state: State,
+    vm_info: dict[str, Any],
+    last_check: str | None,
+    ledger: list[LedgerEntry] | None = None,
+    *,
+    state_dir: str = "",
+    absent: dict[str, tuple[datetime, int]] | None = None,
 ) -> dict[str, Any]:
     vm = state.vm
     name = str(vm_info.get("name", ""))
@@ -90,7 +96,17 @@ def status_json(
                 }
                 for e in ledger or []
             ],
+            # Resources that answered 404 during a restore, not yet confirmed gone.
+            "absent": [
+                {"resource_id": rid, "since": format_iso(first), "reads": reads}
+                for rid, (first, reads) in sorted((absent or {}).items())
+            ],
         },
+        "last_reconcile": {
+            "at": format_iso(vm.last_reconcile_at) or None,
+            "found": vm.last_reconcile or None,
+        },
+        "state_dir": state_dir or None,
         "last_check": last_check,
         "incarnation": state.incarnation,
         "events": [_event_json(r, name) for r in ordered],
@@ -100,12 +116,19 @@ def status_json(
 def status(config: Config, *, as_json: bool) -> int:
     store = _open(config)
     if store is None:
-        data = status_json(State(), {}, None)
+        data = status_json(State(), {}, None, state_dir=config.state_dir)
     else:
         try:
             vm_raw = store.meta("vm")
             checked = format_iso(last_check(config.state_dir)) or None
-            data = status_json(store.load(), json.loads(vm_raw) if vm_raw else {}, checked, store.ledger())
+            data = status_json(
+                store.load(),
+                json.loads(vm_raw) if vm_raw else {},
+                checked,
+                store.ledger(),
+                state_dir=config.state_dir,
+                absent=store.absent(),
+            )
         finally:
             store.close()
     if as_json:
@@ -135,7 +158,15 @@ def status(config: Config, *, as_json: bool) -> int:
             print(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
     if vm["last_error"]:
         print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
+    for gone in vm["absent"]:
+        print(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
     print(f"  last check: {data['last_check'] or 'never'}")
+    reconciled = data["last_reconcile"]
+    print(
+        f"  last reconcile: {reconciled['at'] or 'never'}"
+        + (f" ({reconciled['found']})" if reconciled["found"] else "")
+    )
+    print(f"  state dir: {config.state_dir}")
     if not data["events"]:
         print("No scheduled events seen.")
     for e in data["events"]:

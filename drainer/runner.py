@@ -10,7 +10,7 @@ idempotent.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,33 +18,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from drainer import metrics
+from drainer import identity, metrics
 from drainer.config import Config
 from drainer.core import (
-    ApprovalFacts,
-    Approve,
+    Action,
     Decision,
     Drain,
     DrainState,
+    EventRecord,
     Observation,
+    Reconcile,
     Restore,
     State,
     Transition,
     approval_candidates,
-    decide_approvals,
-    record_approval,
     record_outcome,
+    record_reconcile,
     restore_gate,
     set_manual,
     step,
 )
-from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError, MalformedDocumentError
+from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
-from drainer.state import StateStore
+from drainer.state import StateStore, open_store, set_aside
 
 if TYPE_CHECKING:
-    from drainer.actions import Actuator
+    from drainer.actuator import Actuator
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 LAST_CHECK_FILE = "last-check"
@@ -101,26 +101,6 @@ def last_check(state_dir: str) -> datetime | None:
     return datetime.fromtimestamp(mtime, timezone.utc)
 
 
-def resolve_vm(config: Config, store: StateStore, imds: ImdsClient) -> InstanceInfo:
-    """This VM's identity: the cache in state, else instance metadata (then cached).
-
-    ``vm.name`` in the config overrides the name. Raises ImdsError, MalformedDocumentError.
-    """
-    cached = store.meta("vm")
-    info: InstanceInfo | None = None
-    if cached:
-        try:
-            info = InstanceInfo.from_json(json.loads(cached), source=str(store.path))
-        except (ValueError, MalformedDocumentError):
-            info = None
-    if info is None:
-        info = imds.instance()
-        store.set_meta({"vm": json.dumps(info.to_json())})
-    if config.vm_name and config.vm_name != info.name:
-        info = info._replace(name=config.vm_name)
-    return info
-
-
 def log_transitions(log: Any, transitions: list[Transition] | tuple[Transition, ...]) -> None:
     for t in transitions:
         fields: dict[str, Any] = {"from_state": t.from_state, "to_state": t.to_state}
@@ -142,20 +122,73 @@ def run_once(
 
     ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
     ``imds``: a client kept across runs (the daemon: keep-alive and ETag); else one for this run.
+    A dry run takes no lock and works on an in-memory copy of the state: it writes nothing at all.
     """
     seams = seams or Seams()
     result = RunResult()
-    with RunLock(config.state_dir):
-        store = StateStore(config.state_dir)
+    lock = contextlib.nullcontext() if config.dry_run else RunLock(config.state_dir)
+    with lock:
         client = imds or ImdsClient(config.imds)
         try:
-            _run_locked(config, log=log, seams=seams, store=store, imds=client, result=result, manual=manual)
+            for _ in range(2):  # a second pass only after discarding another VM's state
+                store, state, note = open_store(config.state_dir, dry_run=config.dry_run)
+                try:
+                    if note:
+                        log.error(note)
+                    again = _run_locked(
+                        config,
+                        log=log,
+                        seams=seams,
+                        store=store,
+                        state=state,
+                        imds=client,
+                        result=result,
+                        manual=manual,
+                    )
+                finally:
+                    store.close()
+                if not again:
+                    break
         finally:
             if imds is None:
                 client.close()
-            store.close()
     metrics.current.set("last_check", {}, time.time())
     return result
+
+
+def _identify(
+    config: Config, log: Any, store: StateStore, imds: ImdsClient, *, boot_id: str | None, fresh: bool
+) -> InstanceInfo | None:
+    """This VM's identity; None when the state belongs to another VM (then moved aside).
+
+    Read from IMDS when the state is new or the VM booted since the last run; else the cached one.
+    Raises ImdsError, MalformedDocumentError.
+    """
+    known = identity.cached(store)
+    if known is not None and not fresh and boot_id == store.meta("boot_id"):
+        return known
+    current = identity.read(imds)
+    if known is not None and not identity.same_vm(known, current):
+        _discard_other_vm(config, log, store, known, current)
+        return None
+    if known != current:
+        identity.remember(store, current)
+    return current
+
+
+def _discard_other_vm(
+    config: Config, log: Any, store: StateStore, known: InstanceInfo, current: InstanceInfo
+) -> None:
+    log.error(
+        "the state directory belongs to another VM: its records are set aside and never acted on",
+        state_vm=known.name,
+        state_vm_id=known.vm_id,
+        vm=current.name,
+        vm_id=current.vm_id,
+    )
+    if not config.dry_run:
+        store.close()
+        set_aside(Path(config.state_dir), f"other-vm-{known.name}")
 
 
 def _run_locked(
@@ -164,19 +197,22 @@ def _run_locked(
     log: Any,
     seams: Seams,
     store: StateStore,
+    state: State,
     imds: ImdsClient,
     result: RunResult,
     manual: bool | None,
-) -> None:
-    state = store.load()
-    vm = resolve_vm(config, store, imds)
+) -> bool:
+    """Observe, decide, act, record. True when the run must start over (another VM's state was
+    discarded)."""
+    boot_id = read_boot_id(seams.boot_id_path)
+    found = _identify(config, log, store, imds, boot_id=boot_id, fresh=store.fresh)
+    if found is None:
+        return not config.dry_run
+    vm = identity.with_override(config, found)
     document = imds.scheduled_events()
     if manual is not None:
         by_hand = set_manual(state, manual, seams.now())
-        if by_hand.transitions and not config.dry_run:
-            store.save(state, by_hand.state, by_hand.transitions, seams.now())
-        log_transitions(log, by_hand.transitions)
-        result.transitions.extend(by_hand.transitions)
+        _record(log, store, state, by_hand, seams.now(), result=result)
         state = by_hand.state
     for warning in document.warnings:
         log.warning(
@@ -186,7 +222,7 @@ def _run_locked(
             ignored=warning.ignored,
         )
     now = seams.now()
-    observation = Observation(document=document, vm_name=vm.name, boot_id=read_boot_id(seams.boot_id_path))
+    observation = Observation(document=document, vm_name=vm.name, boot_id=boot_id, fresh=store.fresh)
     decision = step(state, observation, now, config.policy)
     log.debug(
         "scheduled events",
@@ -194,11 +230,17 @@ def _run_locked(
         events=len(document.events),
         actions=[a.name for a in decision.actions],
     )
+    if any(isinstance(a, Drain) for a in decision.actions) and not store.fresh:
+        # Before every drain: make sure the cached identity is still this VM's.
+        current = identity.read(imds)
+        if not identity.same_vm(found, current):
+            _discard_other_vm(config, log, store, found, current)
+            return not config.dry_run
     seams.checkpoint("decided")
+    # An idle run changes nothing: skip the transaction (and its fsync) entirely.
+    if decision.transitions or decision.state != state:
+        store.save(state, decision.state, decision.transitions, now)
     if not config.dry_run:
-        # An idle run changes nothing: skip the transaction (and its fsync) entirely.
-        if decision.transitions or decision.state != state:
-            store.save(state, decision.state, decision.transitions, now)
         touch_last_check(config.state_dir)
     seams.checkpoint("saved")
     log_transitions(log, decision.transitions)
@@ -213,8 +255,7 @@ def _run_locked(
     # fails during this run waits for the next one.
     earlier_failures = store.meta("pending_phases")
     _run_event_hooks(config, log, store=store, vm=vm, state=state, transitions=decision.transitions)
-    actions = [a for a in decision.actions if isinstance(a, (Drain, Restore))]
-    if actions:
+    if decision.actions:
         state = _act(
             config,
             log=log,
@@ -222,11 +263,13 @@ def _run_locked(
             store=store,
             vm=vm,
             state=state,
-            actions=actions,
+            actions=decision.actions,
             result=result,
         )
     if config.approval.enabled and approval_candidates(state):
-        state = _approve(
+        from drainer.approve import approve  # noqa: PLC0415 - only while an event can be approved
+
+        state = approve(
             config, log=log, seams=seams, store=store, imds=imds, vm=vm, state=state, result=result
         )
     if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
@@ -234,6 +277,17 @@ def _run_locked(
     if earlier_failures not in (None, "", "[]"):
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
     metrics.record_drain_state(state.vm.drain_state.value)
+    return False
+
+
+def _record(
+    log: Any, store: StateStore, old: State, decision: Decision, now: datetime, *, result: RunResult
+) -> None:
+    """Persist a decision's state and transitions, log them and add them to the run's result."""
+    if decision.transitions or decision.state != old:
+        store.save(old, decision.state, decision.transitions, now)
+    log_transitions(log, decision.transitions)
+    result.transitions.extend(decision.transitions)
 
 
 def _hooks_phase_exists(config: Config, phase: str) -> bool:
@@ -256,7 +310,7 @@ def _run_event_hooks(
     from drainer.hooks import HookRunner, PendingPhases  # noqa: PLC0415 - only when there are hooks to run
 
     runner = HookRunner(config, log, os.environ)
-    pending = PendingPhases(None if config.dry_run else store)
+    pending = PendingPhases(store)
     for event_id in new:
         record = state.events.get(event_id.casefold())
         if record is not None and not runner.run_phase("on-event", vm=vm, events=[record]).ok:
@@ -288,27 +342,32 @@ def _act(
     store: StateStore,
     vm: InstanceInfo,
     state: State,
-    actions: Sequence[Drain | Restore],
+    actions: Sequence[Action],
     result: RunResult,
 ) -> State:
-    """Carry out the decided actions, each with its hooks, and record each outcome."""
+    """Carry out the decided actions (drains and restores with their hooks; reconciles without) and
+    record each outcome through the core."""
     # Not on the idle path: the actions (and, for the load-balancer methods, the Azure SDK).
-    from drainer.actions import ActionContext, make_actuator  # noqa: PLC0415
+    from drainer.actions import make_actuator  # noqa: PLC0415
+    from drainer.actuator import ActionContext  # noqa: PLC0415
     from drainer.hooks import HookedActuator, HookRunner, PendingPhases  # noqa: PLC0415
-    from drainer.ledger import Ledger, MemoryLedger, StoreLedger  # noqa: PLC0415
+    from drainer.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
 
     try:
-        actuator = seams.actuator or make_actuator(config, vm, log)
+        plain: Actuator = seams.actuator or make_actuator(config, vm, log)
     except DrainerError as exc:
-        actuator = _FailingActuator(exc)
-    actuator = HookedActuator(
-        actuator, HookRunner(config, log, os.environ), PendingPhases(None if config.dry_run else store)
-    )
-    ledger: Ledger = MemoryLedger(store.ledger()) if config.dry_run else StoreLedger(store, seams.now)
+        plain = _FailingActuator(exc)
+    hooked = HookedActuator(plain, HookRunner(config, log, os.environ), PendingPhases(store))
+    ledger = StoreLedger(store, seams.now)
+    absence = StoreAbsence(store, config.drain.gone_after_reads, config.drain.gone_after_seconds)
+    verb = "would succeed (dry-run)" if config.dry_run else "succeeded"
     for action in actions:
         if isinstance(action, Restore) and not _restore_gate_open(config, log, seams, state):
             continue
-        keys = [e.casefold() for e in action.event_ids] if isinstance(action, Drain) else state.vm.held_by
+        if isinstance(action, Drain):
+            keys = [e.casefold() for e in action.event_ids]
+        else:
+            keys = list(state.vm.held_by)
         events = tuple(state.events[k] for k in keys if k in state.events)
         ctx = ActionContext(
             config=config,
@@ -316,57 +375,70 @@ def _act(
             events=events,
             log=log,
             ledger=ledger,
-            store=None if config.dry_run else store,
+            absence=absence,
             checkpoint=seams.checkpoint,
+            now=seams.now,
         )
         seams.checkpoint(f"before-{action.name}")
         started = time.monotonic()
         error: str | None = None
         held = False
+        found = ""
+        changed = False
         try:
             if isinstance(action, Drain):
-                actuator.drain(action, ctx)
-            else:
-                actuator.restore(action, ctx)
+                hooked.drain(action, ctx)
+            elif isinstance(action, Restore):
+                hooked.restore(action, ctx)
+            elif isinstance(action, Reconcile):
+                changed, found = plain.reconcile(action.out, ctx)
         except DrainHeldError as exc:
             error, held = exc.reason, True
         except DrainerError as exc:
             error = str(exc)
         elapsed = round(time.monotonic() - started, 3)
         seams.checkpoint(f"after-{action.name}")
-        outcome: Decision = record_outcome(state, action, error, seams.now(), held=held)
-        if not config.dry_run:
-            store.save(state, outcome.state, outcome.transitions, seams.now())
+        if isinstance(action, Reconcile):
+            outcome = record_reconcile(state, action, found, error, seams.now(), changed=changed)
+        elif isinstance(action, (Drain, Restore)):
+            outcome = record_outcome(state, action, error, seams.now(), held=held)
+        else:
+            continue
+        store.save(state, outcome.state, outcome.transitions, seams.now())
         seams.checkpoint(f"recorded-{action.name}")
         state = outcome.state
-        result_label = "ok" if error is None else ("held" if held else "failed")
-        metrics.current.inc("actions", {"action": action.name, "result": result_label})
+        label = "ok" if error is None else ("held" if held else "failed")
+        metrics.current.inc("actions", {"action": action.name, "result": label})
         metrics.current.observe("action_duration", {"action": action.name}, elapsed)
         if error is None and isinstance(action, Restore):
-            for record in events:
-                done = outcome.state.events.get(record.event.key, record)
-                if done.left_rotation_at is not None and done.returned_at is not None:
-                    seconds = (done.returned_at - done.left_rotation_at).total_seconds()
-                    metrics.current.set(
-                        "out_of_rotation", {"event_type": done.event.event_type.value}, seconds
-                    )
-        if error is None:
-            log.info(f"{action.name} succeeded", seconds=elapsed, method=actuator.name)
+            _observe_window(events, outcome.state)
+        if error is None and isinstance(action, Reconcile):
+            log.info("reconciled", reason=action.reason, found=found, out=action.out, seconds=elapsed)
+        elif error is None:
+            log.info(f"{action.name} {verb}", seconds=elapsed, method=plain.name)
         elif held:
-            log.warning("drain held back; retried on the next run", reason=error, method=actuator.name)
+            log.warning("drain held back; retried on the next run", reason=error, method=plain.name)
         else:
             log.error(
                 f"{action.name} failed; retried on the next run",
                 error=error,
                 seconds=elapsed,
                 attempts=state.vm.attempts,
-                method=actuator.name,
+                method=plain.name,
             )
             result.errors.append(error)
             result.exit_code = EXIT_ACTION_FAILED
         log_transitions(log, outcome.transitions)
         result.transitions.extend(outcome.transitions)
     return state
+
+
+def _observe_window(events: Sequence[EventRecord], state: State) -> None:
+    for record in events:
+        done = state.events.get(record.event.key, record)
+        if done.left_rotation_at is not None and done.returned_at is not None:
+            seconds = (done.returned_at - done.left_rotation_at).total_seconds()
+            metrics.current.set("out_of_rotation", {"event_type": done.event.event_type.value}, seconds)
 
 
 def _restore_gate_open(config: Config, log: Any, seams: Seams, state: State) -> bool:
@@ -383,111 +455,6 @@ def _restore_gate_open(config: Config, log: Any, seams: Seams, state: State) -> 
     return go
 
 
-def _approve(
-    config: Config,
-    *,
-    log: Any,
-    seams: Seams,
-    store: StateStore,
-    imds: ImdsClient,
-    vm: InstanceInfo,
-    state: State,
-    result: RunResult,
-) -> State:
-    """Approve this VM's events early where the rule in ``core.decide_approvals`` allows it."""
-    cfg = config.approval
-    now = seams.now()
-    drained = state.vm.drain_state is DrainState.DRAINED
-    connections = None
-    if cfg.enabled and cfg.service_ports and drained:
-        from drainer.connections import count_established  # noqa: PLC0415
-
-        connections = count_established(cfg.service_ports)
-    facts = ApprovalFacts(open_connections=connections)
-    listed = {r.casefold() for c in approval_candidates(state) for r in c.event.resources}
-    if cfg.enabled and drained and len(listed) > 1 and config.drain.method in ("nic", "admin-state"):
-        in_rotation, visible = _peer_facts(config, log, vm, store, listed)
-        facts = facts._replace(peers_in_rotation=in_rotation, pool_members=visible)
-    decision = decide_approvals(state, vm.name, now, cfg, facts)
-    if decision.transitions and not config.dry_run:
-        store.save(state, decision.state, decision.transitions, now)
-    log_transitions(log, decision.transitions)
-    result.transitions.extend(decision.transitions)
-    state = decision.state
-    for action in decision.actions:
-        if not isinstance(action, Approve):
-            continue
-        if config.dry_run:
-            log.warning("dry-run: would approve (StartRequests)", event_ids=list(action.event_ids))
-            continue
-        seams.checkpoint("before-approve")
-        error: str | None = None
-        try:
-            imds.approve(action.event_ids)
-        except DrainerError as exc:
-            error = str(exc)
-        seams.checkpoint("after-approve")
-        outcome = record_approval(state, action, error, seams.now())
-        store.save(state, outcome.state, outcome.transitions, seams.now())
-        metrics.current.inc("actions", {"action": "approve", "result": "ok" if error is None else "failed"})
-        state = outcome.state
-        if error is None:
-            log.info("approved early", event_ids=list(action.event_ids))
-        else:
-            log.error("approval failed; retried on the next run", error=error)
-            result.errors.append(error)
-            result.exit_code = EXIT_ACTION_FAILED
-        log_transitions(log, outcome.transitions)
-        result.transitions.extend(outcome.transitions)
-    return state
-
-
-def _peer_facts(
-    config: Config, log: Any, vm: InstanceInfo, store: StateStore, listed: set[str]
-) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-    """Which listed VMs share this VM's pools and are still in them, read from ARM. On an ARM error
-    the peers stay unknown (the approval then waits, or goes ahead near NotBefore).
-
-    While an approval waits for the other VMs, the daemon would ask every second: the answer is
-    reused for ``[approval] peer_check_interval`` seconds (kept in the state's meta) to spare ARM's
-    read quota."""
-    from drainer.actions import make_actuator  # noqa: PLC0415
-    from drainer.ledger import StoreLedger  # noqa: PLC0415
-
-    cached = store.meta("peer_check")
-    if cached:
-        try:
-            data = json.loads(cached)
-            fresh = time.time() - float(data["at"]) < config.approval.peer_check_interval
-            if data["listed"] == sorted(listed) and fresh:
-                return frozenset(data["in_rotation"]), frozenset(data["members"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    try:
-        actuator = make_actuator(config, vm, log)
-        peers = getattr(actuator, "peers", None)
-        if peers is None:
-            return None, None
-        result: tuple[frozenset[str], frozenset[str]] = peers(vm, StoreLedger(store, _utcnow), listed)
-    except DrainerError as exc:
-        log.warning("could not read the other VMs' pool membership", error=str(exc))
-        return None, None
-    if not config.dry_run:
-        store.set_meta(
-            {
-                "peer_check": json.dumps(
-                    {
-                        "at": time.time(),
-                        "listed": sorted(listed),
-                        "in_rotation": sorted(result[0]),
-                        "members": sorted(result[1]),
-                    }
-                )
-            }
-        )
-    return result
-
-
 class _FailingActuator:
     """Stands in when the drain method cannot even be set up (e.g. no credential): every action
     fails with that error, is recorded, and is retried on the next run."""
@@ -501,6 +468,9 @@ class _FailingActuator:
         raise self.error
 
     def restore(self, action: Any, ctx: Any) -> None:
+        raise self.error
+
+    def reconcile(self, out: bool, ctx: Any) -> tuple[bool, str]:
         raise self.error
 
 

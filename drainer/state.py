@@ -21,7 +21,7 @@ from drainer.core import DrainState, EventRecord, EventState, State, Transition,
 from drainer.errors import StateError
 from drainer.events import EventStatus, EventType, ScheduledEvent
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -58,7 +58,14 @@ CREATE TABLE IF NOT EXISTS vm (
     last_error TEXT NOT NULL,
     held TEXT NOT NULL DEFAULT '',
     manual INTEGER NOT NULL DEFAULT 0,
-    last_attempt_at TEXT
+    last_attempt_at TEXT,
+    last_reconcile_at TEXT,
+    last_reconcile TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS absent (
+    resource_id TEXT PRIMARY KEY,
+    first_at TEXT NOT NULL,
+    reads INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ledger (
     method TEXT NOT NULL,
@@ -99,6 +106,12 @@ _MIGRATIONS = {
         "ALTER TABLE events ADD COLUMN approval TEXT NOT NULL DEFAULT ''",
     ],
     3: ["ALTER TABLE vm ADD COLUMN last_attempt_at TEXT"],
+    4: [
+        "ALTER TABLE vm ADD COLUMN last_reconcile_at TEXT",
+        "ALTER TABLE vm ADD COLUMN last_reconcile TEXT NOT NULL DEFAULT ''",
+        "CREATE TABLE IF NOT EXISTS absent (resource_id TEXT PRIMARY KEY, first_at TEXT NOT NULL, "
+        "reads INTEGER NOT NULL)",
+    ],
 }
 
 
@@ -147,17 +160,28 @@ def _need_dt(value: str) -> datetime:
 class StateStore:
     """The SQLite state database. Raises StateError when it cannot be opened or is not ours."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> None:
+        """Open (or create) the database. ``dry_run``: work on an in-memory copy, so nothing at all
+        is written to the state directory (not even a new, empty database).
+
+        ``fresh`` tells whether the database was created (or was empty) just now: the local state was
+        missing, and the caller reconciles with Azure. Raises StateError.
+        """
         self.dir = Path(state_dir)
         self.path = self.dir / DB_NAME
+        self.fresh = False
         try:
-            self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            # WAL + FULL: a committed run survives power loss, not only a process crash.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if dry_run:
+                self._db = _memory_copy(self.path)
+            else:
+                self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+                # WAL + FULL: a committed run survives power loss, not only a process crash.
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
+                self.fresh = True
                 with self._transaction():
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
@@ -170,9 +194,9 @@ class StateStore:
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise StateError(
+                raise NewerSchemaError(
                     f"{self.path}: schema version {version} is not {SCHEMA_VERSION} "
-                    "(written by another drainer version)"
+                    "(written by a newer drainer version)"
                 )
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
@@ -203,8 +227,8 @@ class StateStore:
         try:
             events = {row[0]: _record_from_row(row) for row in self._db.execute("SELECT * FROM events")}
             row = self._db.execute(
-                "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at"
-                " FROM vm WHERE id = 1"
+                "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
+                " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
             ).fetchone()
         except (sqlite3.Error, ValueError, KeyError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
@@ -220,6 +244,8 @@ class StateStore:
                     held=str(row[5]),
                     manual=bool(row[6]),
                     last_attempt_at=_dt(row[7]),
+                    last_reconcile_at=_dt(row[8]),
+                    last_reconcile=str(row[9]),
                 )
             except (ValueError, TypeError) as exc:
                 raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
@@ -283,7 +309,9 @@ class StateStore:
                 if new.vm != old.vm:
                     vm = new.vm
                     db.execute(
-                        "INSERT OR REPLACE INTO vm VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO vm (id, drain_state, since, held_by, attempts, last_error,"
+                        " held, manual, last_attempt_at, last_reconcile_at, last_reconcile)"
+                        " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             vm.drain_state.value,
                             _ts(vm.since),
@@ -293,6 +321,8 @@ class StateStore:
                             vm.held,
                             int(vm.manual),
                             _ts(vm.last_attempt_at),
+                            _ts(vm.last_reconcile_at),
+                            vm.last_reconcile,
                         ),
                     )
                 values = dict(meta or {})
@@ -353,6 +383,34 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
+    # -- resources seen absent (404), until confirmed gone -------------------------------------
+
+    def note_absent(self, resource_id: str, now: datetime) -> tuple[datetime, int]:
+        """Count one 404 of ``resource_id``: (first seen absent, reads so far). Raises StateError."""
+        key = resource_id.lower()
+        try:
+            with self._transaction() as db:
+                row = db.execute(
+                    "SELECT first_at, reads FROM absent WHERE resource_id = ?", (key,)
+                ).fetchone()
+                first, reads = (now, 0) if row is None else (_need_dt(row[0]), int(row[1]))
+                first = min(first, now)
+                db.execute("INSERT OR REPLACE INTO absent VALUES (?, ?, ?)", (key, _ts(first), reads + 1))
+        except (sqlite3.Error, ValueError) as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+        return first, reads + 1
+
+    def forget_absent(self, resource_id: str) -> None:
+        try:
+            self._db.execute("DELETE FROM absent WHERE resource_id = ?", (resource_id.lower(),))
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+    def absent(self) -> dict[str, tuple[datetime, int]]:
+        """Resources seen absent and not yet confirmed gone (for ``status``)."""
+        rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()
+        return {r[0]: (_need_dt(r[1]), int(r[2])) for r in rows}
+
     def set_meta(self, values: dict[str, str]) -> None:
         """Write meta keys in one transaction. Raises StateError."""
         try:
@@ -361,6 +419,76 @@ class StateStore:
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+
+class NewerSchemaError(StateError):
+    """The database was written by a newer drainer: never moved aside or rebuilt."""
+
+
+def _memory_copy(path: Path) -> sqlite3.Connection:
+    """An in-memory copy of the database at ``path`` (empty when there is none), opened read-only."""
+    memory = sqlite3.connect(":memory:", isolation_level=None)
+    if not path.exists():
+        return memory
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=ro&immutable=1"):
+        try:
+            source = sqlite3.connect(uri, uri=True)
+            try:
+                source.backup(memory)
+            finally:
+                source.close()
+        except sqlite3.Error:
+            continue
+        return memory
+    raise sqlite3.DatabaseError(f"cannot read {path}")
+
+
+def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[StateStore, State, str]:
+    """Open the state and load it; a database that cannot be read is moved aside and rebuilt.
+
+    Returns (store, state, note): ``note`` says what was moved aside, if anything (then the store is
+    ``fresh``). Raises StateError when the directory itself is unusable or the database was written
+    by a newer version.
+    """
+    note = ""
+    for attempt in range(2):
+        try:
+            store = StateStore(state_dir, dry_run=dry_run)
+        except NewerSchemaError:
+            raise
+        except StateError as exc:
+            if attempt or not (Path(state_dir) / DB_NAME).exists() or dry_run:
+                raise
+            note = _unreadable(Path(state_dir), str(exc))
+            continue
+        try:
+            return store, store.load(), note
+        except StateError as exc:
+            store.close()
+            if attempt or dry_run:
+                raise
+            note = _unreadable(Path(state_dir), str(exc))
+    raise StateError(f"{state_dir}: cannot open the state database")  # pragma: no cover - loop returns
+
+
+def _unreadable(state_dir: Path, reason: str) -> str:
+    target = set_aside(state_dir, "corrupt")
+    return f"the state database was unreadable ({reason}); moved aside to {target} and rebuilt"
+
+
+def set_aside(state_dir: Path, label: str) -> str:
+    """Move the database (and its WAL files) aside as ``state.db.<label>-<time>``; returns that name.
+    Raises StateError."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = f"{DB_NAME}.{label}-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        source = state_dir / (DB_NAME + suffix)
+        if source.exists():
+            try:
+                source.replace(state_dir / (target + suffix))
+            except OSError as exc:
+                raise StateError(f"{source}: cannot be moved aside: {exc}") from exc
+    return target
 
 
 def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:

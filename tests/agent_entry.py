@@ -3,12 +3,14 @@
 TEST_CRASH_AT=<step>     os._exit(137) at that step boundary (see drainer.runner)
 TEST_BOOT_ID_FILE=<path> read the boot id from this file instead of /proc
 TEST_MODULES_OUT=<path>  write the names of every imported module there at exit
+TEST_CLOCK_OFFSET=<s>    the wall clock as seen by the run, shifted by this many seconds
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from drainer.cli import main
@@ -24,8 +26,17 @@ def _checkpoint(name: str) -> None:
         os._exit(CRASH_EXIT)
 
 
+def _shifted_now() -> datetime:
+    offset = float(os.environ.get("TEST_CLOCK_OFFSET") or 0)
+    return datetime.now(timezone.utc) + timedelta(seconds=offset)
+
+
 if __name__ == "__main__":
-    seams = Seams(checkpoint=_checkpoint, boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH)
+    seams = Seams(
+        checkpoint=_checkpoint,
+        boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH,
+        now=_shifted_now,
+    )
     code = main(sys.argv[1:], seams=seams)
     modules_out = os.environ.get("TEST_MODULES_OUT")
     if modules_out:

@@ -14,17 +14,26 @@ from drainer.core import (
     DrainState,
     EventState,
     Observation,
+    Reconcile,
     Restore,
     State,
     record_outcome,
+    record_reconcile,
     step,
 )
 from drainer.events import document_from_json
 from tests.conftest import load_scenarios
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
+
+
 # Retries are due on every run here (the runs share one instant); the backoff has its own tests below.
-POLICY = PolicyConfig(retry_max_seconds=0)
+def policy_of(**fields: object) -> PolicyConfig:
+    """A policy without periodic reconciles (they are tested on their own below)."""
+    return PolicyConfig(**{"reconcile_interval_seconds": 0, "reconcile_active_seconds": 0, **fields})  # type: ignore[arg-type]
+
+
+POLICY = policy_of(retry_max_seconds=0)
 
 
 def _run(
@@ -121,7 +130,7 @@ def test_event_reappearing_during_restore_drains_again() -> None:
 
 
 def test_lead_time_waits_until_not_before_is_near() -> None:
-    policy = PolicyConfig(lead_time_seconds=300)
+    policy = policy_of(lead_time_seconds=300)
     doc = _doc(1, _event(NotBefore="Tue, 24 Nov 2026 10:00:00 GMT"))
     state, decision = _run(State(), doc, policy=policy, now=T0)  # 60 minutes ahead
     assert decision.actions == ()
@@ -136,14 +145,14 @@ def test_lead_time_waits_until_not_before_is_near() -> None:
 
 
 def test_lead_time_does_not_delay_a_started_event() -> None:
-    policy = PolicyConfig(lead_time_seconds=60)
+    policy = policy_of(lead_time_seconds=60)
     state, _decision = _run(State(), _doc(1, _event(EventStatus="Started", NotBefore="")), policy=policy)
     assert not state.vm.in_rotation
     assert "hardware failure" in state.events["a"].reason
 
 
 def test_policy_can_ignore_a_type() -> None:
-    policy = PolicyConfig(actions={"Reboot": "ignore"})
+    policy = policy_of(actions={"Reboot": "ignore"})
     state, decision = _run(State(), _doc(1, _event()), policy=policy)
     assert decision.actions == ()
     assert state.events["a"].state is EventState.IGNORED
@@ -183,11 +192,66 @@ def test_reboot_in_the_middle_redrains_and_is_noted() -> None:
     assert state.vm.in_rotation
 
 
-def test_reboot_while_in_rotation_changes_nothing_but_the_boot_id() -> None:
+def test_reboot_while_in_rotation_reconciles_and_notes_the_boot_id() -> None:
     state, _ = _run(State(), _doc(1), boot_id="boot-1")
     state, decision = _run(state, _doc(1), boot_id="boot-2")
-    assert decision.actions == ()
+    assert decision.actions == (Reconcile(False, "the VM rebooted"),)
     assert state.boot_id == "boot-2"
+
+
+def test_reconcile_when_fresh_then_periodically_and_more_often_while_busy() -> None:
+    policy = PolicyConfig(reconcile_interval_seconds=1800, reconcile_active_seconds=300, retry_max_seconds=0)
+    fresh = step(State(), Observation(document_from_json(_doc(1)), "web-0", fresh=True), T0, policy)
+    assert fresh.actions == (Reconcile(False, "the local state was missing or unreadable"),)
+    done = record_reconcile(fresh.state, fresh.actions[0], "nothing to restore", None, T0, changed=False)
+    state = done.state
+    idle = Observation(document_from_json(_doc(1)), "web-0")
+    assert step(state, idle, T0 + timedelta(seconds=1799), policy).actions == ()
+    assert step(state, idle, T0 + timedelta(seconds=1800), policy).actions == (Reconcile(False, "periodic"),)
+    # The wall clock stepped back: due now rather than stalled until it catches up.
+    assert step(state, idle, T0 - timedelta(hours=1), policy).actions == (
+        Reconcile(False, "the clock stepped back"),
+    )
+    other = Observation(document_from_json(_doc(2, _event(Resources=["web-1"]))), "web-0")
+    assert step(state, other, T0 + timedelta(seconds=300), policy).actions == ()  # not ours: idle
+    # Drained for an event: every reconcile_active_seconds, towards "out".
+    drained, _ = _run(State(), _doc(3, _event()), policy=policy)
+    drained = drained._replace(vm=drained.vm._replace(last_reconcile_at=T0))
+    busy = Observation(document_from_json(_doc(3, _event())), "web-0")
+    assert step(drained, busy, T0 + timedelta(seconds=299), policy).actions == ()
+    assert step(drained, busy, T0 + timedelta(seconds=300), policy).actions == (
+        Reconcile(True, "an event is in progress"),
+    )
+    # A failed reconcile is tried again at the active interval, and leaves a history line.
+    failed = record_reconcile(state, Reconcile(False, "periodic"), "", "ARM said 503", T0, changed=False)
+    assert failed.transitions and failed.state.vm.last_reconcile.startswith("failed")
+    assert step(failed.state, idle, T0 + timedelta(seconds=300), policy).actions == (
+        Reconcile(False, "periodic"),
+    )
+
+
+def test_a_failed_retry_is_due_at_once_when_the_clock_steps_back() -> None:
+    policy = policy_of(retry_max_seconds=3600)
+    state, _ = _run(State(), _doc(1, _event()), policy=policy, fail=True, now=T0)
+    retry = step(
+        state,
+        Observation(document_from_json(_doc(1, _event())), "web-0", "boot-1"),
+        T0 - timedelta(hours=2),
+        policy,
+    )
+    assert [type(a) for a in retry.actions] == [Drain]
+
+
+def test_an_unknown_type_or_status_holds_the_vm_until_it_disappears() -> None:
+    state, _ = _run(State(), _doc(1, _event()))
+    assert not state.vm.in_rotation
+    for changed in ({"EventStatus": "Paused"}, {"EventType": "Hibernate"}):
+        state, decision = _run(state, _doc(2, _event(**changed)))
+        assert not state.vm.in_rotation and decision.actions == ()
+    state, decision = _run(State(), _doc(1, _event(EventType="Hibernate")))
+    assert [type(a) for a in decision.actions] == [Drain]  # a new unknown event drains too
+    state, decision = _run(state, _doc(2))
+    assert state.vm.in_rotation
 
 
 def test_incarnation_going_backwards_is_noted_and_state_kept() -> None:
@@ -236,7 +300,7 @@ def test_step_is_pure() -> None:
 
 
 def test_retries_back_off_and_a_new_event_retries_at_once() -> None:
-    policy = PolicyConfig(retry_max_seconds=60)
+    policy = policy_of(retry_max_seconds=60)
     state, _ = _run(State(), _doc(1, _event()), policy=policy, fail=True)  # attempt 1 fails at T0
     decision = step(state, Observation(document_from_json(_doc(1, _event())), "web-0"), T0, policy)
     assert decision.actions == ()  # within 1 s of the failure: wait
@@ -258,7 +322,7 @@ def test_retries_back_off_and_a_new_event_retries_at_once() -> None:
 
 
 def test_restore_retries_back_off_but_never_stop() -> None:
-    policy = PolicyConfig(retry_max_seconds=60)
+    policy = policy_of(retry_max_seconds=60)
     state, _ = _run(State(), _doc(1, _event()), policy=policy)
     now = T0
     for attempt in range(1, 10):
@@ -270,7 +334,7 @@ def test_restore_retries_back_off_but_never_stop() -> None:
 
 
 def test_held_drain_rechecks_every_quarter_of_the_cap() -> None:
-    policy = PolicyConfig(retry_max_seconds=60)
+    policy = policy_of(retry_max_seconds=60)
     decision = step(State(), Observation(document_from_json(_doc(1, _event())), "web-0"), T0, policy)
     (drain,) = decision.actions
     assert isinstance(drain, Drain)

@@ -85,7 +85,7 @@ def test_incarnation_as_numeric_string_and_old_api_versions() -> None:
     assert event.description == ""
 
 
-def test_unknown_type_or_status_is_ignored_with_a_warning() -> None:
+def test_unknown_type_or_status_is_kept_as_unknown_with_a_warning() -> None:
     doc = parse_document(
         json.dumps(
             {
@@ -98,8 +98,12 @@ def test_unknown_type_or_status_is_ignored_with_a_warning() -> None:
             }
         )
     )
-    assert [e.event_id for e in doc.events] == ["C"]
-    assert {(w.event_id, w.ignored) for w in doc.warnings} == {("A", True), ("B", True)}
+    assert [(e.event_id, e.event_type.value, e.status.value) for e in doc.events] == [
+        ("A", "Unknown", "Scheduled"),
+        ("B", "Reboot", "Unknown"),
+        ("C", "Reboot", "Scheduled"),
+    ]
+    assert {(w.event_id, w.ignored) for w in doc.warnings} == {("A", False), ("B", False)}
     assert "Hibernate" in doc.warnings[0].reason
 
 
@@ -123,20 +127,44 @@ def test_duration_minus_one_means_unknown() -> None:
         b"",
         b"not json",
         b"[]",
-        b'{"DocumentIncarnation": "x", "Events": []}',
-        b'{"DocumentIncarnation": true, "Events": []}',
         b'{"DocumentIncarnation": 1, "Events": {}}',
-        b'{"DocumentIncarnation": 1, "Events": ["x"]}',
-        _doc(Resources="web-0").encode(),
-        _doc(Resources=[1]).encode(),
-        _doc(EventId=5).encode(),
-        _doc(DurationInSeconds="long").encode(),
         b"\xff\xfe",
+        b"[" * 100_000 + b"]" * 100_000,
     ],
 )
 def test_malformed_documents_raise_the_documented_error(body: bytes) -> None:
     with pytest.raises(MalformedDocumentError):
         parse_document(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        (b'{"DocumentIncarnation": "x", "Events": []}', 0),
+        (b'{"DocumentIncarnation": true, "Events": []}', 0),
+        (b'{"DocumentIncarnation": ' + b"9" * 5000 + b', "Events": []}', 0),
+        (b'{"DocumentIncarnation": 1, "Events": ["x"]}', 0),
+        (_doc(Resources="web-0").encode(), 1),
+        (_doc(Resources=[1]).encode(), 1),
+        (_doc(EventId=5).encode(), 1),
+        (_doc(DurationInSeconds="long").encode(), 1),
+        (_doc(DurationInSeconds=10**40).encode(), 1),
+        (_doc(NotBefore="9999-12-31T23:59:59-23:59").encode(), 1),
+    ],
+)
+def test_one_bad_value_is_a_warning_never_the_whole_document(body: bytes, kept: int) -> None:
+    doc = parse_document(body)
+    assert len(doc.events) == kept
+    assert doc.warnings
+    for event in doc.events:
+        event.description.encode("utf-8")  # storable: no lone surrogate left
+
+
+def test_a_lone_surrogate_is_replaced_so_the_event_can_be_stored() -> None:
+    (event,) = parse_document(_doc(Description="a\ud800b", Resources=["web-0\udc00"])).events
+    assert event.description == "a\ufffdb"
+    event.description.encode("utf-8")
+    event.resources[0].encode("utf-8")
 
 
 def test_concerns_compares_names_case_insensitively() -> None:

@@ -65,6 +65,53 @@ class Operation:
 class ArmSettings:
     lro_polls: int = 1  # polls answered InProgress before Succeeded
     lro_retry_after: str | None = None  # Retry-After on PUT answers (the recording has none)
+    # An organisation's Azure Policy on tags whose name starts with ``tag_policy_prefix``:
+    # "deny" refuses the write (403 RequestDisallowedByPolicy), "strip" drops those tags silently
+    # (a "modify" effect), None lets them through.
+    tag_policy: str | None = None
+    tag_policy_prefix: str = "drainer"
+
+
+# Azure's documented tag limits: 50 tags per resource, names up to 512 characters (case-insensitive,
+# none of ``<>%&\?/``), values up to 256 characters.
+MAX_TAGS = 50
+MAX_TAG_NAME = 512
+MAX_TAG_VALUE = 256
+_TAG_NAME_FORBIDDEN = set("<>%&\\?/")
+
+
+def check_tags(tags: object) -> dict[str, str]:
+    """The tags of a PUT or PATCH body, validated as ARM does. Raises ArmError (400)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ArmError(400, "InvalidRequestContent", "tags must be an object of strings")
+    if len(tags) > MAX_TAGS:
+        raise ArmError(
+            400, "InvalidTagCount", f"The number of tags {len(tags)} exceeds the maximum of {MAX_TAGS}."
+        )
+    lowered: set[str] = set()
+    for name, value in tags.items():
+        if not name or len(name) > MAX_TAG_NAME or _TAG_NAME_FORBIDDEN & set(name):
+            raise ArmError(
+                400,
+                "InvalidTagNameCharacters",
+                f"The tag names '{name}' have reserved characters '<,>,%,&,\\,?,/' or control characters.",
+            )
+        if len(value) > MAX_TAG_VALUE:
+            raise ArmError(
+                400,
+                "InvalidTagValueLength",
+                f"The tag value of '{name}' exceeds the maximum length of {MAX_TAG_VALUE} characters.",
+            )
+        if name.lower() in lowered:
+            raise ArmError(
+                400, "InvalidTagName", f"Duplicate tag name '{name}' (tag names are case-insensitive)."
+            )
+        lowered.add(name.lower())
+    return dict(tags)
 
 
 @dataclass
@@ -254,11 +301,22 @@ class ArmModel:
                 refs.append({"id": pool_id})
             self._nic(nic)["etag"] = new_etag()
 
-    def add_ip_member(self, lb: str, pool: str, name: str, ip: str, admin_state: str | None = None) -> None:
+    def leave(self, nic: str, pool_id: str, *, ipconfig: str = "ipconfig1") -> None:
+        """Take a NIC's ipConfiguration out of a pool (as an operator would)."""
+        with self.lock:
+            config = self._ipconfig(self._nic(nic), ipconfig)
+            for key in ("loadBalancerBackendAddressPools", "applicationGatewayBackendAddressPools"):
+                refs = config["properties"].get(key) or []
+                config["properties"][key] = [r for r in refs if r["id"].lower() != pool_id.lower()]
+            self._nic(nic)["etag"] = new_etag()
+
+    def add_ip_member(
+        self, lb: str, pool: str, name: str, ip: str, admin_state: str | None = None, *, vnet: str = "vnet"
+    ) -> None:
         with self.lock:
             entry = self._pool(lb, pool)
             props: dict[str, Any] = {
-                "virtualNetwork": {"id": f"{self.rg_id}/providers/{NETWORK}/virtualNetworks/vnet"},
+                "virtualNetwork": {"id": f"{self.rg_id}/providers/{NETWORK}/virtualNetworks/{vnet}"},
                 "ipAddress": ip,
             }
             if admin_state is not None:
@@ -408,8 +466,8 @@ class ArmModel:
                                 "resources are in the same region.",
                             )
             updated = copy.deepcopy(nic)
-            if "tags" in body:
-                updated["tags"] = body["tags"]
+            # A PUT replaces the whole resource: tags left out of the body are gone afterwards.
+            updated["tags"] = self._apply_tag_policy(check_tags(body.get("tags")))
             by_name = {c["name"].lower(): c for c in updated["properties"]["ipConfigurations"]}
             for config_in in configs_in:
                 target = by_name.get(str(config_in.get("name", "")).lower())
@@ -437,6 +495,32 @@ class ArmModel:
             answer = copy.deepcopy(updated)
             answer["properties"]["provisioningState"] = "Updating"
             return answer, operation
+
+    def _apply_tag_policy(self, tags: dict[str, str]) -> dict[str, str]:
+        """What an Azure Policy on tags does to a write. Raises ArmError (403) for "deny"."""
+        prefix = self.settings.tag_policy_prefix.lower()
+        ours = [name for name in tags if name.lower().startswith(prefix)]
+        if not ours or self.settings.tag_policy is None:
+            return tags
+        if self.settings.tag_policy == "deny":
+            raise ArmError(
+                403,
+                "RequestDisallowedByPolicy",
+                f"Resource was disallowed by policy. Policy identifiers: "
+                f'\'[{{"policyAssignment":{{"name":"no-{prefix}-tags"}}}}]\'.',
+            )
+        return {k: v for k, v in tags.items() if k not in ours}
+
+    def patch_nic_tags(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``UpdateTags`` (PATCH with ``{"tags": {...}}``): replaces the NIC's tags, nothing else."""
+        with self.lock:
+            nic = self._nic(name)
+            nic["tags"] = self._apply_tag_policy(check_tags(body.get("tags")))
+            nic["etag"] = new_etag()
+            for config in nic["properties"]["ipConfigurations"]:
+                config["etag"] = nic["etag"]
+            self.writes.append({"kind": "nic-tags", "name": name, "if_match": None, "failed": False})
+            return copy.deepcopy(nic)
 
     def operation_status(self, operation: str) -> dict[str, Any]:
         with self.lock:

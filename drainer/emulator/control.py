@@ -90,8 +90,26 @@ class EmulatorControl:
     def join_app_gateway(self, vm: str, pool_id: str) -> None:
         self._call("POST", "arm/join", {"vm": vm, "pool_id": pool_id, "kind": "appgw"})
 
-    def add_ip_member(self, lb: str, pool: str, vm: str, admin_state: str | None = None) -> None:
-        self._call("POST", "arm/ip-members", {"lb": lb, "pool": pool, "vm": vm, "admin_state": admin_state})
+    def leave(self, vm: str, lb: str, pool: str, *, nic: str | None = None) -> None:
+        """Take a VM's NIC (default ``<vm>-nic``) out of a NIC-based pool, as an operator would."""
+        self._call("POST", "arm/leave", {"vm": vm, "nic": nic, "lb": lb, "pool": pool})
+
+    def add_ip_member(
+        self,
+        lb: str,
+        pool: str,
+        vm: str,
+        admin_state: str | None = None,
+        *,
+        vnet: str = "vnet",
+        name: str | None = None,
+    ) -> None:
+        """Add a VM's private IP to an IP-based pool (in virtual network ``vnet``)."""
+        self._call(
+            "POST",
+            "arm/ip-members",
+            {"lb": lb, "pool": pool, "vm": vm, "admin_state": admin_state, "vnet": vnet, "name": name},
+        )
 
     def add_nic(self, vm: str, name: str) -> None:
         self._call("POST", "arm/nics", {"vm": vm, "name": name})
@@ -114,8 +132,16 @@ class EmulatorControl:
         result: list[dict[str, Any]] = self._call("GET", "arm/writes")
         return result
 
-    def arm_settings(self, *, lro_polls: int = 1, lro_retry_after: str | None = None) -> None:
-        self._call("POST", "arm/settings", {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after})
+    def arm_settings(
+        self, *, lro_polls: int = 1, lro_retry_after: str | None = None, tag_policy: str | None = None
+    ) -> None:
+        """LRO polls before Succeeded, Retry-After on writes, and an Azure Policy on ``drainer*`` tags
+        (``"deny"``: 403 RequestDisallowedByPolicy; ``"strip"``: silently dropped)."""
+        self._call(
+            "POST",
+            "arm/settings",
+            {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after, "tag_policy": tag_policy},
+        )
 
     def fail_next_lro(self, count: int = 1) -> None:
         self._call("POST", "arm/fail-lro", {"count": count})

@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.server.model.take_fault(path, self.command)
         if fault is not None:
             self._record(path, "fault")
-            self._fault(fault)
+            self._fault(fault, arm=path.startswith("/subscriptions/"))
             return
         # Recorded as the answer is sent (see _send), so a client never sees an answer the log lacks.
         self._log_path = path
@@ -130,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._imds(path, parse_qs(parts.query), vm_name, body)
 
-    def _fault(self, fault: Fault) -> None:
+    def _fault(self, fault: Fault, *, arm: bool = False) -> None:
         if fault.delay:
             time.sleep(fault.delay)
         if fault.reset:
@@ -141,11 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
         headers = dict(fault.headers)
         if fault.retry_after is not None:
             headers["Retry-After"] = fault.retry_after
-        body = (
-            fault.body
-            if fault.body is not None
-            else json.dumps({"error": _ERRORS.get(fault.status, "Server error")})
-        )
+        if fault.body is not None:
+            body = fault.body
+        elif arm:
+            # ARM's error shape: {"error": {"code", "message"}}, with the codes Azure uses.
+            code, message = _ARM_ERRORS.get(fault.status, ("InternalServerError", "An error occurred."))
+            body = json.dumps({"error": {"code": code, "message": message}})
+        else:
+            body = json.dumps({"error": _ERRORS.get(fault.status, "Server error")})
         self._send(fault.status, body, headers)
 
     # -- IMDS --------------------------------------------------------------------------------
@@ -265,6 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
             if name and method == "PUT":
                 answer, op = arm.put_nic(name, _json_body(body), if_match)
                 return 200, answer, self._async_headers(op, version)
+            if name and method == "PATCH":
+                return 200, arm.patch_nic_tags(name, _json_body(body)), {}
         if kind == "loadBalancers":
             if name is None and method == "GET":
                 return 200, arm.list_lbs(), {}
@@ -378,6 +383,11 @@ class _Handler(BaseHTTPRequestHandler):
             pool_id = data.get("pool_id") or arm.pool_id(data["lb"], data["pool"])
             arm.join(nic, pool_id, ipconfig=data.get("ipconfig", "ipconfig1"), kind=data.get("kind", "lb"))
             self._send(200, {})
+        elif method == "POST" and route == "leave":
+            nic = data.get("nic") or f"{data['vm']}-nic"
+            pool_id = data.get("pool_id") or arm.pool_id(data["lb"], data["pool"])
+            arm.leave(nic, pool_id, ipconfig=data.get("ipconfig", "ipconfig1"))
+            self._send(200, {})
         elif method == "POST" and route == "ip-members":
             ip = data.get("ip")
             if ip is None:
@@ -386,7 +396,12 @@ class _Handler(BaseHTTPRequestHandler):
                     raise KeyError(data["vm"])
                 ip = vm.private_ip
             arm.add_ip_member(
-                data["lb"], data["pool"], data.get("name") or f"addr-{ip}", ip, data.get("admin_state")
+                data["lb"],
+                data["pool"],
+                data.get("name") or f"addr-{ip}",
+                ip,
+                data.get("admin_state"),
+                vnet=data.get("vnet") or "vnet",
             )
             self._send(201, {})
         elif method == "POST" and route == "nics":
@@ -412,7 +427,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "POST" and route == "settings":
             with arm.lock:
                 arm.settings = ArmSettings(
-                    lro_polls=int(data.get("lro_polls", 1)), lro_retry_after=data.get("lro_retry_after")
+                    lro_polls=int(data.get("lro_polls", 1)),
+                    lro_retry_after=data.get("lro_retry_after"),
+                    tag_policy=data.get("tag_policy"),
                 )
             self._send(200, {})
         elif method == "POST" and route == "fail-lro":
@@ -461,6 +478,18 @@ def _json_body(body: bytes) -> dict[str, Any]:
         raise ArmError(400, "InvalidRequestContent", "The request content must be an object.")
     return decoded
 
+
+_ARM_ERRORS = {
+    400: ("BadRequest", "The request was invalid."),
+    403: ("AuthorizationFailed", "The client does not have authorization to perform this action."),
+    404: (
+        "ResourceNotFound",
+        "The Resource was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+    ),
+    409: ("AnotherOperationInProgress", "Another operation on this or dependent resource is in progress."),
+    412: ("PreconditionFailed", "Precondition failed."),
+    429: ("TooManyRequests", "The request is being throttled."),
+}
 
 _ERRORS = {
     400: "Bad request",

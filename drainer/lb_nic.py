@@ -1,0 +1,322 @@
+"""Drain method ``nic``: take the VM's NICs out of their backend pools, recording on each NIC (in the
+same PUT) what was taken out; put back exactly that, removing the record in the same PUT.
+
+The record on the NIC (``drainer.nicrecord``) is the truth: it survives the loss of the state
+directory, and a refused write records nothing. Where an Azure Policy refuses or rewrites drainer's
+tags, or the record does not fit Azure's tag limits, that NIC's record is kept in the local ledger
+instead (written before the write, as the only place it can be).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.mgmt.network.models import LoadBalancer, NetworkInterface, SubResource
+
+from drainer import metrics
+from drainer.actuator import ActionContext
+from drainer.arm import ArmError, Network
+from drainer.core import Drain, Restore
+from drainer.errors import ActionError
+from drainer.lb_common import (
+    Presence,
+    ResourceId,
+    by_policy,
+    check_in_service,
+    discover_nics,
+    nic_of,
+    read_modify_write,
+    read_nic,
+    refused,
+    same,
+)
+from drainer.nicrecord import NicView, Plan, Ref, decode, is_ours, plan_drain, plan_restore, summary_text
+from drainer.state import LedgerEntry
+
+UNIFORM_HELP = (
+    "this VM is a scale-set Uniform instance: its NICs are read-only through the network API (pool "
+    "membership comes from the scale-set model, and a model upgrade would re-apply it); use "
+    'method = "admin-state" for IP-based pools, or a health-probe based drain'
+)
+_LISTS = {
+    "lb-pool": "load_balancer_backend_address_pools",
+    "appgw-pool": "application_gateway_backend_address_pools",
+}
+LOCAL = ("removing", "removed")  # ledger statuses of a record kept locally (not on the NIC)
+CACHED = "on-nic"  # ledger status of a copy of a NIC record, for `status` only
+
+
+def view_of(nic: NetworkInterface) -> NicView:
+    refs = tuple(
+        Ref(str(config.name), kind, str(ref.id))
+        for config in nic.ip_configurations or []
+        for kind, attr in _LISTS.items()
+        for ref in getattr(config, attr) or []
+    )
+    return NicView(str(nic.id), dict(nic.tags or {}), refs)
+
+
+def apply(nic: NetworkInterface, plan: Plan) -> None:
+    """Make the SDK object say what the plan says (existing reference objects are kept as they are)."""
+    wanted = {r.key for r in plan.refs}
+    for config in nic.ip_configurations or []:
+        for kind, attr in _LISTS.items():
+            current = list(getattr(config, attr) or [])
+            have = {(str(config.name).lower(), kind, str(r.id).lower()) for r in current}
+            kept = [r for r in current if (str(config.name).lower(), kind, str(r.id).lower()) in wanted]
+            added = [
+                SubResource(id=r.pool_id)
+                for r in plan.refs
+                if r.kind == kind and same(r.ipconfig, config.name) and r.key not in have
+            ]
+            setattr(config, attr, kept + added)
+    nic.tags = dict(plan.tags) or None
+
+
+def _entry(nic_id: str, ref: Ref, status: str) -> LedgerEntry:
+    return LedgerEntry("nic", nic_id, ref.ipconfig, ref.kind, ref.pool_id, status)
+
+
+def _ref(entry: LedgerEntry) -> Ref:
+    return Ref(entry.item, entry.kind, entry.target)
+
+
+def _why(ctx: ActionContext) -> str:
+    if ctx.events:
+        first = ctx.events[0].event
+        more = f" +{len(ctx.events) - 1}" if len(ctx.events) > 1 else ""
+        return f"{first.event_type.value} {first.event_id}{more}"
+    return "held out by drainer"
+
+
+class NicDrain:
+    """Drain method ``nic``."""
+
+    name = "nic"
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+
+    def _kinds(self, ctx: ActionContext) -> tuple[str, ...]:
+        return ("lb-pool", "appgw-pool") if ctx.config.drain.application_gateways else ("lb-pool",)
+
+    # -- out of rotation ---------------------------------------------------------------------
+
+    def drain(self, action: Drain, ctx: ActionContext) -> None:
+        if ctx.vm.is_uniform_scale_set_instance:
+            raise ActionError("drain", UNIFORM_HELP)
+        self.network.start()
+        self._out(ctx, action)
+
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        self.network.start()
+        if out:
+            if ctx.vm.is_uniform_scale_set_instance:
+                return False, "nothing to do (scale-set Uniform instance)"
+            return self._out(ctx, None)
+        return self._in(ctx)
+
+    def _out(self, ctx: ActionContext, action: Drain | None) -> tuple[bool, str]:
+        kinds = self._kinds(ctx)
+        nic_ids = discover_nics(self.network, ctx)
+        nics = {nic_id: read_nic(self.network, nic_id) for nic_id in nic_ids}
+        planned = [r for nic in nics.values() for r in view_of(nic).refs if r.kind in kinds]
+        if not planned:
+            if action is not None:
+                ctx.log.warning("vm is in no backend pool: nothing to take out", nics=nic_ids)
+            return False, "in no backend pool"
+        check_in_service(ctx, action, self._others_in_service(planned, nic_ids), "pool")
+        summary = summary_text(_why(ctx), ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
+        taken = [self._drain_nic(ctx, nic_id, nic, kinds, summary) for nic_id, nic in nics.items()]
+        done = [t for t in taken if t]
+        return (True, "; ".join(done)) if done else (False, "already out of every pool")
+
+    def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, int]:
+        ours = {n.lower() for n in nic_ids}
+        counts: dict[str, int] = {}
+        lbs: dict[str, LoadBalancer] = {}
+        for ref in planned:
+            if ref.kind != "lb-pool" or ref.pool_id in counts:
+                continue
+            rid = ResourceId.parse(ref.pool_id)
+            lb = lbs.get(rid.name.lower())
+            if lb is None:
+                lb = lbs[rid.name.lower()] = self.network.get_load_balancer(rid.resource_group, rid.name)
+            pool = next((p for p in lb.backend_address_pools or [] if same(p.id, ref.pool_id)), None)
+            members = [c.id for c in (pool.backend_ip_configurations or [])] if pool else []
+            counts[ref.pool_id] = len({nic_of(m).lower() for m in members if m} - ours)
+        return counts
+
+    def _local(self, ctx: ActionContext, nic_id: str) -> list[LedgerEntry]:
+        return [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id) and e.status in LOCAL]
+
+    def _drain_nic(
+        self, ctx: ActionContext, nic_id: str, first: NetworkInterface, kinds: tuple[str, ...], summary: str
+    ) -> str:
+        rid = ResourceId.parse(nic_id)
+        # A NIC whose record is already local (its tags were refused before) stays local.
+        local = bool(self._local(ctx, nic_id))
+        reads = [first]
+
+        def read() -> NetworkInterface:
+            return reads.pop() if reads else read_nic(self.network, nic_id)
+
+        def plan(nic: NetworkInterface) -> tuple[NetworkInterface, Plan] | None:
+            change = plan_drain(view_of(nic), kinds, summary)
+            if not change.removed:
+                return None
+            if local or not change.on_nic:
+                change = change._replace(tags=dict(nic.tags or {}), on_nic=False)
+            return nic, change
+
+        def write(_: NetworkInterface, change: tuple[NetworkInterface, Plan]) -> None:
+            nic, p = change
+            entries = [_entry(nic_id, r, "removing") for r in p.removed]
+            if not p.on_nic:
+                ctx.ledger.record(entries)  # the only record there will be: before the write
+                ctx.checkpoint("nic-recorded")
+            apply(nic, p)
+            try:
+                written = self.network.put_nic(rid.resource_group, rid.name, nic)
+            except ArmError as exc:
+                if not p.on_nic and refused(exc):
+                    ctx.ledger.forget(entries)  # the write surely did not happen: nothing removed
+                raise
+            ctx.checkpoint("nic-written")
+            kept = {k.lower(): v for k, v in (written.tags or {}).items()}
+            if p.on_nic and any(kept.get(k.lower()) != v for k, v in p.tags.items() if is_ours(k)):
+                ctx.log.warning(
+                    "an Azure Policy rewrote drainer's record on the NIC: keeping it locally instead",
+                    nic=rid.name,
+                )
+                ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
+            elif not p.on_nic:
+                ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
+            else:
+                ctx.ledger.record([_entry(nic_id, r, CACHED) for r in p.removed])
+
+        try:
+            written = read_modify_write(f"NIC {rid.name}", read, plan, write, ctx)
+        except ArmError as exc:
+            if local or not by_policy(exc):
+                raise
+            ctx.log.warning(
+                "an Azure Policy refuses drainer's tags on the NIC: keeping its record locally",
+                nic=rid.name,
+                error=str(exc),
+            )
+            local = True
+            written = read_modify_write(f"NIC {rid.name}", read, plan, write, ctx)
+        # Entries of an interrupted earlier run whose reference is gone were removed by that run.
+        leftover = [e for e in self._local(ctx, nic_id) if e.status == "removing"]
+        ctx.ledger.record([e._replace(status="removed") for e in leftover])
+        if written is None:
+            return ""
+        pools = sorted(
+            {r.pool_id.rsplit("/", 3)[-3] + "/" + r.pool_id.rsplit("/", 1)[-1] for r in written[1].removed}
+        )
+        ctx.log.info(
+            "removed NIC from pools",
+            nic=rid.name,
+            pools=pools,
+            record="nic" if written[1].on_nic else "local",
+        )
+        return f"{rid.name} out of {', '.join(pools)}"
+
+    # -- back into rotation ------------------------------------------------------------------
+
+    def restore(self, action: Restore, ctx: ActionContext) -> None:
+        self.network.start()
+        self._in(ctx)
+
+    def _in(self, ctx: ActionContext) -> tuple[bool, str]:
+        nic_ids = {n.lower(): n for n in discover_nics(self.network, ctx)}
+        for entry in ctx.ledger.entries("nic"):
+            nic_ids.setdefault(entry.resource_id.lower(), entry.resource_id)
+        presence = Presence(self.network, ctx)
+        summary = summary_text(
+            "restore waits for a pool that answered 404",
+            ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ctx.vm.name,
+        )
+        done: list[str] = []
+        pending: list[str] = []
+        for nic_id in sorted(nic_ids.values()):
+            back, waiting = self._restore_nic(ctx, nic_id, presence, summary)
+            done.extend(back)
+            pending.extend(waiting)
+        if pending:
+            raise ActionError(
+                "restore",
+                f"incomplete: {', '.join(pending)} answered 404; retried until confirmed gone "
+                f"({ctx.config.drain.gone_after_reads} reads over {ctx.config.drain.gone_after_seconds}s)",
+            )
+        return (True, "; ".join(done)) if done else (False, "nothing to restore")
+
+    def _restore_nic(
+        self, ctx: ActionContext, nic_id: str, presence: Presence, summary: str
+    ) -> tuple[list[str], list[str]]:
+        rid = ResourceId.parse(nic_id)
+        local = self._local(ctx, nic_id)
+        cached = [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id) and e.status == CACHED]
+
+        def read() -> NetworkInterface | None:
+            try:
+                nic = read_nic(self.network, nic_id)
+            except ArmError as exc:
+                if exc.status != 404:
+                    raise
+                return None
+            ctx.absence.present(nic_id)
+            return nic
+
+        computed: list[Plan] = []
+
+        def plan(nic: NetworkInterface | None) -> Plan | None:
+            if nic is None:
+                return None
+            change = plan_restore(
+                view_of(nic), [_ref(e) for e in local], lambda r: presence.pool(r.kind, r.pool_id), summary
+            )
+            computed[:] = [change]
+            return change if change.changes(view_of(nic)) else None
+
+        def write(nic: NetworkInterface | None, change: Plan) -> None:
+            assert nic is not None
+            apply(nic, change)
+            self.network.put_nic(rid.resource_group, rid.name, nic)
+            ctx.checkpoint("nic-restored")
+
+        last: list[Any] = []
+
+        def read_and_keep() -> NetworkInterface | None:
+            nic = read()
+            last[:] = [nic]
+            return nic
+
+        read_modify_write(f"NIC {rid.name}", read_and_keep, plan, write, ctx)
+        nic = last[0] if last else None
+        if nic is None:
+            if ctx.absence.absent(nic_id, ctx.now()):
+                ctx.log.warning("NIC confirmed gone: nothing to restore on it", nic=rid.name)
+                metrics.current.inc("dropped", {"kind": "nic"})
+                ctx.ledger.forget(local + cached)
+                return [], []
+            return [], [f"NIC {rid.name}"]
+        written = computed[-1]
+        for ref in written.dropped:
+            ctx.log.warning(
+                "backend pool confirmed gone: dropped from the restore", nic=rid.name, pool=ref.pool_id
+            )
+            metrics.current.inc("dropped", {"kind": ref.kind})
+        keep = {r.key for r in written.kept}
+        ctx.ledger.forget([e for e in local + cached if _ref(e).key not in keep])
+        if written.restored:
+            ctx.log.info(
+                "returned NIC to pools", nic=rid.name, pools=sorted(r.pool_id for r in written.restored)
+            )
+        leftover = decode(written.tags, "").unreadable
+        if leftover:
+            ctx.log.warning("unreadable drainer tags left on the NIC", nic=rid.name, tags=sorted(leftover))
+        back = [f"{rid.name} back in {len(written.restored)} pool(s)"] if written.restored else []
+        return back, [r.pool_id.rsplit("/", 3)[-3] + "/" + r.pool_id.rsplit("/", 1)[-1] for r in written.kept]
