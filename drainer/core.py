@@ -97,6 +97,8 @@ class Observation(NamedTuple):
     boot_id: str | None = None
     # The local state was missing, empty or unreadable (rebuilt this run): reconcile with Azure.
     fresh: bool = False
+    # What is on this VM disagrees with the state (the probe method's flag file): reconcile.
+    drift: str = ""
 
 
 class Transition(NamedTuple):
@@ -400,7 +402,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
             actions.append(Restore(reason))
 
     if not actions:
-        why = _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
+        why = obs.drift or _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
         if why:
             out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
             actions.append(Reconcile(out, why))

@@ -38,7 +38,9 @@ METHOD = "admin-state"
 
 
 def _state(address: Any) -> str:
-    return str(address.admin_state or "None")
+    # The SDK gives a str-based enum: its str() is the member name, its value the wire text.
+    value = address.admin_state
+    return str(getattr(value, "value", value) or "None")
 
 
 def _network_of(address: Any) -> str:

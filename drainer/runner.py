@@ -101,6 +101,37 @@ def last_check(state_dir: str) -> datetime | None:
     return datetime.fromtimestamp(mtime, timezone.utc)
 
 
+class _DryRunLog:
+    """A dry run's log: every line says what would happen, none claims that it happened."""
+
+    _WOULD = (
+        ("succeeded", "would succeed"),
+        ("removed NIC from pools", "would remove NIC from pools"),
+        ("returned NIC to pools", "would return NIC to pools"),
+        ("set admin state", "would set admin state"),
+        ("transition", "transition (not saved)"),
+        ("reconciled", "would reconcile"),
+    )
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def _say(self, text: str) -> str:
+        for done, would in self._WOULD:
+            text = text.replace(done, would)
+        return text
+
+    def __getattr__(self, level: str) -> Callable[..., Any]:
+        method = getattr(self._inner, level)
+
+        def emit(event: str, *args: Any, **fields: Any) -> Any:
+            event = event if event.startswith("dry-run") else f"dry-run: {self._say(event)}"
+            said = {k: self._say(v) if isinstance(v, str) else v for k, v in fields.items()}
+            return method(event, *args, **said)
+
+        return emit
+
+
 def log_transitions(log: Any, transitions: list[Transition] | tuple[Transition, ...]) -> None:
     for t in transitions:
         fields: dict[str, Any] = {"from_state": t.from_state, "to_state": t.to_state}
@@ -126,6 +157,8 @@ def run_once(
     """
     seams = seams or Seams()
     result = RunResult()
+    if config.dry_run:
+        log = _DryRunLog(log)
     lock = contextlib.nullcontext() if config.dry_run else RunLock(config.state_dir)
     with lock:
         client = imds or ImdsClient(config.imds)
@@ -222,7 +255,9 @@ def _run_locked(
             ignored=warning.ignored,
         )
     now = seams.now()
-    observation = Observation(document=document, vm_name=vm.name, boot_id=boot_id, fresh=store.fresh)
+    observation = Observation(
+        document=document, vm_name=vm.name, boot_id=boot_id, fresh=store.fresh, drift=_drift(config, state)
+    )
     decision = step(state, observation, now, config.policy)
     log.debug(
         "scheduled events",
@@ -278,6 +313,16 @@ def _run_locked(
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
     metrics.record_drain_state(state.vm.drain_state.value)
     return False
+
+
+def _drift(config: Config, state: State) -> str:
+    """Whether what is on this VM disagrees with the state (one stat, for the probe method)."""
+    if config.drain.method != "probe":
+        return ""
+    out = state.vm.drain_state in (DrainState.DRAINED, DrainState.RESTORING)
+    if Path(config.probe.flag_file).exists() != out:
+        return "the out-of-rotation flag does not match the state"
+    return ""
 
 
 def _record(

@@ -430,7 +430,12 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
     memory = sqlite3.connect(":memory:", isolation_level=None)
     if not path.exists():
         return memory
-    for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=ro&immutable=1"):
+    # Without a WAL file (no other connection open: everything is in the main file), read it as
+    # immutable: a read-only open would still create the -wal and -shm files. With one, another
+    # process has it open and the files exist already.
+    wal = path.with_name(path.name + "-wal").exists()
+    first = f"file:{path}?mode=ro" if wal else f"file:{path}?mode=ro&immutable=1"
+    for uri in (first, f"file:{path}?mode=ro&immutable=1"):
         try:
             source = sqlite3.connect(uri, uri=True)
             try:

@@ -255,7 +255,7 @@ def test_dry_run_writes_nothing_to_the_state_dir(tagged: Agent, two_pools: Emula
     assert not tagged.state_dir.exists()
     assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
     assert "succeeded" not in done.stderr and "removed NIC" not in done.stderr
-    ok(tagged.run("status"))  # creates the state dir (an empty state)
+    ok(tagged.check())  # a real run: drains, creates the state
     snapshot = {p.name: p.stat().st_mtime_ns for p in tagged.state_dir.iterdir()}
     ok(tagged.run("--dry-run", "check"))
     assert {p.name: p.stat().st_mtime_ns for p in tagged.state_dir.iterdir()} == snapshot
@@ -405,3 +405,47 @@ def test_a_policy_on_tags_falls_back_to_the_local_record(
     two_pools.remove(event_id)
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
+
+
+# -- probe: readiness from the persisted state -----------------------------------------------------
+
+
+def test_a_probe_daemon_restarted_while_drained_answers_503_from_its_first_request(
+    agent: Agent, control: EmulatorControl
+) -> None:
+    from tests.test_daemon import Daemon, daemon_config, fetch, free_port, wait_until
+
+    probe_port = free_port()
+    flag_dir = agent.tmp / "run-drainer"  # what systemd's RuntimeDirectory= removes on stop
+    daemon_config(
+        agent,
+        free_port(),
+        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
+        f'path = "/ready"\nflag_file = "{flag_dir / "out-of-rotation"}"\n',
+    )
+    ready = f"http://127.0.0.1:{probe_port}/ready"
+    first = Daemon(agent)
+    first.start()
+    try:
+        wait_until(lambda: fetch(ready)[0] == 200, what="ready")
+        event_id = control.schedule("Reboot", ["web-0"])
+        wait_until(lambda: fetch(ready)[0] == 503, what="not ready while drained")
+        assert first.stop() == 0
+    finally:
+        if first.process and first.process.poll() is None:
+            first.process.kill()
+    shutil.rmtree(flag_dir)  # the runtime directory is gone, the VM is still drained
+    second = Daemon(agent)
+    second.start()
+    try:
+        answers: list[int] = []
+        wait_until(lambda: answers.append(fetch(ready)[0]) or answers[-1] != 0, what="probe answers")
+        assert answers[-1] == 503  # the very first answer: still out of rotation
+        wait_until(lambda: (flag_dir / "out-of-rotation").exists(), what="the flag put back")
+        assert fetch(ready)[0] == 503
+        control.remove(event_id)
+        wait_until(lambda: fetch(ready)[0] == 200, what="ready again after the event")
+        assert second.stop() == 0
+    finally:
+        if second.process and second.process.poll() is None:
+            second.process.kill()
