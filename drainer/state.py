@@ -115,7 +115,15 @@ _MIGRATIONS = {
 }
 
 
-_EVENT_PLACEHOLDERS = ",".join("?" * 21)  # the events table's columns, in order
+# The events table's columns, named once: rows are written and read in this order.
+_EVENT_COLUMNS = (
+    "key, event_id, event_type, event_status, not_before, duration, resources, resource_type, source,"
+    " description, state, reason, first_seen, last_seen, updated_at, started_at, cleared_at,"
+    " left_rotation_at, approved_at, returned_at, approval"
+)
+_EVENT_PLACEHOLDERS = ",".join("?" * 21)
+_EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608 - fixed column list
+_EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608
 
 
 class LedgerEntry(NamedTuple):
@@ -225,7 +233,7 @@ class StateStore:
     def load(self) -> State:
         """The persisted state. Raises StateError on rows this version cannot read."""
         try:
-            events = {row[0]: _record_from_row(row) for row in self._db.execute("SELECT * FROM events")}
+            events = {row[0]: _record_from_row(row) for row in self._db.execute(_EVENT_SELECT)}
             row = self._db.execute(
                 "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
                 " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
@@ -301,7 +309,7 @@ class StateStore:
                 for key, record in new.events.items():
                     if old.events.get(key) != record:
                         db.execute(
-                            f"INSERT OR REPLACE INTO events VALUES ({_EVENT_PLACEHOLDERS})",  # noqa: S608 - fixed "?" list
+                            _EVENT_INSERT,
                             _record_to_row(key, record),
                         )
                 for key in old.events.keys() - new.events.keys():

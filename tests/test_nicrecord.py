@@ -1,0 +1,179 @@
+"""The record on the NIC and the pure drain/restore planners, table by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from drainer.nicrecord import (
+    MAX_TAGS,
+    AdminRecord,
+    NicView,
+    Ref,
+    decode,
+    encode,
+    plan_admin,
+    plan_drain,
+    plan_restore,
+    with_records,
+)
+
+SUB = "8d10da13-8125-4ba9-a717-bf7490507b3d"
+NIC = f"/subscriptions/{SUB}/resourceGroups/rg-app/providers/Microsoft.Network/networkInterfaces/web-0-nic"
+
+
+def pool(name: str, lb: str = "lb-web", group: str = "rg-app", sub: str = SUB) -> str:
+    return (
+        f"/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Network/loadBalancers/{lb}"
+        f"/backendAddressPools/{name}"
+    )
+
+
+WEB = Ref("ipconfig1", "lb-pool", pool("web"))
+API = Ref("ipconfig1", "lb-pool", pool("api"))
+OTHER_RG = Ref("ipconfig2", "lb-pool", pool("web", group="rg-network"))
+GW = Ref(
+    "ipconfig1",
+    "appgw-pool",
+    f"/subscriptions/{SUB}/resourceGroups/rg-app/providers/Microsoft.Network/applicationGateways/gw"
+    "/backendAddressPools/be",
+)
+
+
+def test_encode_then_decode_gives_back_every_reference() -> None:
+    tags = encode([WEB, API, OTHER_RG, GW], [AdminRecord(pool("ip"), "addr-1", "None")], SUB)
+    assert tags is not None
+    assert tags["drainer:lb:ipconfig2:0"] == "rg-network/lb-web/web"
+    records = decode(tags, SUB)
+    assert {r.key for r in records.refs} == {r.key for r in (WEB, API, OTHER_RG, GW)}
+    assert records.admin == [AdminRecord(pool("ip"), "addr-1", "None")]
+    assert records.unreadable == {}
+
+
+@pytest.mark.parametrize(
+    ("refs", "why"),
+    [
+        (
+            [Ref("ipconfig1", "lb-pool", pool("web", sub="00000000-0000-0000-0000-000000000000"))],
+            "subscription",
+        ),
+        ([Ref("ip?config", "lb-pool", pool("web"))], "forbidden character in the tag name"),
+        ([Ref("ipconfig1", "lb-pool", pool("p" * 80, lb="l" * 80, group="g" * 97))], "value over 256"),
+        ([Ref("ipconfig1", "lb-pool", "/not/a/pool/id")], "not a pool id"),
+    ],
+)
+def test_what_cannot_be_encoded_is_refused_whole(refs: list[Ref], why: str) -> None:
+    assert encode(refs, [], SUB) is None, why
+
+
+def test_the_longest_legal_names_fit() -> None:
+    longest = Ref("i" * 80, "lb-pool", pool("p" * 80, lb="l" * 80, group="g" * 90))
+    tags = encode([longest], [], SUB)
+    assert tags is not None and max(len(v) for v in tags.values()) <= 256
+
+
+def test_foreign_tags_are_kept_and_the_limit_of_50_is_respected() -> None:
+    foreign = {f"team{i}": "x" for i in range(46)}
+    assert with_records(foreign, [WEB, API], [], SUB, "out") == {
+        **foreign,
+        "drainer:lb:ipconfig1:0": "rg-app/lb-web/api",
+        "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
+        "drainer": "out",
+    }
+    crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
+    assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 48 + 2 + summary > 50
+
+
+def test_unreadable_drainer_tags_are_kept_untouched() -> None:
+    tags = {"drainer:future:thing": "a/b/c", "drainer:lb:ipconfig1:0": "not-a-pool", "owner": "me"}
+    records = decode(tags, SUB)
+    assert records.refs == [] and set(records.unreadable) == {
+        "drainer:future:thing",
+        "drainer:lb:ipconfig1:0",
+    }
+    assert with_records(tags, [], [], SUB, "") == tags
+
+
+# plan_drain: (refs on the NIC, tags before) -> (refs after, records after, removed, on the NIC)
+DRAIN_TABLE = [
+    ("in two pools", (WEB, API), {}, (), {WEB.key, API.key}, 2, True),
+    (
+        "already out, record present",
+        (),
+        {"drainer:lb:ipconfig1:0": "rg-app/lb-web/web"},
+        (),
+        {WEB.key},
+        0,
+        True,
+    ),
+    (
+        "half out after a crash",
+        (API,),
+        {"drainer:lb:ipconfig1:0": "rg-app/lb-web/web"},
+        (),
+        {WEB.key, API.key},
+        1,
+        True,
+    ),
+    ("app gateway kept (not drained)", (WEB, GW), {}, (GW,), {WEB.key}, 1, True),
+    ("no room: record kept locally", (WEB,), {f"t{i}": "x" for i in range(49)}, (), set(), 1, False),
+]
+
+
+@pytest.mark.parametrize("row", DRAIN_TABLE, ids=[c[0] for c in DRAIN_TABLE])
+def test_plan_drain(row: tuple[object, ...]) -> None:
+    _, refs, tags, after, recorded, removed, on_nic = row
+    assert isinstance(refs, tuple) and isinstance(tags, dict)
+    plan = plan_drain(NicView(NIC, tags, refs), ["lb-pool"], "out: Reboot")
+    assert plan.refs == after
+    assert len(plan.removed) == removed
+    assert plan.on_nic is on_nic
+    if on_nic and removed:
+        assert {r.key for r in decode(plan.tags, SUB).refs} == recorded
+        assert plan.tags["drainer"] == "out: Reboot"
+    if not on_nic:
+        assert plan.tags == tags  # nothing of ours written
+
+
+RECORDED = {
+    "drainer": "out",
+    "drainer:lb:ipconfig1:0": "rg-app/lb-web/api",
+    "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
+}
+
+
+# plan_restore: (refs now, tags, pool states) -> (refs after, records kept, restored, dropped)
+RESTORE_TABLE = [
+    ("both back", (), RECORDED, {"api": "present", "web": "present"}, {API.key, WEB.key}, 0, 2, 0),
+    ("one already back", (WEB,), RECORDED, {"api": "present", "web": "present"}, {API.key, WEB.key}, 0, 1, 0),
+    ("one 404, not confirmed", (), RECORDED, {"api": "absent", "web": "present"}, {WEB.key}, 1, 1, 0),
+    ("one confirmed gone", (), RECORDED, {"api": "gone", "web": "present"}, {WEB.key}, 0, 1, 1),
+    ("nothing recorded", (WEB,), {"owner": "me"}, {}, {WEB.key}, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("row", RESTORE_TABLE, ids=[c[0] for c in RESTORE_TABLE])
+def test_plan_restore(row: tuple[object, ...]) -> None:
+    _, refs, tags, states, after, kept, restored, dropped = row
+    assert isinstance(refs, tuple) and isinstance(tags, dict) and isinstance(states, dict)
+    plan = plan_restore(NicView(NIC, tags, refs), [], lambda r: states[r.pool_id.rsplit("/", 1)[-1]], "wait")
+    assert {r.key for r in plan.refs} == after
+    assert (len(plan.kept), len(plan.restored), len(plan.dropped)) == (kept, restored, dropped)
+    left = decode(plan.tags, SUB).refs
+    assert len(left) == kept  # the record of what is not back yet stays on the NIC, nothing else
+    assert ("drainer" in plan.tags) is bool(kept)
+    assert plan.tags.get("owner") == tags.get("owner")
+
+
+def test_plan_restore_takes_local_records_too() -> None:
+    plan = plan_restore(NicView(NIC, {}, ()), [WEB], lambda r: "present", "")
+    assert plan.restored == (WEB,) and plan.tags == {}
+
+
+def test_plan_admin_keeps_the_pool_records() -> None:
+    view = NicView(NIC, RECORDED, ())
+    plan = plan_admin(view, [AdminRecord(pool("ip"), "addr-1", "Up")], "down")
+    assert plan is not None
+    records = decode(plan.tags, SUB)
+    assert len(records.refs) == 2 and records.admin == [AdminRecord(pool("ip"), "addr-1", "Up")]
+    cleared = plan_admin(NicView(NIC, plan.tags, ()), [], "")
+    assert cleared is not None and len(decode(cleared.tags, SUB).refs) == 2
