@@ -1,5 +1,5 @@
 """Early approval, as the runner carries it out: gather the facts the pure rule in
-``core.decide_approvals`` needs (connections, the other listed VMs' pool membership), decide, POST
+``decide_approval.decide_approvals`` needs (connections, the other listed VMs' pool membership), decide, POST
 StartRequests, and record each outcome."""
 
 from __future__ import annotations
@@ -10,15 +10,8 @@ from typing import Any
 
 from drainer import metrics
 from drainer.config import Config
-from drainer.core import (
-    ApprovalFacts,
-    Approve,
-    DrainState,
-    State,
-    approval_candidates,
-    decide_approvals,
-    record_approval,
-)
+from drainer.core import Approve, DrainState, State
+from drainer.decide_approval import ApprovalFacts, approval_candidates, decide_approvals, record_approval
 from drainer.errors import EXIT_ACTION_FAILED, DrainerError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.state import StateStore
@@ -35,7 +28,7 @@ def approve(
     state: State,
     result: Any,
 ) -> State:
-    """Approve this VM's events early where the rule in ``core.decide_approvals`` allows it."""
+    """Approve this VM's events early where the rule in ``decide_approval.decide_approvals`` allows it."""
     from drainer.runner import log_transitions  # noqa: PLC0415 - the runner imports this module
 
     cfg = config.approval

@@ -31,13 +31,12 @@ from drainer.core import (
     Restore,
     State,
     Transition,
-    approval_candidates,
     record_outcome,
     record_reconcile,
-    restore_gate,
     set_manual,
     step,
 )
+from drainer.decide_approval import approval_candidates, restore_gate
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
@@ -487,7 +486,7 @@ def _observe_window(events: Sequence[EventRecord], state: State) -> None:
 
 
 def _restore_gate_open(config: Config, log: Any, seams: Seams, state: State) -> bool:
-    """The optional local health check before putting the VM back (see ``core.restore_gate``)."""
+    """The optional local health check before putting the VM back (see ``decide_approval.restore_gate``)."""
     if not config.restore.health_url and not config.restore.health_command:
         return True
     from drainer.health import healthy  # noqa: PLC0415

@@ -1,0 +1,139 @@
+"""The pure rules of early approval and of the restore gate: which events this VM may approve now,
+and whether a restore may go ahead. No clock, IO or globals: the runner passes the facts it measured.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from drainer.config import ApprovalConfig, RestoreConfig
+from drainer.core import (
+    Action,
+    Approve,
+    Decision,
+    DrainState,
+    EventRecord,
+    EventState,
+    State,
+    Transition,
+    VmState,
+)
+from drainer.events import EventStatus, ScheduledEvent
+
+
+class ApprovalFacts(NamedTuple):
+    """What the runner measured for the approval rule (None: not known)."""
+
+    open_connections: int | None = None
+    # Names (any case) of the VMs that share a backend pool with this one and are still in it.
+    peers_in_rotation: frozenset[str] | None = None
+    # Names of the VMs seen in this VM's pools (the candidates for the one approver).
+    pool_members: frozenset[str] | None = None
+
+
+def approval_candidates(state: State) -> list[EventRecord]:
+    """Events this VM might approve now: its own, active, still Scheduled, not yet approved."""
+    return [
+        r
+        for r in state.events.values()
+        if r.state is EventState.ACTIVE and r.event.status is EventStatus.SCHEDULED and r.approved_at is None
+    ]
+
+
+def decide_approvals(
+    state: State, vm_name: str, now: datetime, cfg: ApprovalConfig, facts: ApprovalFacts
+) -> Decision:
+    """Which events to approve early, and why the others wait (recorded in each event's ``approval``).
+
+    The rule, in order: the type must be one the config approves; the VM must be drained (unless
+    ``when_not_drained``); established connections to the service ports must be gone or
+    ``drain_timeout`` have passed since the VM left rotation; every other listed VM that shares a pool
+    with this one must be out of rotation; and of the listed VMs in this VM's pools, only the one with
+    the lowest name approves. Within ``near_seconds`` of NotBefore the last two conditions are waived:
+    the approval gains little then, and waiting for others gains nothing.
+    """
+    me = vm_name.casefold()
+    records = dict(state.events)
+    transitions: list[Transition] = []
+    approve: list[str] = []
+    vm = state.vm
+    for record in approval_candidates(state):
+        event = record.event
+        listed = {r.casefold() for r in event.resources}
+        near = event.not_before is not None and (event.not_before - now).total_seconds() <= cfg.near_seconds
+        if not cfg.enabled or event.event_type.value not in cfg.types:
+            status = "not approved early (policy)"
+        elif me not in listed:
+            status = "not ours"  # unreachable for ACTIVE events: kept as a second guard
+        elif vm.drain_state is not DrainState.DRAINED and not cfg.when_not_drained:
+            status = f"waiting: VM is {vm.drain_state.value}" + (f" ({vm.held})" if vm.held else "")
+        elif (
+            facts.open_connections
+            and vm.since is not None
+            and (now - vm.since).total_seconds() < cfg.drain_timeout
+        ):
+            status = f"waiting: {facts.open_connections} established connections"
+        elif not near and (others := _peers_blocking(listed - {me}, facts)):
+            status = f"waiting: {', '.join(sorted(others))} still in rotation"
+        elif not near and (leader := _approver(listed, me, facts)) != me:
+            status = f"waiting: {leader} approves for the listed VMs"
+        else:
+            status = "approving" + (" (NotBefore is near)" if near else "")
+            approve.append(event.event_id)
+        if status != record.approval:
+            records[event.key] = record._replace(approval=status)
+            transitions.append(_approval_transition(event, record.approval, status))
+    actions: tuple[Action, ...] = (Approve(tuple(approve), "drained and ready"),) if approve else ()
+    return Decision(state=state._replace(events=records), actions=actions, transitions=tuple(transitions))
+
+
+def _approval_transition(event: ScheduledEvent, old: str, new: str) -> Transition:
+    return Transition(
+        subject="approval",
+        event_id=event.event_id,
+        event_type=event.event_type.value,
+        from_state=old or "none",
+        to_state=new,
+        reason="early approval",
+    )
+
+
+def _peers_blocking(others: set[str], facts: ApprovalFacts) -> set[str]:
+    if not others:
+        return set()
+    if facts.peers_in_rotation is None:
+        return others  # unknown: every other listed VM may still be serving
+    return {p.casefold() for p in facts.peers_in_rotation} & others
+
+
+def _approver(listed: set[str], me: str, facts: ApprovalFacts) -> str:
+    members = {m.casefold() for m in facts.pool_members or ()}
+    return min((listed & members) | {me})
+
+
+def record_approval(state: State, action: Approve, error: str | None, now: datetime) -> Decision:
+    """Fold the outcome of a StartRequests POST into the events."""
+    records = dict(state.events)
+    transitions: list[Transition] = []
+    for event_id in action.event_ids:
+        record = records.get(event_id.casefold())
+        if record is None:
+            continue
+        if error is None:
+            records[record.event.key] = record._replace(approved_at=now, approval="approved")
+            transitions.append(_approval_transition(record.event, record.approval, "approved"))
+        else:
+            records[record.event.key] = record._replace(approval=f"approval failed (retried): {error}")
+    return Decision(state=state._replace(events=records), transitions=tuple(transitions))
+
+
+def restore_gate(vm: VmState, now: datetime, cfg: RestoreConfig, healthy: bool | None) -> tuple[bool, str]:
+    """Whether the restore may go ahead now: the local health check passed (or there is none), or it
+    has been failing for ``health_timeout`` since the restore was decided (then: go, with a warning)."""
+    if healthy is None or healthy:
+        return True, ""
+    waited = (now - vm.since).total_seconds() if vm.since is not None else 0.0
+    if waited >= cfg.health_timeout:
+        return True, f"health check still failing after {cfg.health_timeout:g}s: restoring anyway"
+    return False, f"waiting for the health check ({waited:.0f}s of {cfg.health_timeout:g}s)"
