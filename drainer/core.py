@@ -213,9 +213,12 @@ def _observe_events(
     records: dict[str, EventRecord] = dict(state.events)
     transitions: list[Transition] = []
     seen: set[str] = set()
+    # A duplicate id within one document: the first entry that lists this VM wins (an entry for
+    # another VM must never hide this VM's), else the first entry.
+    mine = {e.key for e in obs.document.events if e.concerns(obs.vm_name)}
     for event in obs.document.events:
         key = event.key
-        if key in seen:  # a duplicate id within one document: the first entry wins
+        if key in seen or (key in mine and not event.concerns(obs.vm_name)):
             continue
         seen.add(key)
         old = records.get(key)

@@ -151,8 +151,9 @@ def _bounded_int(text: str) -> int | _Huge:
 
 
 def _clean(text: str) -> str:
-    """The text with lone surrogates (valid JSON, invalid UTF-8) replaced, so it can be stored."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    """The text with lone surrogates (valid JSON, invalid UTF-8) and NUL (valid JSON, refused in a
+    process's environment and argv) replaced, so it can be stored and handed to hooks."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
 
 
 def _fail(source: str, reason: str) -> MalformedDocumentError:

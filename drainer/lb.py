@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from drainer.actuator import Actuator
+from drainer.actuator import ActionContext, Actuator
 from drainer.config import Config
+from drainer.core import Drain, Restore
 from drainer.imds import InstanceInfo
 from drainer.lb_admin import AdminStateDrain
 from drainer.lb_nic import NicDrain
@@ -23,9 +24,33 @@ def make_lb_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
     )
     if config.dry_run:
         network = DryRunNetwork(network, log)
-    if config.drain.method == "admin-state":
-        return AdminStateDrain(network)
-    return NicDrain(network)
+    nic, admin = NicDrain(network), AdminStateDrain(network)
+    return _Restoring(admin, nic) if config.drain.method == "admin-state" else _Restoring(nic, admin)
+
+
+class _Restoring:
+    """The configured method, whose restores also put back what the *other* load-balancer method
+    recorded (the method may have changed while the VM was out: its records must still be read)."""
+
+    def __init__(self, method: NicDrain | AdminStateDrain, other: NicDrain | AdminStateDrain) -> None:
+        self.method = method
+        self.other = other
+        self.name = method.name
+        self.network = method.network
+
+    def drain(self, action: Drain, ctx: ActionContext) -> None:
+        self.method.drain(action, ctx)
+
+    def restore(self, action: Restore, ctx: ActionContext) -> None:
+        self.method.restore(action, ctx)
+        self.other.reconcile(False, ctx)
+
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        changed, found = self.method.reconcile(out, ctx)
+        if out:
+            return changed, found
+        also, other = self.other.reconcile(False, ctx)
+        return changed or also, f"{found}; {other}" if also else found
 
 
 __all__ = ["AdminStateDrain", "NicDrain", "make_lb_actuator"]

@@ -27,6 +27,7 @@ from drainer.lb_common import (
     discover_nics,
     read_modify_write,
     read_nic,
+    refused,
     same,
     vnet_of,
 )
@@ -140,9 +141,15 @@ class AdminStateDrain:
         self._write_records(ctx, nics, records, add=True)
         ctx.checkpoint("admin-state-recorded")
         for _, pool in targets:
-            self._set(
-                ctx, str(pool.id), {r.address.lower(): "Down" for r in records if same(r.pool_id, pool.id)}
-            )
+            wanted = {r.address.lower(): "Down" for r in records if same(r.pool_id, pool.id)}
+            try:
+                self._set(ctx, str(pool.id), wanted)
+            except ArmError as exc:
+                if refused(exc):  # the write surely did not happen: its record goes too
+                    undone = [r for r in records if same(r.pool_id, pool.id)]
+                    self._write_records(ctx, nics, undone, add=False)
+                    ctx.ledger.forget([_entry(r) for r in undone])
+                raise
         return True, f"{len(records)} address(es) set Down"
 
     @staticmethod
@@ -219,8 +226,24 @@ class AdminStateDrain:
 
     # -- in -------------------------------------------------------------------------------------
 
+    def _not_mine(
+        self, pool_id: str, records: list[AdminRecord], mine: set[tuple[str, str]]
+    ) -> list[AdminRecord]:
+        rid = ResourceId.parse(pool_id)
+        lb = self.network.get_load_balancer(rid.resource_group, rid.name)
+        pool = next((p for p in lb.backend_address_pools or [] if same(p.id, pool_id)), None)
+        addresses = {
+            str(a.name).lower(): a for a in ((pool.load_balancer_backend_addresses or []) if pool else [])
+        }
+        return [
+            r
+            for r in records
+            if r.address.lower() in addresses and not self._is_mine(addresses[r.address.lower()], mine)
+        ]
+
     def _in(self, ctx: ActionContext) -> tuple[bool, str]:
         nics = self._nics(ctx)
+        mine = self._addresses(nics)
         records = {
             r.key: r for nic in nics for r in decode(dict(nic.tags or {}), subscription_of(str(nic.id))).admin
         }
@@ -240,7 +263,16 @@ class AdminStateDrain:
                 pending.append(pool_id.rsplit("/", 1)[-1])
                 continue
             if state == "present":
-                self._set(ctx, pool_id, {r.address.lower(): r.previous for r in pool_records})
+                # Only this VM's own addresses (IP and virtual network), whatever a record says.
+                theirs = self._not_mine(pool_id, pool_records, mine)
+                for record in theirs:
+                    ctx.log.warning(
+                        "a record names an address that is not this VM's: ignored",
+                        pool=pool_id.rsplit("/", 1)[-1],
+                        address=record.address,
+                    )
+                keep = [r for r in pool_records if r not in theirs]
+                self._set(ctx, pool_id, {r.address.lower(): r.previous for r in keep})
             else:
                 ctx.log.warning("backend pool confirmed gone: dropped from the restore", pool=pool_id)
             done.extend(pool_records)

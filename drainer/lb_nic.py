@@ -155,7 +155,7 @@ class NicDrain:
     ) -> str:
         rid = ResourceId.parse(nic_id)
         # A NIC whose record is already local (its tags were refused before) stays local.
-        local = bool(self._local(ctx, nic_id))
+        local = any(e.status == "removed" for e in self._local(ctx, nic_id))
         reads = [first]
 
         def read() -> NetworkInterface:
@@ -171,15 +171,16 @@ class NicDrain:
 
         def write(_: NetworkInterface, change: tuple[NetworkInterface, Plan]) -> None:
             nic, p = change
+            # A local copy before the write: the only record if the NIC turns out not to keep its
+            # tags (an Azure Policy that rewrites them is only seen in the answer).
             entries = [_entry(nic_id, r, "removing") for r in p.removed]
-            if not p.on_nic:
-                ctx.ledger.record(entries)  # the only record there will be: before the write
-                ctx.checkpoint("nic-recorded")
+            ctx.ledger.record(entries)
+            ctx.checkpoint("nic-recorded")
             apply(nic, p)
             try:
                 written = self.network.put_nic(rid.resource_group, rid.name, nic)
             except ArmError as exc:
-                if not p.on_nic and refused(exc):
+                if refused(exc):
                     ctx.ledger.forget(entries)  # the write surely did not happen: nothing removed
                 raise
             ctx.checkpoint("nic-written")
@@ -191,6 +192,12 @@ class NicDrain:
                 )
                 ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
             elif not p.on_nic:
+                if not local:
+                    ctx.log.warning(
+                        "the NIC's tags cannot hold drainer's record (Azure's limit of 50 tags): "
+                        "keeping it locally",
+                        nic=rid.name,
+                    )
                 ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
             else:
                 ctx.ledger.record([_entry(nic_id, r, CACHED) for r in p.removed])
@@ -207,9 +214,14 @@ class NicDrain:
             )
             local = True
             written = read_modify_write(f"NIC {rid.name}", read, plan, write, ctx)
-        # Entries of an interrupted earlier run whose reference is gone were removed by that run.
+        # Entries of an interrupted earlier run whose reference is gone were removed by that run
+        # (recorded on the NIC, or kept here when it is not).
         leftover = [e for e in self._local(ctx, nic_id) if e.status == "removing"]
-        ctx.ledger.record([e._replace(status="removed") for e in leftover])
+        if leftover:
+            on_nic = {r.key for r in decode(dict(read_nic(self.network, nic_id).tags or {}), "").refs}
+            ctx.ledger.record(
+                [e._replace(status=CACHED if _ref(e).key in on_nic else "removed") for e in leftover]
+            )
         if written is None:
             return ""
         pools = sorted(
@@ -232,6 +244,20 @@ class NicDrain:
     def _in(self, ctx: ActionContext) -> tuple[bool, str]:
         nic_ids = {n.lower(): n for n in discover_nics(self.network, ctx)}
         for entry in ctx.ledger.entries("nic"):
+            if entry.resource_id.lower() in nic_ids:
+                continue
+            owner = self._owner(entry.resource_id)
+            if owner and not same(owner, ctx.vm.resource_id):
+                # The NIC moved to another VM: its pools are that VM's business now.
+                ctx.log.warning(
+                    "a NIC drainer took out is now attached to another VM: left to it",
+                    nic=entry.resource_id.rsplit("/", 1)[-1],
+                    vm=owner.rsplit("/", 1)[-1],
+                )
+                ctx.ledger.forget(
+                    [e for e in ctx.ledger.entries("nic") if same(e.resource_id, entry.resource_id)]
+                )
+                continue
             nic_ids.setdefault(entry.resource_id.lower(), entry.resource_id)
         presence = Presence(self.network, ctx)
         summary = summary_text(
@@ -252,6 +278,16 @@ class NicDrain:
                 f"({ctx.config.drain.gone_after_reads} reads over {ctx.config.drain.gone_after_seconds}s)",
             )
         return (True, "; ".join(done)) if done else (False, "nothing to restore")
+
+    def _owner(self, nic_id: str) -> str:
+        """The VM a NIC is attached to now ("" when none, or when it cannot be read)."""
+        try:
+            nic = read_nic(self.network, nic_id)
+        except ArmError:
+            return ""
+        return (
+            str(nic.virtual_machine.id) if nic.virtual_machine is not None and nic.virtual_machine.id else ""
+        )
 
     def _restore_nic(
         self, ctx: ActionContext, nic_id: str, presence: Presence, summary: str

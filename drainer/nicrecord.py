@@ -204,7 +204,8 @@ def with_records(
     if records is None:
         return None
     out = kept | records
-    out[SUMMARY] = summary[:MAX_VALUE]
+    if len(out) + 1 <= MAX_TAGS:
+        out[SUMMARY] = summary[:MAX_VALUE]  # the summary is for people: the records come first
     return out if len(out) <= MAX_TAGS else None
 
 
@@ -252,7 +253,9 @@ def plan_restore(view: NicView, local: Iterable[Ref], pool_state: PoolState, sum
             dropped.append(ref)
         else:
             kept.append(ref)
-    tags = with_records(view.tags, kept, admin, subscription, summary)
+    # A record kept locally (the NIC could not hold it) stays local: never moved onto the NIC here.
+    on_nic = {r.key for r in recorded}
+    tags = with_records(view.tags, [r for r in kept if r.key in on_nic], admin, subscription, summary)
     if tags is None:  # cannot happen when the kept records were readable; keep everything then
         tags = dict(view.tags)
     return Plan(

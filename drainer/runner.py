@@ -200,6 +200,11 @@ def _identify(
     if known is not None and not fresh and boot_id == store.meta("boot_id"):
         return known
     current = identity.read(imds)
+    if known is None and not fresh and store.holds_anything():
+        # A state that never said whose it is: it cannot be shown to be this VM's, so it is never
+        # acted on (the records on the NICs are the truth; the next pass reconciles with them).
+        _discard_other_vm(config, log, store, InstanceInfo(name="(unknown)"), current)
+        return None
     if known is not None and not identity.same_vm(known, current):
         _discard_other_vm(config, log, store, known, current)
         return None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -265,6 +267,13 @@ class StateStore:
             boot_id=self.meta("boot_id"),
         )
 
+    def holds_anything(self) -> bool:
+        """Whether the database holds any event, drain state or record (else it is as good as new)."""
+        for table in ("events", "ledger", "vm"):
+            if self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():  # noqa: S608 - fixed names
+                return True
+        return False
+
     def history(self, *, event_id: str | None = None, limit: int = 200) -> list[HistoryEntry]:
         """The newest ``limit`` transitions, oldest first (optionally for one event)."""
         query = "SELECT seq, at, subject, event_id, event_type, from_state, to_state, reason FROM "
@@ -434,26 +443,23 @@ class NewerSchemaError(StateError):
 
 
 def _memory_copy(path: Path) -> sqlite3.Connection:
-    """An in-memory copy of the database at ``path`` (empty when there is none), opened read-only."""
+    """An in-memory copy of the database at ``path`` (empty when there is none). The files are
+    copied to a private temporary directory first: even a read-only open of a WAL database may write
+    its ``-shm`` file, and a dry run writes nothing at all to the state directory."""
     memory = sqlite3.connect(":memory:", isolation_level=None)
     if not path.exists():
         return memory
-    # Without a WAL file (no other connection open: everything is in the main file), read it as
-    # immutable: a read-only open would still create the -wal and -shm files. With one, another
-    # process has it open and the files exist already.
-    wal = path.with_name(path.name + "-wal").exists()
-    first = f"file:{path}?mode=ro" if wal else f"file:{path}?mode=ro&immutable=1"
-    for uri in (first, f"file:{path}?mode=ro&immutable=1"):
+    with tempfile.TemporaryDirectory(prefix="drainer-dry-run-") as scratch:
+        for suffix in ("", "-wal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, Path(scratch) / (DB_NAME + suffix))
+        source_db = sqlite3.connect(Path(scratch) / DB_NAME)
         try:
-            source = sqlite3.connect(uri, uri=True)
-            try:
-                source.backup(memory)
-            finally:
-                source.close()
-        except sqlite3.Error:
-            continue
-        return memory
-    raise sqlite3.DatabaseError(f"cannot read {path}")
+            source_db.backup(memory)
+        finally:
+            source_db.close()
+    return memory
 
 
 def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[StateStore, State, str]:
