@@ -35,7 +35,7 @@ class EventStatus(str, enum.Enum):
 
 
 # Bounds on what one event may carry; anything longer is cut (text) or refused (counts, numbers).
-MAX_ID = 128
+MAX_ID = 512
 MAX_TEXT = 2048
 MAX_RESOURCES = 1000
 MAX_RESOURCE_NAME = 256

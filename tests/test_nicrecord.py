@@ -79,8 +79,11 @@ def test_foreign_tags_are_kept_and_the_limit_of_50_is_respected() -> None:
         "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
         "drainer": "out",
     }
-    crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
-    assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 48 + 2 + summary > 50
+    full = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
+    fits = with_records(full, [WEB, API], [], SUB, "out")
+    assert fits is not None and "drainer" not in fits  # 48 + 2 records: the summary gives way
+    crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 1)}
+    assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 49 + 2 > 50
 
 
 def test_unreadable_drainer_tags_are_kept_untouched() -> None:
@@ -115,7 +118,7 @@ DRAIN_TABLE = [
         True,
     ),
     ("app gateway kept (not drained)", (WEB, GW), {}, (GW,), {WEB.key}, 1, True),
-    ("no room: record kept locally", (WEB,), {f"t{i}": "x" for i in range(49)}, (), set(), 1, False),
+    ("no room: record kept locally", (WEB,), {f"t{i}": "x" for i in range(50)}, (), set(), 1, False),
 ]
 
 

@@ -441,7 +441,7 @@ def test_a_probe_daemon_restarted_while_drained_answers_503_from_its_first_reque
         answers: list[int] = []
         wait_until(lambda: answers.append(fetch(ready)[0]) or answers[-1] != 0, what="probe answers")
         assert answers[-1] == 503  # the very first answer: still out of rotation
-        wait_until(lambda: (flag_dir / "out-of-rotation").exists(), what="the flag put back")
+        wait_until((flag_dir / "out-of-rotation").exists, what="the flag put back")
         assert fetch(ready)[0] == 503
         control.remove(event_id)
         wait_until(lambda: fetch(ready)[0] == 200, what="ready again after the event")
