@@ -41,6 +41,24 @@ case "$action" in
         # Build paths and caches would make two builds differ.
         find "$venv" -name direct_url.json -delete
         find "$venv" -depth -type d -name __pycache__ -exec rm -rf {} +
+        # RECORD files list what pip wrote: drop the deleted files, hash the relocated scripts again.
+        "$venv/bin/python" - "$venv" <<'PY'
+import base64, csv, hashlib, io, pathlib, sys
+for record in pathlib.Path(sys.argv[1]).glob("lib/python3*/site-packages/*.dist-info/RECORD"):
+    rows = []
+    for row in csv.reader(io.StringIO(record.read_text())):
+        path = record.parent.parent / row[0]
+        if row[1] and not path.exists():
+            continue
+        if row[1] and path.is_file():
+            data = path.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            row = [row[0], f"sha256={digest}", str(len(data))]
+        rows.append(row)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    record.write_text(out.getvalue())
+PY
         rm -f "$venv/bin/Activate.ps1"
         # Library files are imported, never executed (certifi's wheel marks a test module executable).
         find "$venv/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +
