@@ -60,6 +60,8 @@ for record in pathlib.Path(sys.argv[1]).glob("lib/python3*/site-packages/*.dist-
     record.write_text(out.getvalue())
 PY
         rm -f "$venv/bin/Activate.ps1"
+        # Headers for compiling extensions: none are compiled into this venv.
+        rm -rf "$venv/include"
         # Library files are imported, never executed (certifi's wheel marks a test module executable).
         find "$venv/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec chmod a-x {} +
         ;;
