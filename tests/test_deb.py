@@ -73,6 +73,8 @@ def test_contents_relocated_and_reproducible_inputs(deb: Path, tmp_path: Path) -
     for name in ("drainer.service", "drainer-check.service", "drainer-check.timer"):
         assert (tree / "lib/systemd/system" / name).is_file()
     assert (tree / "usr/share/drainer/cron.d-drainer").is_file()
+    # The cloud-init snippet names the package this build produced.
+    assert deb.name in (tree / "usr/share/drainer/cloud-init.yaml").read_text()
     assert (tree / "usr/share/drainer/azure/drainer-role-nic.json").is_file()
     assert (tree / "usr/share/drainer/azure/drainer-role-admin-state.json").is_file()
 

@@ -184,6 +184,16 @@ def test_every_lintian_override_says_why() -> None:
         assert start > 0 and lines[start - 1].startswith("# "), lines[i]
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_maintainer_scripts_pass_shellcheck() -> None:
+    scripts = [DEBIAN / f"drainer.{name}" for name in ("postinst", "prerm", "postrm")]
+    scripts.append(ROOT / "tests" / "packaging_fixtures" / "systemctl-stub")
+    done = subprocess.run(
+        ["shellcheck", "-s", "sh", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+
+
 ROLE_KEYS = ["Name", "IsCustom", "Description", "Actions", "NotActions", "DataActions", "NotDataActions",
              "AssignableScopes"]  # fmt: skip
 # What each method's code calls (drainer/lb.py, drainer/arm.py), and what ARM checks with it.
