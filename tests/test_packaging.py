@@ -1,11 +1,14 @@
-"""Build artefacts: the .deb builds and installs into a scratch root, the systemd units verify, the
-Task Scheduler XML and the role definition parse and say what they must."""
+"""Packaging artefacts that need no build: the systemd units (verify, sandbox, kill switch, one state
+dir), the Debian source (changelog, copyright, locks, lintian overrides), the Azure roles, the
+cloud-init snippet, cron and the Windows task. The .deb itself: tests/test_deb.py."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,25 +16,289 @@ import pytest
 
 from tests.conftest import ROOT
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 PACKAGING = ROOT / "packaging"
+UNITS = PACKAGING / "systemd"
+DEBIAN = PACKAGING / "deb" / "debian"
+SERVICES = ("drainer.service", "drainer-check.service")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)"
+)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def _units_here(tmp_path: Path) -> list[str]:
+    """The units, with ExecStart pointing at a drainer that exists on this machine."""
+    drainer = shutil.which("drainer") or str(Path(sys.executable).with_name("drainer"))
+    paths = []
+    for unit in sorted(UNITS.iterdir()):
+        (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/drainer/bin/drainer", drainer))
+        paths.append(str(tmp_path / unit.name))
+    return paths
+
+
+def _directives(unit: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in (UNITS / unit).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@needs_systemd_analyze
 def test_systemd_units_verify(tmp_path: Path) -> None:
-    drainer = shutil.which("drainer") or str(Path(__import__("sys").executable).with_name("drainer"))
-    units = []
-    for unit in sorted((PACKAGING / "systemd").iterdir()):
-        # The only change: ExecStart points at an executable that exists on this machine.
-        text = unit.read_text().replace("/opt/drainer/bin/drainer", drainer)
-        (tmp_path / unit.name).write_text(text)
-        units.append(str(tmp_path / unit.name))
-    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False)
+    # --man=no: the man page named in Documentation= is installed by the package, not here.
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *_units_here(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
-    service = (PACKAGING / "systemd" / "drainer.service").read_text()
-    assert "Restart=always" in service
-    assert "ConditionPathExists=!/etc/drainer/disabled" in service
-    check = (PACKAGING / "systemd" / "drainer-check.service").read_text()
-    assert "Type=oneshot" in check and "SuccessExitStatus=3" in check
+    assert _directives("drainer.service")["Restart"] == ["always"]
+    check = _directives("drainer-check.service")
+    assert check["Type"] == ["oneshot"] and check["SuccessExitStatus"] == ["3"]
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", SERVICES)
+def test_sandbox_exposure(unit: str, tmp_path: Path) -> None:
+    """systemd-analyze security said 9.1 UNSAFE before the sandbox; it must stay at "OK" or better."""
+    _units_here(tmp_path)
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(tmp_path / unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert score, done.stdout + done.stderr
+    print(f"{unit}: exposure {score.group(1)}")
+    assert float(score.group(1)) <= 4.0
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_sandbox_leaves_hooks_what_they_need(unit: str) -> None:
+    found = _directives(unit)
+    assert found["ProtectSystem"] == ["strict"] and found["PrivateTmp"] == ["yes"]
+    assert found["NoNewPrivileges"] == ["yes"] and found["ProtectHome"] == ["read-only"]
+    # The state and runtime directories stay writable; so do logs, for tools hooks run, and
+    # node_exporter's textfile directory, the example place for [metrics] textfile.
+    assert found["StateDirectory"] == ["drainer"] and found["RuntimeDirectory"] == ["drainer"]
+    assert found["ReadWritePaths"] == ["-/var/log -/var/lib/prometheus/node-exporter"]
+    families = found["RestrictAddressFamilies"][0].split()
+    # IMDS/ARM/webhooks, syslog and systemctl, ss(8) in the wait-connections example hook.
+    assert set(families) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    caps = set(found["CapabilityBoundingSet"][0].split())
+    assert {"CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"} <= caps
+    assert not caps & {"CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO"}
+    assert found["SystemCallFilter"] == ["@system-service"]
+
+
+def test_units_leave_the_state_dir_to_the_config() -> None:
+    """The config's state_dir is the one source: no unit sets DRAINER_* in the environment."""
+    for unit in UNITS.iterdir():
+        text = unit.read_text()
+        assert not re.search(r"^\s*(Environment|EnvironmentFile|PassEnvironment)=", text, re.M), unit.name
+        assert "DRAINER_STATE_DIR=" not in text
+
+
+def test_kill_switch_comes_back_without_a_manual_start() -> None:
+    # The daemon always starts (it idles while /etc/drainer/disabled exists): a unit skipped at boot
+    # by a condition would stay down after the file is removed.
+    assert "ConditionPathExists" not in _directives("drainer.service")
+    # The one-shot is skipped while the file exists, but the timer fires on the calendar, so the
+    # first minute after the file goes runs a check.
+    assert _directives("drainer-check.service")["ConditionPathExists"] == ["!/etc/drainer/disabled"]
+    timer = _directives("drainer-check.timer")
+    assert timer["OnCalendar"] == ["minutely"] and "OnUnitActiveSec" not in timer
+    assert _directives("drainer.service")["WantedBy"] == ["multi-user.target"]
+
+
+def test_changelog_version_matches_pyproject() -> None:
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    found = re.match(r"drainer \((?P<upstream>[^-)]+)-(?P<revision>\d+)\) ", first)
+    assert found, first
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert found["upstream"] == project["version"]
+
+
+def _locked(name: str) -> dict[str, str]:
+    """name -> version of a pip-compile lock; every requirement must carry a hash."""
+    text = (PACKAGING / "deb" / name).read_text()
+    pins = {}
+    for block in re.split(r"\n(?=[A-Za-z])", text):
+        head = block.strip().splitlines()[0] if block.strip() else ""
+        pin = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", head)
+        if pin:
+            assert "--hash=sha256:" in block, f"{pin[1]} is not hashed"
+            pins[pin[1].lower().replace("_", "-")] = pin[2]
+    return pins
+
+
+def test_locks_pin_and_hash_every_dependency() -> None:
+    pins = _locked("requirements.lock")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement)
+        assert name
+        markers = requirement.split(";", 1)[1] if ";" in requirement else ""
+        if "win32" in markers or "python_version < '3.11'" in markers:
+            continue  # not on Debian 12's Python 3.11
+        assert name[0].lower().replace("_", "-") in pins, requirement
+    assert "setuptools" in _locked("build-requirements.lock")
+
+
+def test_copyright_names_every_bundled_distribution() -> None:
+    text = (DEBIAN / "copyright").read_text()
+    assert text.startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    named = {
+        dist
+        for line in re.findall(r"^Comment: PyPI distribution\(s\): (.*?)\.(?: |$)", text, re.M)
+        for dist in line.split()
+    }
+    assert set(_locked("requirements.lock")) <= named
+    # Every License: short name used by a Files stanza has a stand-alone paragraph.
+    used = {
+        part.strip()
+        for value in re.findall(r"^Files: .*\n(?:.*\n)*?License: (.*)", text, re.M)
+        for part in re.split(r" or | and ", value)
+    }
+    defined = set(re.findall(r"^License: (\S+)\n ", text, re.M))
+    assert used <= defined, used - defined
+
+
+def test_every_lintian_override_says_why() -> None:
+    lines = (DEBIAN / "drainer.lintian-overrides").read_text().splitlines()
+    overrides = [i for i, line in enumerate(lines) if line.startswith("drainer:")]
+    assert overrides
+    for i in overrides:
+        # An override, or a run of overrides, comes right after the comment that justifies it.
+        start = i
+        while start > 0 and lines[start - 1].startswith("drainer:"):
+            start -= 1
+        assert start > 0 and lines[start - 1].startswith("# "), lines[i]
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_maintainer_scripts_pass_shellcheck() -> None:
+    scripts = [DEBIAN / f"drainer.{name}" for name in ("postinst", "prerm", "postrm")]
+    scripts.append(ROOT / "tests" / "packaging_fixtures" / "systemctl-stub")
+    done = subprocess.run(
+        ["shellcheck", "-s", "sh", *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout
+
+
+ROLE_KEYS = ["Name", "IsCustom", "Description", "Actions", "NotActions", "DataActions", "NotDataActions",
+             "AssignableScopes"]  # fmt: skip
+# What each method's code calls (drainer/lb.py, drainer/arm.py), and what ARM checks with it.
+ROLES = {
+    "drainer-role-nic.json": {
+        "Microsoft.Network/networkInterfaces/read",  # list_nics, get_nic
+        "Microsoft.Network/networkInterfaces/write",  # put_nic (pool references, tags)
+        "Microsoft.Network/loadBalancers/read",  # get_load_balancer
+        # linked authorisation of the NIC PUT: every resource the NIC body references
+        "Microsoft.Network/loadBalancers/backendAddressPools/join/action",
+        "Microsoft.Network/loadBalancers/inboundNatRules/join/action",
+        "Microsoft.Network/virtualNetworks/subnets/join/action",
+        "Microsoft.Network/networkSecurityGroups/join/action",
+        "Microsoft.Network/publicIPAddresses/join/action",
+        "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
+        "Microsoft.Network/locations/operations/read",  # the SDK polls the PUT's async operation
+    },
+    "drainer-role-admin-state.json": {
+        "Microsoft.Network/loadBalancers/read",  # list_load_balancers, get_load_balancer
+        "Microsoft.Network/loadBalancers/backendAddressPools/write",  # put_pool
+        "Microsoft.Network/virtualNetworks/joinLoadBalancer/action",  # pool addresses link a VNet
+        "Microsoft.Network/virtualNetworks/subnets/joinLoadBalancer/action",  # ... or a subnet
+        "Microsoft.Network/networkInterfaces/read",  # peers for early approval
+        "Microsoft.Network/locations/operations/read",
+    },
+    "drainer-role-reader.json": {
+        "Microsoft.Network/networkInterfaces/read",
+        "Microsoft.Network/loadBalancers/read",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROLES))
+def test_role_definition_shape(name: str) -> None:
+    role = json.loads((PACKAGING / "azure" / name).read_text())
+    assert list(role) == ROLE_KEYS
+    assert role["IsCustom"] is True and role["Name"].startswith("drainer ")
+    actions = role["Actions"]
+    assert len(actions) == len(set(actions)) and set(actions) == ROLES[name]
+    assert all(re.fullmatch(r"Microsoft\.Network(/[A-Za-z]+)+", a) for a in actions)
+    assert not any("*" in a for a in actions)
+    assert role["NotActions"] == role["DataActions"] == role["NotDataActions"] == []
+    assert role["AssignableScopes"] and all(s.startswith("/subscriptions/") for s in role["AssignableScopes"])
+    # No role may do what the code never does: delete, or write a load balancer as a whole.
+    assert not any(a.endswith("/delete") or a == "Microsoft.Network/loadBalancers/write" for a in actions)
+
+
+def test_cloud_init_installs_then_configures() -> None:
+    path = PACKAGING / "cloud-init" / "drainer.yaml"
+    text = path.read_text()
+    assert text.startswith("#cloud-config\n")
+    # Nothing writes /etc/drainer before dpkg installed its conffile.
+    assert not re.search(r"^\s*- path: /etc/drainer", text, re.M)
+    script = text[text.index("runcmd:") :]
+    install = script.index("apt-get install")
+    assert script.index("sha256sum -c") < install < script.index("/etc/drainer/config.toml")
+    assert "set -eu" in script.splitlines()[2]
+    # The name of the package build.sh produces: drainer_<changelog version>_<arch>.deb.
+    version = re.match(r"drainer \(([^)]+)\)", (DEBIAN / "changelog").read_text())
+    assert version
+    names = set(re.findall(r"drainer_[^\s/\"']+\.deb", text))
+    assert names == {f"drainer_{version[1]}_amd64.deb"}
+
+
+def test_cloud_init_config_is_valid_for_drainer(tmp_path: Path) -> None:
+    """The config the snippet stages passes drainer's own check (hooks dir pointed at a scratch one)."""
+    text = (PACKAGING / "cloud-init" / "drainer.yaml").read_text()
+    block = text.split("content: |\n", 1)[1].split("runcmd:", 1)[0]
+    config = "\n".join(line[6:] for line in block.splitlines())
+    (tmp_path / "hooks.d").mkdir()
+    (tmp_path / "config.toml").write_text(f'{config}\n[hooks]\ndir = "{tmp_path / "hooks.d"}"\n')
+    drainer = shutil.which("drainer") or str(Path(sys.executable).with_name("drainer"))
+    done = subprocess.run(
+        [drainer, "--config", str(tmp_path / "config.toml"), "config", "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("cloud-init") is None, reason="cloud-init not installed (apt-get install cloud-init)"
+)
+def test_cloud_init_schema(tmp_path: Path) -> None:
+    good = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(PACKAGING / "cloud-init" / "drainer.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert good.returncode == 0 and "Valid cloud-config" in good.stdout, good.stdout + good.stderr
+    # The checker does reject a broken snippet (the test can fail).
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("#cloud-config\nruncmd: 5\n")
+    bad = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(broken)], capture_output=True, check=False
+    )
+    assert bad.returncode != 0
+
+
+def test_cron_line_honours_the_kill_switch() -> None:
+    cron = (PACKAGING / "cron" / "drainer").read_text()
+    line = next(ln for ln in cron.splitlines() if ln.startswith("* * * * *"))
+    assert "/etc/drainer/disabled" in line and "drainer check" in line
 
 
 def test_task_scheduler_xml_parses_and_runs_check_every_minute() -> None:
@@ -44,112 +311,3 @@ def test_task_scheduler_xml_parses_and_runs_check_every_minute() -> None:
     assert arguments.endswith("check")
     install = (PACKAGING / "windows" / "install.ps1").read_text()
     assert "New-EventLog" in install and "Register-ScheduledTask" in install
-
-
-def test_role_definition_has_what_each_method_needs() -> None:
-    role = json.loads((PACKAGING / "azure" / "drainer-role.json").read_text())
-    actions = set(role["Actions"])
-    nic = {
-        "Microsoft.Network/networkInterfaces/read",
-        "Microsoft.Network/networkInterfaces/write",
-        "Microsoft.Network/loadBalancers/read",
-        "Microsoft.Network/loadBalancers/backendAddressPools/join/action",
-        "Microsoft.Network/virtualNetworks/subnets/join/action",
-    }
-    admin_state = {
-        "Microsoft.Network/loadBalancers/read",
-        "Microsoft.Network/loadBalancers/backendAddressPools/write",
-    }
-    assert nic <= actions
-    assert admin_state <= actions
-    assert not any(a.endswith("/*") or a == "*" for a in actions)  # least privilege: no wildcards
-    assert role["DataActions"] == []
-
-
-def test_cron_and_cloud_init_files() -> None:
-    cron = (PACKAGING / "cron" / "drainer").read_text()
-    line = next(ln for ln in cron.splitlines() if ln.startswith("* * * * *"))
-    assert "/etc/drainer/disabled" in line and "drainer check" in line
-    cloud = (PACKAGING / "cloud-init" / "drainer.yaml").read_text()
-    assert cloud.startswith("#cloud-config")
-    assert "systemctl, enable, --now, drainer.service" in cloud
-
-
-@pytest.mark.skipif(
-    shutil.which("dpkg-deb") is None or not Path("/usr/bin/python3").exists(),
-    reason="needs dpkg-deb and Debian's python3",
-)
-def test_deb_builds_and_installs_into_a_scratch_root(tmp_path: Path) -> None:
-    build = subprocess.run(
-        [str(PACKAGING / "deb" / "build.sh"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
-    deb = Path(build.stdout.strip().splitlines()[-1])
-    contents = subprocess.run(
-        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
-    ).stdout
-    for path in (
-        "./opt/drainer/bin/drainer",
-        "./etc/drainer/config.toml",
-        "./lib/systemd/system/drainer.service",
-        "./lib/systemd/system/drainer-check.timer",
-        "./usr/share/drainer/hooks/log-syslog.sh",
-        "./var/lib/drainer/",
-        "./etc/drainer/hooks.d/pre-drain/",
-    ):
-        assert path in contents, path
-    conffiles = subprocess.run(
-        ["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True, check=True
-    ).stdout
-    assert b"conffiles" in conffiles
-    root = tmp_path / "root"
-    (root / "var/lib/dpkg/info").mkdir(parents=True)
-    (root / "var/lib/dpkg/updates").mkdir()
-    (root / "var/lib/dpkg/status").touch()
-    install = subprocess.run(
-        [
-            "dpkg",
-            f"--instdir={root}",
-            f"--admindir={root}/var/lib/dpkg",
-            "--force-depends",
-            "--force-script-chrootless",
-            "--force-not-root",
-            "-i",
-            str(deb),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
-    assert (root / "etc/drainer/config.toml").is_file()
-    assert (root / "var/lib/drainer").stat().st_mode & 0o777 == 0o750
-    shebang = (root / "opt/drainer/bin/drainer").read_text().splitlines()[0]
-    assert shebang == "#!/opt/drainer/bin/python"  # relocated from the build directory
-    version = subprocess.run(
-        [str(root / "opt/drainer/bin/python"), "-m", "drainer", "--version"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert version.returncode == 0, version.stderr
-    assert version.stdout.startswith("drainer ")
-    config = subprocess.run(
-        [
-            str(root / "opt/drainer/bin/python"),
-            "-m",
-            "drainer",
-            "--config",
-            str(root / "etc/drainer/config.toml"),
-            "config",
-            "check",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert config.returncode == 0, config.stderr
