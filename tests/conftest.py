@@ -30,9 +30,11 @@ settings.register_profile("long", max_examples=3000, stateful_step_count=80, dea
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-EXAMPLES = SHARED / "azure-examples"
-SCENARIOS = SHARED / "scenarios" / "scenarios.json"
+# Verbatim public payloads and the decision-core scenarios, copied into the repository with their
+# sources (tests/data/README.md): a clone runs its tests with nothing beside it.
+DATA = Path(__file__).resolve().parent / "data"
+EXAMPLES = DATA
+SCENARIOS = DATA / "scenarios.json"
 ENTRY = Path(__file__).resolve().parent / "agent_entry.py"
 DEFAULT_CONFIG = """
 [policy]
