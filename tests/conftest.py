@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
+from tests.zygote import Zygote
 
 # A fixed, bounded profile in CI; `HYPOTHESIS_PROFILE=long` by hand for a deeper search.
 settings.register_profile(
@@ -82,6 +83,7 @@ class Agent:
     vm: str = "web-0"
     config_text: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    zygote: Zygote | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -107,9 +109,14 @@ class Agent:
         return env
 
     def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        """``drainer ARGS`` in a new process: forked from the fork server (tests/zygote.py), or a
+        fresh interpreter when the run's imports are under test or DRAINER_TEST_FORK=0."""
+        full_env = self.env(**env)
+        if self.zygote is not None and "TEST_MODULES_OUT" not in full_env:
+            return self.zygote.run(list(args), full_env, timeout)
         return subprocess.run(
             [sys.executable, str(ENTRY), *args],
-            env=self.env(**env),
+            env=full_env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -120,9 +127,11 @@ class Agent:
         return self.run(*args, "check", **env)
 
     def status(self) -> dict[str, Any]:
+        """``status --json``; its exit code must match its health (1 when failing or stale)."""
         done = self.run("status", "--json")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode in (0, 1), done.stderr
         result: dict[str, Any] = json.loads(done.stdout)
+        assert done.returncode == (1 if result["health"] in ("failing", "stale") else 0), result
         return result
 
     def history(self) -> list[dict[str, Any]]:
@@ -132,9 +141,20 @@ class Agent:
         return result
 
 
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote | None]:
+    """One fork server per test process (see tests/zygote.py); DRAINER_TEST_FORK=0 turns it off."""
+    if os.environ.get("DRAINER_TEST_FORK", "1") == "0" or not hasattr(os, "fork"):
+        yield None
+        return
+    server = Zygote(tmp_path_factory.mktemp("zygote"))
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def agent(emulator: RunningEmulator, tmp_path: Path) -> Agent:
-    return Agent(emulator=emulator, tmp=tmp_path)
+def agent(emulator: RunningEmulator, tmp_path: Path, zygote: Zygote | None) -> Agent:
+    return Agent(emulator=emulator, tmp=tmp_path, zygote=zygote)
 
 
 def log_records(stderr: str) -> list[dict[str, Any]]:
