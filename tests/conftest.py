@@ -56,6 +56,30 @@ enabled = false
 """
 
 
+# The tests that take the longest (seconds to minutes: a .deb build, hypothesis against the emulator,
+# real interpreters started together, daemons stopped mid-step, SDK retry back-offs). `./dev quick`
+# (pytest -m "not slow") leaves them out; the whole suite runs them first, so the longest do not
+# start last and stretch the run.
+SLOW = (
+    "tests/test_packaging.py::test_deb",
+    "tests/test_properties_emulator.py::",
+    "tests/test_concurrency.py::",
+    "tests/test_selfcontained.py::",
+    "tests/test_daemon.py::test_sigterm",
+    "tests/test_faults.py::test_fault[identity-500]",
+    "tests/test_approval.py::test_multi_vm_event_is_approved_exactly_once",
+    "tests/test_demo_and_logging.py::test_demo_runs_from_the_cli",
+    "tests/test_operator.py::test_a_standing_warning_is_logged_once_by_the_daemon",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+
+
 @pytest.fixture
 def emulator() -> Iterator[RunningEmulator]:
     with RunningEmulator(["web-0", "web-1", "web-2"]) as running:
