@@ -84,6 +84,12 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "included, and why each skipped file is skipped.",
         "drainer hooks list",
     ),
+    "completion": (
+        "print a bash completion script",
+        "Print a bash completion script for drainer, generated from its own commands and options.",
+        "source <(drainer completion bash)\n"
+        "  drainer completion bash > /usr/share/bash-completion/completions/drainer",
+    ),
     "demo": (
         "play a maintenance against the built-in emulator",
         "Play a maintenance against the built-in emulator and print the timeline (nothing outside a "
@@ -142,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
     commands["config"].add_argument("action", choices=("check", "show"))
     commands["hooks"].add_argument("action", choices=("list",))
+    commands["completion"].add_argument("shell", choices=("bash",))
     from drainer.emulator.cli import add_parser  # noqa: PLC0415 - keeps cli.py short
 
     add_parser(sub, HelpFormatter)
@@ -187,6 +194,11 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         from drainer.emulator.cli import main as emulator_main  # noqa: PLC0415
 
         return emulator_main(args)
+    if command == "completion":
+        from drainer.completion import bash  # noqa: PLC0415
+
+        print(bash(_parser()), end="")
+        return EXIT_OK
     if command == "demo":
         from drainer.demo import run_demo  # noqa: PLC0415
 

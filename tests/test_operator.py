@@ -17,7 +17,19 @@ from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
 from tests.conftest import DEFAULT_CONFIG, ENTRY, Agent, log_records
 
-COMMANDS = ("check", "run", "drain", "restore", "status", "history", "config", "hooks", "demo", "emulator")
+COMMANDS = (
+    "check",
+    "run",
+    "drain",
+    "restore",
+    "status",
+    "history",
+    "config",
+    "hooks",
+    "completion",
+    "demo",
+    "emulator",
+)
 
 
 def _one_clear_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -337,3 +349,26 @@ def test_emulator_subcommands_script_a_running_emulator(agent: Agent, emulator: 
     gone = agent.run("emulator", *url, "cancel", event_id)
     assert gone.returncode == 2
     _one_clear_line(gone)
+
+
+def test_bash_completion_knows_the_commands_and_their_options(agent: Agent, tmp_path: Path) -> None:
+    import shutil
+
+    done = agent.run("completion", "bash")
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "drainer.bash"
+    script.write_text(done.stdout)
+    if shutil.which("shellcheck"):
+        lint = subprocess.run(
+            ["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True, check=False
+        )
+        assert lint.returncode == 0, lint.stdout
+    probe = (
+        f"source {script}\n"
+        'try() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _drainer; '
+        'echo "${COMPREPLY[*]}"; }\n'
+        "try drainer sta\ntry drainer status --j\ntry drainer --config x con\n"
+        "try drainer emulator sch\ntry drainer emulator --url u schedule Re\n"
+    )
+    answers = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert answers.splitlines() == ["status", "--json", "config", "schedule", "Reboot Redeploy"]
