@@ -348,7 +348,7 @@ def test_emulator_subcommands_script_a_running_emulator(agent: Agent, emulator: 
     assert control.state()["events"] == []
     gone = agent.run("emulator", *url, "cancel", event_id)
     assert gone.returncode == 2
-    _one_clear_line(gone)
+    assert f"has no event {event_id}" in _one_clear_line(gone)
 
 
 def test_bash_completion_knows_the_commands_and_their_options(agent: Agent, tmp_path: Path) -> None:

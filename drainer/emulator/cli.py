@@ -117,6 +117,10 @@ def main(args: argparse.Namespace) -> int:
             f"emulator at {args.url} unreachable ({reason}): start one with `drainer emulator`"
         ) from exc
     except RuntimeError as exc:
+        if "HTTP 404" in str(exc) and action in ("start", "complete", "cancel"):
+            raise _EmulatorError(
+                f"emulator at {args.url} has no event {args.event_id} (`drainer emulator state` lists them)"
+            ) from exc
         raise _EmulatorError(str(exc)) from exc
     return EXIT_OK
 
