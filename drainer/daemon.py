@@ -170,6 +170,7 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
             _record_outcome(config, str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon: log it, keep polling
             log.error("unexpected error in a check (a bug)", error=repr(exc), error_type=type(exc).__name__)
+            _record_outcome(config, repr(exc), type(exc).__name__)
         finally:
             idle.set()
 

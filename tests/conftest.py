@@ -70,6 +70,7 @@ SLOW = (
     "tests/test_approval.py::test_multi_vm_event_is_approved_exactly_once",
     "tests/test_demo_and_logging.py::test_demo_runs_from_the_cli",
     "tests/test_operator.py::test_a_standing_warning_is_logged_once_by_the_daemon",
+    "tests/test_operator.py::test_the_daemon_records",
 )
 
 

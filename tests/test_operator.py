@@ -221,6 +221,29 @@ def test_a_failed_drain_is_a_failed_check(agent: Agent, control: EmulatorControl
     assert "ARM deadline" in failure["error"]
 
 
+def test_the_daemon_records_failing_and_recovered_checks(agent: Agent, control: EmulatorControl) -> None:
+    from tests.test_daemon import Daemon, daemon_config, free_port, wait_until
+
+    daemon_config(agent, free_port())
+    assert agent.check().returncode == 0
+    control.fault(match="scheduledevents", status=400, count=10_000)
+    daemon = Daemon(agent)
+    daemon.start()
+    try:
+        wait_until(lambda: agent.status()["consecutive_failures"] >= 3, what="three failed polls")
+        assert agent.status()["health"] == "failing"
+        control.clear_faults()
+        wait_until(lambda: agent.status()["health"] == "ok", what="recovery")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+    status = agent.status()
+    assert status["consecutive_failures"] == 0
+    assert "HTTP 400" in status["last_failed_check"]["error"]
+
+
 def test_status_says_stale_and_disabled(agent: Agent, tmp_path: Path) -> None:
     switch = tmp_path / "disabled"
     agent.config_text = f'disabled_file = "{switch}"\n' + DEFAULT_CONFIG
