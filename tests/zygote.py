@@ -58,8 +58,16 @@ def _serve(path: str) -> None:
     server.bind(path)
     server.listen(64)
     print("ready", flush=True)
+    parent = os.getppid()
+    server.settimeout(2.0)
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            if os.getppid() != parent:
+                return  # the test process is gone (killed without cleaning up): do not linger
+            continue
+        conn.setblocking(True)
         if os.fork() == 0:
             server.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
