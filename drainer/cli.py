@@ -87,8 +87,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "completion": (
         "print a bash completion script",
         "Print a bash completion script for drainer, generated from its own commands and options.",
-        "source <(drainer completion bash)\n"
-        "  drainer completion bash > /usr/share/bash-completion/completions/drainer",
+        "drainer completion bash > /usr/share/bash-completion/completions/drainer\n"
+        "  source <(drainer completion bash)",
     ),
     "demo": (
         "play a maintenance against the built-in emulator",
