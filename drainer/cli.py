@@ -2,70 +2,183 @@
 anything else is a bug and prints a traceback.
 
 Exit codes: 0 success, 1 an action or IMDS failed (retried on the next run), 2 usage or
-configuration error, 3 another run holds the lock.
+configuration error, 3 another run holds the lock, 70 a bug (with a traceback), 141 the output pipe
+closed early (``drainer status | head``); ``status`` exits 1 when drainer is failing or stale.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from drainer import __version__
 from drainer.config import Config, load
-from drainer.errors import EXIT_OK, EXIT_USAGE, DrainerError
+from drainer.errors import EXIT_OK, EXIT_USAGE, DrainerError, LockedError
+
+EXIT_BUG = 70  # EX_SOFTWARE
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports a writer killed by a closed pipe
+
+
+_GLOBAL_HELP = {
+    "config": "config file (default: $DRAINER_CONFIG or /etc/drainer/config.toml)",
+    "dry_run": "decide and log, change nothing",
+    "verbose": "debug logging",
+}
+
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (one-line help, description, examples)
+    "check": (
+        "one run: read Scheduled Events, decide, act (cron/timer)",
+        "One run: read this VM's Scheduled Events from IMDS, decide, save the state, take the VM out of "
+        "its load balancer or put it back, approve maintenance early. Idle runs change nothing.",
+        "drainer check\n  drainer check --dry-run -v\n  drainer check --config ./config.toml",
+    ),
+    "run": (
+        "the daemon: check every [daemon] poll_interval seconds",
+        "The daemon: the same check as `drainer check` every [daemon] poll_interval seconds, with "
+        "Prometheus metrics and the probe readiness URL when configured. Stops on SIGTERM/SIGINT.",
+        "drainer run\n  systemctl enable --now drainer.service",
+    ),
+    "drain": (
+        "take this VM out of rotation by hand (a manual hold)",
+        "Take this VM out of rotation by hand. It stays out, whatever the maintenance events do, until "
+        "`drainer restore`.",
+        "drainer drain\n  drainer drain --dry-run",
+    ),
+    "restore": (
+        "release the manual hold (the VM returns unless an event holds it)",
+        "Release the manual hold of `drainer drain`: the VM returns to rotation unless a maintenance event "
+        "still holds it out (then it says which).",
+        "drainer restore",
+    ),
+    "status": (
+        "is drainer working? health, last checks, drain state, known events",
+        "Is drainer working on this VM? A one-word health (ok, failing, stale, disabled, unknown), the last "
+        "successful and failed checks, the state directory, the drain state and the known events. "
+        "Exits 1 when the last check failed or no check succeeded for a while.",
+        "drainer status\n  drainer status --json | jq .health",
+    ),
+    "history": (
+        "the transition history and the maintenance windows",
+        "The append-only history of transitions (events, the VM, approvals) and the maintenance windows "
+        "this VM went through.",
+        "drainer history --limit 20\n  drainer history --event <EVENT_ID>\n"
+        "  drainer history --json --windows",
+    ),
+    "config": (
+        "validate (config and hooks) or show the configuration",
+        "`check` validates the configuration file and the hooks directory (misspelled phase directories, "
+        "refused hooks, options without effect, two services on one address); `show` prints the "
+        "configuration with every default filled in.",
+        "drainer config check\n  drainer --config ./config.toml config show",
+    ),
+    "hooks": (
+        "the hooks that would run, per phase, in order",
+        "List what would run in each pipeline (drain, restore, on-event), in order, built-in steps "
+        "included, and why each skipped file is skipped.",
+        "drainer hooks list",
+    ),
+    "completion": (
+        "print a bash completion script",
+        "Print a bash completion script for drainer, generated from its own commands and options.",
+        "drainer completion bash > /usr/share/bash-completion/completions/drainer\n"
+        "  source <(drainer completion bash)",
+    ),
+    "demo": (
+        "play a maintenance against the built-in emulator",
+        "Play a maintenance against the built-in emulator and print the timeline (nothing outside a "
+        "temporary directory is touched).",
+        "drainer demo",
+    ),
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line text (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """--config, --dry-run and -v, before the subcommand (defaults) or after it (SUPPRESS: a value
+    given before the subcommand is not overwritten by the subcommand's default)."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    parser.add_argument("--config", metavar="PATH", help=_GLOBAL_HELP["config"], **extra)
+    parser.add_argument("--dry-run", action="store_true", help=_GLOBAL_HELP["dry_run"], **extra)
+    parser.add_argument("-v", "--verbose", action="store_true", help=_GLOBAL_HELP["verbose"], **extra)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="drainer",
         description="Keep this Azure VM out of its load balancer during platform maintenance.",
+        epilog="examples:\n  drainer status\n  drainer check -v\n  drainer COMMAND --help",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"drainer {__version__}")
-    parser.add_argument(
-        "--config", metavar="PATH", help="config file (default: $DRAINER_CONFIG or /etc/drainer/config.toml)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    sub.add_parser("check", help="one run: read Scheduled Events, decide, act (cron/timer)")
-    sub.add_parser("run", help="the daemon: check every [daemon] poll_interval seconds")
-    sub.add_parser("drain", help="take this VM out of rotation by hand (a manual hold)")
-    sub.add_parser("restore", help="release the manual hold (the VM returns unless an event holds it)")
-    status = sub.add_parser("status", help="this VM's drain state and the known events")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    history = sub.add_parser("history", help="the transition history")
+    commands = {}
+    for name, (one_line, description, examples) in _COMMANDS.items():
+        commands[name] = sub.add_parser(
+            name,
+            parents=[common],
+            help=one_line,
+            description=description,
+            epilog=f"examples:\n  {examples}",
+            formatter_class=HelpFormatter,
+        )
+    commands["status"].add_argument("--json", action="store_true", help="machine-readable output")
+    history = commands["history"]
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--event", metavar="EVENT_ID", help="only this event")
     history.add_argument("--limit", type=int, default=200, help="newest N entries (default 200)")
     history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
-    config = sub.add_parser("config", help="validate (config and hooks) or show the configuration")
-    config.add_argument("action", choices=("check", "show"))
-    hooks = sub.add_parser("hooks", help="the hooks that would run, per phase, in order")
-    hooks.add_argument("action", choices=("list",))
-    emulator = sub.add_parser("emulator", help="serve an IMDS emulator on loopback")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8169)
-    emulator.add_argument(
-        "--vm", action="append", default=[], metavar="NAME", help="VM names to know (first is the default VM)"
-    )
-    sub.add_parser("demo", help="play a maintenance against the built-in emulator")
+    commands["config"].add_argument("action", choices=("check", "show"))
+    commands["hooks"].add_argument("action", choices=("list",))
+    commands["completion"].add_argument("shell", choices=("bash",))
+    from drainer.emulator.cli import add_parser  # noqa: PLC0415 - keeps cli.py short
+
+    add_parser(sub, HelpFormatter)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args, seams)
+        code = _dispatch(args, seams)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
     except DrainerError as exc:
         print(f"drainer: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `drainer status | head`: the reader went away. Point stdout at /dev/null so the interpreter's
+        # final flush does not fail again, and exit as a process killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception:  # noqa: BLE001 - the last resort: a bug gets its traceback and a request
+        traceback.print_exc()
+        print(
+            f"drainer: unexpected error (a bug in drainer {__version__}); please report it with the "
+            "traceback above and the command you ran",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+    return code
 
 
 def _load_config(args: argparse.Namespace) -> Config:
@@ -78,9 +191,14 @@ def _load_config(args: argparse.Namespace) -> Config:
 def _dispatch(args: argparse.Namespace, seams: Any) -> int:
     command = args.command
     if command == "emulator":
-        from drainer.emulator.server import serve_forever  # noqa: PLC0415
+        from drainer.emulator.cli import main as emulator_main  # noqa: PLC0415
 
-        return serve_forever(args.host, args.port, args.vm or ["web-0"])
+        return emulator_main(args)
+    if command == "completion":
+        from drainer.completion import bash  # noqa: PLC0415
+
+        print(bash(_parser()), end="")
+        return EXIT_OK
     if command == "demo":
         from drainer.demo import run_demo  # noqa: PLC0415
 
@@ -112,11 +230,16 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         try:
             result = run_once(config, logger, seams, manual=manual)
         except DrainerError as exc:
+            # One record per failure: the log line is the message (it reaches stderr and, when
+            # configured, syslog); printing it again would make cron's syslog show it twice.
             logger.error("check failed; nothing was changed", error=str(exc), error_type=type(exc).__name__)
-            raise
+            if not isinstance(exc, LockedError):
+                _record(config, str(exc), type(exc).__name__)
+            return exc.exit_code
         finally:
             if recorder is not None:
                 _write_oneshot_metrics(config, recorder, logger)
+        _record(config, "; ".join(result.errors) or None, "ActionError")
         if manual is False and result.held_by:
             print(
                 f"drainer: manual hold released; the VM stays out for {', '.join(result.held_by)}",
@@ -132,6 +255,18 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
             config, as_json=args.json, event_id=args.event, limit=args.limit, windows=args.windows
         )
     raise AssertionError(command)  # pragma: no cover - argparse restricts the choices
+
+
+def _record(config: Config, error: str | None, error_type: str) -> None:
+    """Remember the check's outcome for ``drainer status`` (a dry run saves nothing)."""
+    if config.dry_run:
+        return
+    from drainer import outcome  # noqa: PLC0415
+
+    if error is None:
+        outcome.succeeded(config.state_dir)
+    else:
+        outcome.failed(config.state_dir, error, error_type)
 
 
 def _oneshot_metrics(config: Config) -> Any:
@@ -158,14 +293,19 @@ def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
 
 def _config_command(action: str, config: Config) -> int:
     if action == "check":
+        from drainer.configcheck import findings  # noqa: PLC0415
         from drainer.hooks import problems  # noqa: PLC0415
 
         refused = problems(config)
         for problem in refused:
             print(f"drainer: hook refused: {problem}", file=sys.stderr)
-        if refused:
+        found = findings(config)
+        for finding in found:
+            print(f"drainer: {finding.severity}: {finding.message}", file=sys.stderr)
+        if refused or any(f.severity == "error" for f in found):
             return EXIT_USAGE
-        print(f"drainer: configuration OK ({config.source}); hooks in {config.hooks.dir} OK")
+        warnings = f" with {len(found)} warning(s)" if found else ""
+        print(f"drainer: configuration OK{warnings} ({config.source}); hooks in {config.hooks.dir}")
         return EXIT_OK
     print(json.dumps(_config_json(config), indent=2))
     return EXIT_OK

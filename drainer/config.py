@@ -489,6 +489,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"invalid TOML: {exc}") from exc
+    except PermissionError as exc:
+        raise ConfigError(
+            str(path), "", f"cannot read: {exc.strerror} (run drainer as root, or let this user read it)"
+        ) from exc
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from exc
 
@@ -506,7 +510,13 @@ def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = N
         config = from_mapping({}, "<defaults>")
     else:
         if not path.is_file():
-            raise ConfigError(str(path), "", "no such file")
+            raise ConfigError(
+                str(path),
+                "",
+                "no such file (start from config.example.toml, or name another with --config PATH)"
+                if not path.exists()
+                else "not a regular file",
+            )
         from drainer.permissions import unsafe_reason  # noqa: PLC0415
 
         for trusted in (path, path.parent):

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from drainer import outcome
 from drainer.config import Config, parse_address
 from drainer.errors import EXIT_OK, DrainerError, LockedError
 from drainer.imds import ImdsClient
@@ -109,6 +110,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, b"not found\n")
 
 
+def _record_outcome(config: Config, error: str, error_type: str) -> None:
+    """For ``drainer status``: a failure is written, a success costs a failed rename (see outcome)."""
+    if config.dry_run:
+        return
+    if error:
+        outcome.failed(config.state_dir, error, error_type)
+    else:
+        outcome.succeeded(config.state_dir)
+
+
 def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit code."""
     from apscheduler.executors.pool import ThreadPoolExecutor  # noqa: PLC0415 - the daemon only
@@ -149,15 +160,18 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
             if disabled_said:
                 log.info("enabled again: the kill-switch file is gone", file=config.disabled_file)
                 disabled_said = False
-            run_once(config, log, seams, imds=imds)
+            result = run_once(config, log, seams, imds=imds)
             status.last_ok = time.time()
             throttle.succeeded()
+            _record_outcome(config, "; ".join(result.errors), "ActionError")
         except LockedError:
             log.debug("another drainer run holds the lock; skipping this poll")
         except DrainerError as exc:
             throttle.failed(str(exc), type(exc).__name__)
+            _record_outcome(config, str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon: log it, keep polling
             log.error("unexpected error in a check (a bug)", error=repr(exc), error_type=type(exc).__name__)
+            _record_outcome(config, repr(exc), type(exc).__name__)
         finally:
             idle.set()
 

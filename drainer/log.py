@@ -25,6 +25,10 @@ _SECRET_TEXT = re.compile(
     r"|(?i:(?:sig|client_secret|access_token)=)[^&\s\"']+"
 )
 REDACTED = "[redacted]"
+# Warnings about a standing condition (a file skipped in a hooks directory, an event IMDS keeps
+# serving with an unknown type): the daemon would repeat them on every drain or every poll. Each is
+# written once per process for the same fields; repeats go to debug.
+ONCE_PER_CONDITION = frozenset({"hook skipped", "scheduled event not taken at face value"})
 
 
 def redact_text(text: str) -> str:
@@ -107,8 +111,14 @@ class LazyLogger:
         self._stream = stream
         self._min = _LEVELS[level]
         self._real: Any = None
+        self._warned: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if level == "warning" and event in ONCE_PER_CONDITION:
+            condition = (event, tuple(sorted((k, repr(v)) for k, v in fields.items())))
+            if condition in self._warned:
+                level = "debug"  # said once already; still there with -v
+            self._warned.add(condition)
         if _LEVELS[level] < self._min:
             return
         if self._real is None:

@@ -7,9 +7,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drainer import outcome
 from drainer.config import Config
 from drainer.core import EventRecord, EventState, State
-from drainer.errors import EXIT_OK
+from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.events import format_iso
 from drainer.runner import last_check
 from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
@@ -131,9 +132,18 @@ def status(config: Config, *, as_json: bool) -> int:
             )
         finally:
             store.close()
+    health = outcome.summary(
+        config.state_dir,
+        last_check(config.state_dir),
+        disabled=Path(config.disabled_file).exists(),
+        poll_interval=config.daemon.poll_interval,
+    )
+    data = {**health, **data}
+    code = EXIT_ACTION_FAILED if health["health"] in ("failing", "stale") else EXIT_OK
     if as_json:
         print(json.dumps(data, indent=2))
-        return EXIT_OK
+        return code
+    print_health(health)
     vm = data["vm"]
     rotation = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
     print(
@@ -160,13 +170,11 @@ def status(config: Config, *, as_json: bool) -> int:
         print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
     for gone in vm["absent"]:
         print(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
-    print(f"  last check: {data['last_check'] or 'never'}")
     reconciled = data["last_reconcile"]
     print(
         f"  last reconcile: {reconciled['at'] or 'never'}"
         + (f" ({reconciled['found']})" if reconciled["found"] else "")
     )
-    print(f"  state dir: {config.state_dir}")
     if not data["events"]:
         print("No scheduled events seen.")
     for e in data["events"]:
@@ -181,7 +189,27 @@ def status(config: Config, *, as_json: bool) -> int:
             f"  {e['event_id']}  {e['event_type']:<9} {e['event_status']:<9} "
             f"{e['state']:<8}{when}  [{', '.join(e['resources'])}]  {e['reason']}"
         )
-    return EXIT_OK
+    return code
+
+
+def print_health(health: dict[str, Any]) -> None:
+    """The answer to "is drainer working on this VM?", first."""
+    word = health["health"]
+    why = {
+        "ok": "the last check succeeded",
+        "failing": f"the last {health['consecutive_failures']} check(s) failed",
+        "stale": "no successful check for a while: is drainer-check.timer or drainer.service running?",
+        "disabled": "the kill-switch file exists: drainer does nothing",
+        "unknown": "no check has run yet",
+    }[word]
+    print(f"health: {word.upper()} ({why})")
+    print(f"  last successful check: {health['last_successful_check'] or 'never'}")
+    failure = health["last_failed_check"]
+    if failure:
+        print(f"  last failed check: {failure['at']}: {failure['error']}")
+    if health["failing_since"]:
+        print(f"  failing since: {health['failing_since']}")
+    print(f"  state dir: {health['state_dir']}")
 
 
 def _history_json(entry: HistoryEntry) -> dict[str, Any]:

@@ -1,15 +1,19 @@
 """Test-only entry point: runs the real CLI with test seams taken from the environment.
 
 TEST_CRASH_AT=<step>     os._exit(137) at that step boundary (see drainer.runner)
+TEST_RAISE_AT=<step>     raise an unexpected RuntimeError there (a bug, as the CLI sees it)
 TEST_BOOT_ID_FILE=<path> read the boot id from this file instead of /proc
 TEST_MODULES_OUT=<path>  write the names of every imported module there at exit
 TEST_CLOCK_OFFSET=<s>    the wall clock as seen by the run, shifted by this many seconds
+
+Run as a script, or by the tests' fork server (tests/zygote.py) through ``entry``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +28,8 @@ def _checkpoint(name: str) -> None:
     if crash_at == name:
         sys.stderr.flush()
         os._exit(CRASH_EXIT)
+    if os.environ.get("TEST_RAISE_AT") == name:
+        raise RuntimeError("injected by the test")
 
 
 def _shifted_now() -> datetime:
@@ -31,14 +37,18 @@ def _shifted_now() -> datetime:
     return datetime.now(timezone.utc) + timedelta(seconds=offset)
 
 
-if __name__ == "__main__":
+def entry(argv: Sequence[str]) -> int:
     seams = Seams(
         checkpoint=_checkpoint,
         boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH,
         now=_shifted_now,
     )
-    code = main(sys.argv[1:], seams=seams)
+    code = main(list(argv), seams=seams)
     modules_out = os.environ.get("TEST_MODULES_OUT")
     if modules_out:
         Path(modules_out).write_text("\n".join(sorted(sys.modules)), encoding="utf-8")
-    sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(entry(sys.argv[1:]))

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
+from tests.zygote import Zygote
 
 # A fixed, bounded profile in CI; `HYPOTHESIS_PROFILE=long` by hand for a deeper search.
 settings.register_profile(
@@ -30,9 +31,11 @@ settings.register_profile("long", max_examples=3000, stateful_step_count=80, dea
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-EXAMPLES = SHARED / "azure-examples"
-SCENARIOS = SHARED / "scenarios" / "scenarios.json"
+# Verbatim public payloads and the decision-core scenarios, copied into the repository with their
+# sources (tests/data/README.md): a clone runs its tests with nothing beside it.
+DATA = Path(__file__).resolve().parent / "data"
+EXAMPLES = DATA
+SCENARIOS = DATA / "scenarios.json"
 ENTRY = Path(__file__).resolve().parent / "agent_entry.py"
 DEFAULT_CONFIG = """
 [policy]
@@ -51,6 +54,38 @@ deadline = 20.0
 # The tests of the other features keep events Scheduled; tests/test_approval.py turns it on.
 enabled = false
 """
+
+
+# The tests that take the longest (seconds to minutes: a .deb build, hypothesis against the emulator,
+# real interpreters started together, daemons stopped mid-step, SDK retry back-offs). `./dev quick`
+# (pytest -m "not slow") leaves them out; the whole suite runs them first, so the longest do not
+# start last and stretch the run.
+SLOW = (
+    "tests/test_packaging.py::test_deb",
+    "tests/test_properties_emulator.py::",
+    "tests/test_concurrency.py::",
+    "tests/test_selfcontained.py::",
+    "tests/test_daemon.py::test_sigterm",
+    "tests/test_faults.py::test_fault[identity-500]",
+    "tests/test_approval.py::test_multi_vm_event_is_approved_exactly_once",
+    "tests/test_demo_and_logging.py::test_demo_runs_from_the_cli",
+    "tests/test_operator.py::test_a_standing_warning_is_logged_once_by_the_daemon",
+    "tests/test_operator.py::test_the_daemon_records",
+)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: twice the CPUs. The tests mostly wait (on drainer processes, IMDS deadlines, the
+    emulator's operations), so two workers per CPU keep the CPUs busy: on 2 CPUs the suite takes
+    about half the time of one worker per CPU."""
+    return 2 * (os.cpu_count() or 1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
 
 
 @pytest.fixture
@@ -80,6 +115,7 @@ class Agent:
     vm: str = "web-0"
     config_text: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    zygote: Zygote | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -105,9 +141,14 @@ class Agent:
         return env
 
     def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        """``drainer ARGS`` in a new process: forked from the fork server (tests/zygote.py), or a
+        fresh interpreter when the run's imports are under test or DRAINER_TEST_FORK=0."""
+        full_env = self.env(**env)
+        if self.zygote is not None and "TEST_MODULES_OUT" not in full_env:
+            return self.zygote.run(list(args), full_env, timeout)
         return subprocess.run(
             [sys.executable, str(ENTRY), *args],
-            env=self.env(**env),
+            env=full_env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -118,9 +159,11 @@ class Agent:
         return self.run(*args, "check", **env)
 
     def status(self) -> dict[str, Any]:
+        """``status --json``; its exit code must match its health (1 when failing or stale)."""
         done = self.run("status", "--json")
-        assert done.returncode == 0, done.stderr
+        assert done.returncode in (0, 1), done.stderr
         result: dict[str, Any] = json.loads(done.stdout)
+        assert done.returncode == (1 if result["health"] in ("failing", "stale") else 0), result
         return result
 
     def history(self) -> list[dict[str, Any]]:
@@ -130,9 +173,20 @@ class Agent:
         return result
 
 
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote | None]:
+    """One fork server per test process (see tests/zygote.py); DRAINER_TEST_FORK=0 turns it off."""
+    if os.environ.get("DRAINER_TEST_FORK", "1") == "0" or not hasattr(os, "fork"):
+        yield None
+        return
+    server = Zygote(tmp_path_factory.mktemp("zygote"))
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def agent(emulator: RunningEmulator, tmp_path: Path) -> Agent:
-    return Agent(emulator=emulator, tmp=tmp_path)
+def agent(emulator: RunningEmulator, tmp_path: Path, zygote: Zygote | None) -> Agent:
+    return Agent(emulator=emulator, tmp=tmp_path, zygote=zygote)
 
 
 def log_records(stderr: str) -> list[dict[str, Any]]:

@@ -136,9 +136,14 @@ def test_imds_down_is_exit_1_with_one_clear_line(agent: Agent, control: Emulator
     done = agent.check()
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("drainer: IMDS")
-    assert "HTTP 500" in last or "deadline" in last
+    # One line per failure: the log record, not also a second `drainer: ...` line (cron sends both
+    # to syslog).
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    (record,) = log_records(done.stderr)
+    assert record["level"] == "error"
+    assert record["error"].startswith("IMDS")
+    assert "HTTP 500" in record["error"] or "deadline" in record["error"]
 
 
 def test_second_run_exits_quickly_while_the_lock_is_held(agent: Agent) -> None:
