@@ -147,9 +147,10 @@ def _oneshot_metrics(config: Config) -> Any:
 
 def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
     from drainer.prom import write_textfile  # noqa: PLC0415
+    from drainer.safefile import ensure_dir  # noqa: PLC0415
 
     try:
-        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+        ensure_dir(config.state_dir)
         recorder.save_counts(Path(config.state_dir) / "metrics.json")
         write_textfile(recorder, config.metrics.textfile)
     except OSError as exc:
@@ -158,11 +159,11 @@ def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
 
 def _config_command(action: str, config: Config) -> int:
     if action == "check":
-        from drainer.hooks import problems  # noqa: PLC0415
+        from drainer.audit import refusals  # noqa: PLC0415
 
-        refused = problems(config)
+        refused = refusals(config)
         for problem in refused:
-            print(f"drainer: hook refused: {problem}", file=sys.stderr)
+            print(f"drainer: refused: {problem}", file=sys.stderr)
         if refused:
             return EXIT_USAGE
         print(f"drainer: configuration OK ({config.source}); hooks in {config.hooks.dir} OK")

@@ -12,6 +12,7 @@ from typing import Any
 
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.safefile import UnsafeFileError, ensure_dir, write_atomic
 
 
 class ProbeDrain:
@@ -25,11 +26,11 @@ class ProbeDrain:
         if self.dry_run:
             ctx.log.warning("dry-run: would create the out-of-rotation flag", flag=str(self.flag))
             return
-        try:
-            self.flag.parent.mkdir(parents=True, exist_ok=True)
-            new = self.flag.with_name(self.flag.name + ".new")
-            new.write_text(",".join(action.event_ids) + "\n")
-            new.replace(self.flag)
+        try:  # never through a planted symlink, in a directory no other user can write to
+            ensure_dir(self.flag.parent, 0o755)
+            write_atomic(self.flag, (",".join(action.event_ids) + "\n").encode(), 0o644)
+        except UnsafeFileError as exc:
+            raise ActionError("drain", f"cannot create {self.flag}: {exc}") from exc
         except OSError as exc:
             raise ActionError("drain", f"cannot create {self.flag}: {exc.strerror}") from exc
         ctx.log.info("health probe now fails: out-of-rotation flag set", flag=str(self.flag))

@@ -67,9 +67,7 @@ def _judge(path: str, info: os.stat_result, *, strict: bool) -> str | None:
             return None  # e.g. /tmp: what root owns below it cannot be replaced by others
         return f"{who}-writable sticky directory not owned by root (mode {mode:04o})"
     if stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX:
-        return (
-            f"{who}-writable (mode {mode:04o}; sticky, but anyone could plant a file or a symlink in it)"
-        )
+        return f"{who}-writable (mode {mode:04o}; sticky, but anyone could plant a file or a symlink in it)"
     return f"{who}-writable (mode {mode:04o})"
 
 
@@ -204,3 +202,16 @@ def check_dir(path: str) -> str | None:
     if not stat.S_ISDIR(checked.info.st_mode):
         return f"{checked.real}: not a directory"
     return None
+
+
+def find_program(name: str, search_path: str) -> str:
+    """The file ``name`` runs as: itself when it contains a slash, else the first match on
+    ``search_path`` (the PATH the program would get). Raises TrustError when there is none."""
+    if "/" in name:
+        return name
+    import shutil  # noqa: PLC0415 - only for a configured command
+
+    found = shutil.which(name, path=search_path)
+    if found is None:
+        raise TrustError(name, f"not found on PATH ({search_path})")
+    return found
