@@ -237,9 +237,11 @@ class _Section:
 
 
 def _check_endpoint(path: str, key: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(path, key, f"must be an http(s) URL, not {url!r}")
+    from drainer.urls import endpoint_problem  # noqa: PLC0415 - only for a configured endpoint
+
+    problem = endpoint_problem(url)
+    if problem:
+        raise ConfigError(path, key, f"{problem}, not {url!r}")
     return url.rstrip("/")
 
 

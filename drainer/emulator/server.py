@@ -281,7 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _async_headers(self, operation: str, version: str) -> dict[str, str]:
         arm = self.server.model.arm
-        host = self.headers.get("Host") or "127.0.0.1"
+        # ``lro_host`` (control route arm/lro-host): a hostile or broken ARM pointing its operation
+        # URL at another host, which must never receive the token.
+        host = self.server.lro_host or self.headers.get("Host") or "127.0.0.1"
         headers = {
             "Azure-AsyncOperation": f"http://{host}/subscriptions/{arm.subscription_id}/providers/"
             f"Microsoft.Network/locations/{arm.location}/operations/{operation}?api-version={version}",
@@ -415,6 +417,9 @@ class _Handler(BaseHTTPRequestHandler):
                     lro_polls=int(data.get("lro_polls", 1)), lro_retry_after=data.get("lro_retry_after")
                 )
             self._send(200, {})
+        elif method == "POST" and route == "lro-host":
+            self.server.lro_host = data.get("host") or None
+            self._send(200, {})
         elif method == "POST" and route == "fail-lro":
             with arm.lock:
                 arm.fail_next_lro = int(data.get("count", 1))
@@ -486,6 +491,7 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, model: ImdsModel) -> None:
         self.model = model
+        self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
         super().__init__((host, port), _Handler)
 
     @property
