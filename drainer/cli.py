@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
     try:
         return _dispatch(args, seams)
     except DrainerError as exc:
-        print(f"drainer: {exc}", file=sys.stderr)
+        from drainer.terminal import printable  # noqa: PLC0415
+
+        print(printable(f"drainer: {exc}"), file=sys.stderr)  # may quote IMDS or ARM answers
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,12 @@ from drainer.errors import EXIT_OK
 from drainer.events import format_iso
 from drainer.runner import last_check
 from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
+from drainer.terminal import printable
+
+
+def _say(line: str = "") -> None:
+    """Print a line of the text output: IMDS and ARM values in it cannot drive the terminal."""
+    print(printable(line))
 
 
 def _open(config: Config) -> StateStore | None:
@@ -113,40 +119,40 @@ def status(config: Config, *, as_json: bool) -> int:
         return EXIT_OK
     vm = data["vm"]
     rotation = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
-    print(
+    _say(
         f"VM {vm['name'] or '(not yet identified)'}: {rotation} ({vm['drain_state']}"
         + (f" since {vm['since']}" if vm["since"] else "")
         + ")"
     )
     if vm["held_by"]:
-        print(f"  held out by: {', '.join(vm['held_by'])}")
+        _say(f"  held out by: {', '.join(vm['held_by'])}")
     if vm["manual"]:
-        print("  manual hold: taken out by hand (`drainer restore` releases it)")
+        _say("  manual hold: taken out by hand (`drainer restore` releases it)")
     if vm["held"]:
-        print(f"  drain held back: {vm['held']}")
+        _say(f"  drain held back: {vm['held']}")
     for removed in vm["removed"]:
         if removed["method"] == "nic":
-            print(
+            _say(
                 f"  removed: {removed['resource_id'].rsplit('/', 1)[-1]}/{removed['item']} from "
                 f"{removed['target'].split('/providers/', 1)[-1]} ({removed['status']})"
             )
         else:
             pool = removed["resource_id"].split("/providers/", 1)[-1]
-            print(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
+            _say(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
     if vm["last_error"]:
-        print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
-    print(f"  last check: {data['last_check'] or 'never'}")
+        _say(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
+    _say(f"  last check: {data['last_check'] or 'never'}")
     if not data["events"]:
-        print("No scheduled events seen.")
+        _say("No scheduled events seen.")
     for e in data["events"]:
         if e["state"] == "active":
-            print(
+            _say(
                 f"  window of {e['event_id']}: left rotation {e['left_rotation_at'] or '-'}, "
                 f"approval: {e['approval'] or '-'}, approved {e['approved_at'] or '-'}, "
                 f"started {e['started_at'] or '-'}"
             )
         when = f" NotBefore {e['not_before']}" if e["not_before"] else ""
-        print(
+        _say(
             f"  {e['event_id']}  {e['event_type']:<9} {e['event_status']:<9} "
             f"{e['state']:<8}{when}  [{', '.join(e['resources'])}]  {e['reason']}"
         )
@@ -199,14 +205,14 @@ def history(config: Config, *, as_json: bool, event_id: str | None, limit: int, 
             print(json.dumps([_history_json(e) for e in entries], indent=2))
         return EXIT_OK
     if records:
-        print("Maintenance windows (UTC):")
+        _say("Maintenance windows (UTC):")
         for line in format_windows(records):
-            print(f"  {line}")
-        print()
+            _say(f"  {line}")
+        _say()
     if not entries:
-        print("No history yet.")
+        _say("No history yet.")
     for line in format_history(entries):
-        print(line)
+        _say(line)
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ against the emulator: a local listener records whatever reaches it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import threading
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from tests.conftest import Agent, log_records
 class Recorder(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, huge: int = 0) -> None:
+    def __init__(self, huge: int = 0, echo: bool = False) -> None:
         self.seen: list[dict[str, Any]] = []
         self.huge = huge  # >0: answer every request with this many bytes (chunked)
+        self.echo = echo  # answer 400 with an error that echoes the request's Authorization header
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
 
     @property
@@ -53,7 +55,10 @@ class _RecordingHandler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
                 return
             body = b'{"status": "Succeeded"}'
-            self.send_response(200)
+            if self.server.echo:
+                echoed = self.headers.get("Authorization", "")
+                body = json.dumps({"error": {"code": "BadRequest", "message": f"got {echoed}"}}).encode()
+            self.send_response(400 if self.server.echo else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -70,8 +75,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def recorder(huge: int = 0) -> Iterator[Recorder]:
-    server = Recorder(huge)
+def recorder(huge: int = 0, echo: bool = False) -> Iterator[Recorder]:
+    server = Recorder(huge, echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
