@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404
 import sys
 import threading
 import time
@@ -153,7 +153,8 @@ def _signal_tree(process: subprocess.Popen[bytes], since: int, sig: int) -> int:
 def _kill_tree(process: subprocess.Popen[bytes], since: int, grace: float) -> None:
     """SIGTERM to the whole tree, then SIGKILL after ``grace`` seconds until nothing is left."""
     if sys.platform == "win32":  # pragma: no cover - Windows only
-        subprocess.run(  # noqa: S603 - fixed argv
+        # A fixed argv; taskkill is a system tool (ruff S603/S607, bandit B603/B607).
+        subprocess.run(  # noqa: S603  # nosec B603 B607
             ["taskkill", "/T", "/F", "/PID", str(process.pid)],  # noqa: S607 - taskkill is a system tool
             capture_output=True,
             check=False,
@@ -225,7 +226,8 @@ def run(
         pass_fds = (executable_fd,) if executable else ()
     _become_subreaper()
     try:
-        process = subprocess.Popen(  # noqa: S603 - argv from a checked hook path, never a shell
+        # The argv of a checked program, never a shell (ruff S603, bandit B603).
+        process = subprocess.Popen(  # noqa: S603  # nosec B603
             list(argv),
             executable=executable,
             stdin=subprocess.PIPE,
@@ -242,12 +244,14 @@ def run(
     _running.add(process.pid)
     since = _start_time(process.pid) if _LINUX else 0
     sinks = (_BoundedSink(output_limit), _BoundedSink(output_limit))
-    assert process.stdout is not None and process.stderr is not None and process.stdin is not None
-    stdin_fd = os.dup(process.stdin.fileno())
-    process.stdin.close()
+    stdout, stderr, feed = process.stdout, process.stderr, process.stdin
+    if stdout is None or stderr is None or feed is None:  # pragma: no cover - all three are PIPE
+        raise RuntimeError("the program's pipes are missing")
+    stdin_fd = os.dup(feed.fileno())
+    feed.close()
     threads = [
-        threading.Thread(target=_pump, args=(process.stdout, sinks[0]), daemon=True),
-        threading.Thread(target=_pump, args=(process.stderr, sinks[1]), daemon=True),
+        threading.Thread(target=_pump, args=(stdout, sinks[0]), daemon=True),
+        threading.Thread(target=_pump, args=(stderr, sinks[1]), daemon=True),
         threading.Thread(target=_feed, args=(stdin_fd, stdin), daemon=True),
     ]
     for thread in threads:

@@ -399,7 +399,8 @@ class ImdsModel:
             "ext_expires_in": "3599",
             "not_before": str(now),
             "resource": resource,
-            "token_type": "Bearer",
+            # The OAuth token type, not a secret (bandit B105).
+            "token_type": "Bearer",  # nosec B105
         }
 
     def take_fault(self, path: str, method: str) -> Fault | None:
