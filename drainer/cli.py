@@ -2,7 +2,8 @@
 anything else is a bug and prints a traceback.
 
 Exit codes: 0 success, 1 an action or IMDS failed (retried on the next run), 2 usage or
-configuration error, 3 another run holds the lock.
+configuration error (a refused path, an address the daemon cannot listen on), 3 another run holds
+the lock.
 """
 
 from __future__ import annotations
