@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
@@ -64,6 +63,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     """Replace ``path`` with ``data``: a new ``O_EXCL`` file under a random name in the same directory,
     written, synced, then renamed over ``path`` (a symlink there is replaced, never followed).
     Raises OSError."""
+    import secrets  # noqa: PLC0415 - only when a file is written, never on the idle path
+
     target = Path(path)
     if sys.platform == "win32":  # pragma: no cover - no dir_fd on Windows
         temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")

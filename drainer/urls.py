@@ -21,11 +21,11 @@ _PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 
 def endpoint_problem(url: str) -> str | None:
     """Why ``url`` is not an acceptable http(s) endpoint, or None."""
-    if any(c == "\\" or c.isspace() or not c.isprintable() for c in url):
-        return "contains a backslash, whitespace or a control character"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return "must be an http(s) URL"
+    if any(c == "\\" or c.isspace() or not c.isprintable() for c in url):
+        return "contains a backslash, whitespace or a control character"
     if "@" in parts.netloc:
         return "must not contain userinfo (user@): the token would be sent where the parsers disagree"
     host_port = _HOST_PORT.fullmatch(parts.netloc)
