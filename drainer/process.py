@@ -125,8 +125,11 @@ def _descendants(root: int, since: int) -> tuple[set[int], dict[int, _Proc]]:
 
 
 def _start_time(pid: int) -> int:
-    table = _processes()
-    return table[pid].start if pid in table else 0
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0
+    return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
 def _signal_tree(process: subprocess.Popen[bytes], since: int, sig: int) -> int:

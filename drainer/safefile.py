@@ -38,7 +38,7 @@ def open_file(path: str | os.PathLike[str], flags: int, mode: int) -> int:
     """``os.open`` that refuses a symlink at ``path`` and anything but a regular file; a file it
     creates gets exactly ``mode``. Raises UnsafeFileError or OSError."""
     try:
-        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK, mode)
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0), mode)
     except OSError as exc:
         if _is_symlink(path):
             raise UnsafeFileError(f"{path} is a symlink; drainer does not write through one") from exc

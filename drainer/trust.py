@@ -140,7 +140,8 @@ def open_file(path: str, *, strict_parent: bool = False) -> tuple[int, Checked]:
     checked = check(path, strict_leaf=True, strict_parent=strict_parent)
     if not stat.S_ISREG(checked.info.st_mode):
         raise TrustError(checked.real, "not a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO put there cannot block the open
     try:
         fd = os.open(checked.real, flags)
     except OSError as exc:
