@@ -7,6 +7,8 @@ Imported only when there is something to drain or restore: the Azure SDK costs t
   token comes from the configured IMDS endpoint, never through a proxy; or ``DefaultAzureCredential``.
 - Plain http is allowed only for a loopback ARM endpoint (the emulator); the config refuses it
   elsewhere, and the bearer-token policy is told so only for loopback URLs.
+- The token goes to the configured ARM endpoint only, and answers are size-capped
+  (``drainer.armguard``).
 - SDK retries (429 with ``Retry-After``, ``RetryableErrorDueToAnotherOperation``, 5xx) never sleep past
   the deadline; long-running operations are polled at ``poll_interval`` and waited for only until it.
 """
@@ -32,6 +34,7 @@ from azure.mgmt.network.models import (
 )
 
 from drainer import metrics
+from drainer.armguard import ArmOnlyPolicy, ArmRefusedError, arm_session
 from drainer.config import AzureConfig, is_loopback
 from drainer.errors import ActionError
 
@@ -58,7 +61,7 @@ class ArmDeadlineError(Exception):
 
 def _describe(exc: BaseException) -> tuple[str, int | None, str]:
     """A one-line reason, the HTTP status and Azure's error code."""
-    if isinstance(exc, ArmDeadlineError):
+    if isinstance(exc, (ArmDeadlineError, ArmRefusedError)):
         return str(exc), None, ""
     if isinstance(exc, HttpResponseError):
         code = ""
@@ -169,6 +172,13 @@ class ArmNetwork:
             base_url=cfg.arm_endpoint,
             credential_scopes=[cfg.arm_endpoint.rstrip("/") + "/.default"],
             retry_policy=self._retry,
+            custom_hook_policy=ArmOnlyPolicy(cfg.arm_endpoint),
+            transport=RequestsTransport(
+                session=arm_session(),
+                session_owner=True,
+                connection_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+            ),
             connection_timeout=cfg.connect_timeout,
             read_timeout=cfg.read_timeout,
             polling_interval=cfg.poll_interval,
@@ -192,7 +202,7 @@ class ArmNetwork:
         self._calls += 1
         try:
             return fn(*args, **self._call_options, raw_response_hook=_count_response, **kwargs)
-        except (AzureError, ArmDeadlineError) as exc:
+        except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
 
@@ -203,7 +213,7 @@ class ArmNetwork:
                 limit = f"{self.cfg.deadline:g}s"
                 raise ArmError(what, f"the operation did not finish within the {limit} deadline")
             return poller.result()
-        except (AzureError, ArmDeadlineError) as exc:
+        except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
 

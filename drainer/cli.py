@@ -2,8 +2,9 @@
 anything else is a bug and prints a traceback.
 
 Exit codes: 0 success, 1 an action or IMDS failed (retried on the next run), 2 usage or
-configuration error, 3 another run holds the lock, 70 a bug (with a traceback), 141 the output pipe
-closed early (``drainer status | head``); ``status`` exits 1 when drainer is failing or stale.
+configuration error (a refused path, an address the daemon cannot listen on), 3 another run holds
+the lock, 70 a bug (with a traceback), 141 the output pipe closed early (``drainer status | head``);
+``status`` exits 1 when drainer is failing or stale.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
         code = _dispatch(args, seams)
         sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
     except DrainerError as exc:
-        print(f"drainer: {exc}", file=sys.stderr)
+        from drainer.terminal import printable  # noqa: PLC0415
+
+        print(printable(f"drainer: {exc}"), file=sys.stderr)  # may quote IMDS or ARM answers
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -282,9 +285,10 @@ def _oneshot_metrics(config: Config) -> Any:
 
 def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
     from drainer.prom import write_textfile  # noqa: PLC0415
+    from drainer.safefile import ensure_dir  # noqa: PLC0415
 
     try:
-        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+        ensure_dir(config.state_dir)
         recorder.save_counts(Path(config.state_dir) / "metrics.json")
         write_textfile(recorder, config.metrics.textfile)
     except OSError as exc:
@@ -293,12 +297,12 @@ def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
 
 def _config_command(action: str, config: Config) -> int:
     if action == "check":
+        from drainer.audit import refusals  # noqa: PLC0415
         from drainer.configcheck import findings  # noqa: PLC0415
-        from drainer.hooks import problems  # noqa: PLC0415
 
-        refused = problems(config)
+        refused = refusals(config)
         for problem in refused:
-            print(f"drainer: hook refused: {problem}", file=sys.stderr)
+            print(f"drainer: refused: {problem}", file=sys.stderr)
         found = findings(config)
         for finding in found:
             print(f"drainer: {finding.severity}: {finding.message}", file=sys.stderr)

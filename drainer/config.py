@@ -249,9 +249,11 @@ class _Section:
 
 
 def _check_endpoint(path: str, key: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(path, key, f"must be an http(s) URL, not {url!r}")
+    from drainer.urls import endpoint_problem  # noqa: PLC0415 - only for a configured endpoint
+
+    problem = endpoint_problem(url)
+    if problem:
+        raise ConfigError(path, key, f"{problem}, not {url!r}")
     return url.rstrip("/")
 
 
@@ -479,22 +481,17 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, data: bytes) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib  # noqa: PLC0415  (only when a file exists: keeps the idle run light)
     else:  # pragma: no cover
         import tomli as tomllib  # noqa: PLC0415
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"invalid TOML: {exc}") from exc
-    except PermissionError as exc:
-        raise ConfigError(
-            str(path), "", f"cannot read: {exc.strerror} (run drainer as root, or let this user read it)"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
 
 
 def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -517,13 +514,19 @@ def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = N
                 if not path.exists()
                 else "not a regular file",
             )
-        from drainer.permissions import unsafe_reason  # noqa: PLC0415
+        from drainer.trust import TrustError, read_file  # noqa: PLC0415
 
-        for trusted in (path, path.parent):
-            reason = unsafe_reason(trusted)
-            if reason:
-                raise ConfigError(str(path), "", f"refused: {reason}")
-        config = from_mapping(_read_toml(path), str(path))
+        try:  # checked from / like sshd's StrictModes, and read from the descriptor that was checked
+            data = read_file(str(path))
+        except TrustError as exc:
+            raise ConfigError(str(path), "", f"refused: {exc}") from exc
+        except PermissionError as exc:
+            raise ConfigError(
+                str(path), "", f"cannot read: {exc.strerror} (run drainer as root, or let this user read it)"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from exc
+        config = from_mapping(_read_toml(path, data), str(path))
     endpoint = env.get("DRAINER_IMDS_ENDPOINT")
     if endpoint:
         url = _check_endpoint("$DRAINER_IMDS_ENDPOINT", "", endpoint)

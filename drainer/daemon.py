@@ -6,9 +6,13 @@ every ``[daemon] poll_interval`` seconds (one at a time, missed runs coalesced).
   and goes with the process.
 - The same error is logged once, then at most every ``error_log_interval`` seconds with a count, and
   once more when checks succeed again.
-- ``[metrics] enabled``: ``/metrics`` (Prometheus) and ``/healthz`` on ``[metrics] address``.
+- ``[metrics] enabled``: ``/metrics`` (Prometheus) and ``/healthz`` on ``[metrics] address`` (loopback
+  by default), and only there.
 - ``[drain] method = "probe"``: the readiness URL on ``[probe] address`` answers 200 in rotation and
-  503 while drained.
+  503 while drained; that address serves nothing else.
+- Both servers bound their connections and time them out (``drainer.httpserve``): idle or slow
+  clients cannot take the descriptors or threads a drain needs. An address that cannot be bound is
+  one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import sys
 import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from drainer import outcome
 from drainer.config import Config, parse_address
-from drainer.errors import EXIT_OK, DrainerError, LockedError
+from drainer.errors import EXIT_OK, ConfigError, DrainerError, LockedError
+from drainer.httpserve import QuietHandler, serve
 from drainer.imds import ImdsClient
 from drainer.probe import out_of_rotation
 from drainer.runner import Seams, run_once
@@ -75,39 +79,39 @@ class _Status:
         return (age <= limit), f"last successful check {age:.1f}s ago"
 
 
-def _serve(address: str, handler: type[BaseHTTPRequestHandler], status: _Status) -> ThreadingHTTPServer:
-    host, port = parse_address(address)
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    server.status = status  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, name=f"http {address}", daemon=True).start()
-    return server
+class _MetricsHandler(QuietHandler):
+    """``[metrics] address``: /metrics and /healthz, nothing else."""
 
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _answer(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
+    def get(self, path: str) -> None:
         status: _Status = self.server.status  # type: ignore[attr-defined]
-        path = self.path.split("?", 1)[0]
         if path == "/metrics" and status.recorder is not None:
-            self._answer(200, status.recorder.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+            self.answer(200, status.recorder.exposition(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/healthz":
             ok, why = status.healthy()
-            self._answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
-        elif path == status.config.probe.path and status.config.drain.method == "probe":
-            out = out_of_rotation(status.config.state_dir, status.config.probe.flag_file)
-            self._answer(503 if out else 200, b"out of rotation\n" if out else b"in rotation\n")
+            self.answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
         else:
-            self._answer(404, b"not found\n")
+            self.answer(404, b"not found\n")
+
+
+class _ProbeHandler(QuietHandler):
+    """``[probe] address``, reachable by the load balancer: the readiness path only."""
+
+    def get(self, path: str) -> None:
+        status: _Status = self.server.status  # type: ignore[attr-defined]
+        if path == status.config.probe.path:
+            # From the persisted drain state: a restart or an emptied /run never answers 200 early.
+            out = out_of_rotation(status.config.state_dir, status.config.probe.flag_file)
+            self.answer(503 if out else 200, b"out of rotation\n" if out else b"in rotation\n")
+        else:
+            self.answer(404, b"not found\n")
+
+
+def _listen(config: Config, key: str, address: str, handler: type[QuietHandler], status: _Status) -> Any:
+    """Serve ``handler`` on ``address``. Raises ConfigError (one line, exit 2) when it cannot listen."""
+    try:
+        return serve(parse_address(address), handler, status=status)
+    except OSError as exc:
+        raise ConfigError(config.source, key, f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
 def _record_outcome(config: Config, error: str, error_type: str) -> None:
@@ -129,14 +133,25 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
     # of max_instances=1 here, not news.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     status = _Status(config)
-    servers: list[ThreadingHTTPServer] = []
-    if config.metrics.enabled:
-        from drainer.prom import enable  # noqa: PLC0415
+    probe = config.drain.method == "probe"
+    if probe and config.metrics.enabled and config.probe.address == config.metrics.address:
+        raise ConfigError(
+            config.source, "probe.address", "must differ from metrics.address (it serves readiness only)"
+        )
+    servers: list[Any] = []
+    try:
+        if config.metrics.enabled:
+            from drainer.prom import enable  # noqa: PLC0415
 
-        status.recorder = enable()
-        servers.append(_serve(config.metrics.address, _Handler, status))
-    if config.drain.method == "probe" and config.probe.address != config.metrics.address:
-        servers.append(_serve(config.probe.address, _Handler, status))
+            status.recorder = enable()
+            address = config.metrics.address
+            servers.append(_listen(config, "metrics.address", address, _MetricsHandler, status))
+        if probe:
+            servers.append(_listen(config, "probe.address", config.probe.address, _ProbeHandler, status))
+    except ConfigError:
+        for server in servers:
+            server.server_close()
+        raise
     imds = ImdsClient(config.imds)
     throttle = ErrorThrottle(log, config.daemon.error_log_interval)
     stopping = threading.Event()
@@ -194,8 +209,8 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         scheduler.shutdown(wait=False)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # The first record builds the logger (imports structlog): before the handlers, which log too,
+    # so a signal during that import cannot re-enter it.
     log.info(
         "daemon started",
         poll_interval=config.daemon.poll_interval,
@@ -203,6 +218,8 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
         metrics=config.metrics.address if config.metrics.enabled else None,
         pid=os.getpid(),
     )
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     scheduler.start()  # returns once shut down
     finished = idle.wait(config.daemon.stop_timeout)
     for server in servers:

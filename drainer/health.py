@@ -32,15 +32,26 @@ def healthy(config: Config, log: Any) -> bool | None:
     if cfg.health_command:
         from drainer import process  # noqa: PLC0415
         from drainer.hooks import environment  # noqa: PLC0415
+        from drainer.trust import TrustError, find_program, open_file  # noqa: PLC0415
 
-        done = process.run(
-            cfg.health_command,
-            env=environment(os.environ, {"DRAINER_PHASE": "restore-gate"}),
-            stdin=b"",
-            timeout=30.0,
-            kill_grace=2.0,
-            output_limit=2048,
-        )
+        env = environment(os.environ, {"DRAINER_PHASE": "restore-gate"})
+        try:
+            fd, _ = open_file(find_program(cfg.health_command[0], env["PATH"]))
+        except TrustError as exc:
+            log.error("restore health command refused", command=list(cfg.health_command), reason=str(exc))
+            return False
+        try:
+            done = process.run(
+                cfg.health_command,
+                env=env,
+                stdin=b"",
+                timeout=30.0,
+                kill_grace=2.0,
+                output_limit=2048,
+                executable_fd=fd,
+            )
+        finally:
+            os.close(fd)
         command_ok = done.exit_code == 0
         log.info(
             "restore health check",

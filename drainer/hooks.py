@@ -7,8 +7,11 @@ Phases and the fixed place of the built-in actions (``PIPELINES``)::
     event:    on-event hooks (each new event seen; informational)
 
 Each phase is ``<hooks dir>/<phase>/``; its executables run in sorted order. Non-executables, editor
-backups and hidden files are skipped with a warning; a hook (or its directories) that is group- or
-world-writable or owned by another non-root user is refused (like sshd's StrictModes).
+backups and hidden files are skipped with a warning; a hook is refused unless every component of its
+path, symlink targets included, passes ``drainer.trust`` (OpenSSH's StrictModes rules: owned by root or
+drainer's user, not writable by group or others; the hooks dir and phase dirs not even when sticky).
+A hook is checked again right before it runs, and what runs is the file that was checked (its open
+descriptor, through /proc/self/fd on Linux).
 
 Failure policy: a failing ``pre-drain`` hook aborts the drain (``on_failure = "abort"``, the default;
 the drain is retried on the next run) or is logged and passed over (``"continue"``). A failure in any
@@ -22,6 +25,7 @@ The contract (environment and JSON on stdin) is documented in the README; ``cont
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +37,7 @@ from drainer.core import Drain, EventRecord, Restore
 from drainer.errors import ActionError
 from drainer.events import format_iso
 from drainer.imds import InstanceInfo
-from drainer.permissions import unsafe_reason
+from drainer.trust import TrustError, check, open_file
 
 PHASES = ("on-event", "pre-drain", "post-drain", "pre-restore", "post-restore")
 PIPELINES: Mapping[str, tuple[str, ...]] = {
@@ -111,8 +115,6 @@ def _argv(path: Path) -> tuple[str, ...] | None:
         if suffix in _WINDOWS_INTERPRETERS:
             return (*_WINDOWS_INTERPRETERS[suffix], str(path))
         return (str(path),) if suffix == ".exe" else None
-    import os  # noqa: PLC0415
-
     return (str(path),) if os.access(path, os.X_OK) else None
 
 
@@ -124,9 +126,10 @@ def discover(config: Config, phase: str) -> tuple[list[Hook], list[Skipped]]:
     if not directory.is_dir():
         return [], []
     for parent in (base, directory):
-        reason = unsafe_reason(parent)
-        if reason:
-            return [], [Skipped(phase, "*", f"refused: {reason}", refused=True)]
+        try:
+            check(str(parent), strict_leaf=True)
+        except TrustError as exc:
+            return [], [Skipped(phase, "*", f"refused: {exc}", refused=True)]
     hooks: list[Hook] = []
     skipped: list[Skipped] = []
     for path in sorted(directory.iterdir(), key=lambda p: p.name):
@@ -137,9 +140,10 @@ def discover(config: Config, phase: str) -> tuple[list[Hook], list[Skipped]]:
         if not path.is_file():
             skipped.append(Skipped(phase, name, "not a regular file", refused=False))
             continue
-        reason = unsafe_reason(path)
-        if reason:
-            skipped.append(Skipped(phase, name, f"refused: {reason}", refused=True))
+        try:
+            check(str(path), strict_parent=True)
+        except TrustError as exc:
+            skipped.append(Skipped(phase, name, f"refused: {exc}", refused=True))
             continue
         argv = _argv(path)
         if argv is None:
@@ -250,15 +254,25 @@ class HookRunner:
         failures = [f"{s.name}: {s.reason}" for s in skipped if s.refused]
         hooks_cfg = self.config.hooks
         for hook in hooks:
-            done = process.run(
-                hook.argv,
-                env=env,
-                stdin=document,
-                timeout=hook.timeout,
-                kill_grace=hooks_cfg.kill_grace,
-                output_limit=hooks_cfg.output_limit,
-                cwd=str(hook.path.parent),
-            )
+            try:
+                fd, _ = open_file(str(hook.path), strict_parent=True)
+            except TrustError as exc:  # changed since discovery
+                failures.append(f"{hook.name}: refused: {exc}")
+                self.log.error("hook refused", phase=phase, hook=hook.name, reason=str(exc))
+                continue
+            try:
+                done = process.run(
+                    hook.argv,
+                    env=env,
+                    stdin=document,
+                    timeout=hook.timeout,
+                    kill_grace=hooks_cfg.kill_grace,
+                    output_limit=hooks_cfg.output_limit,
+                    cwd=str(hook.path.parent),
+                    executable_fd=fd,
+                )
+            finally:
+                os.close(fd)
             fields: dict[str, Any] = {
                 "phase": phase,
                 "hook": hook.name,

@@ -8,10 +8,12 @@ from pathlib import Path
 from types import TracebackType
 
 from drainer.errors import LockedError, StateError
+from drainer.safefile import UnsafeFileError, ensure_dir, open_file
 
 
 class RunLock:
-    """Exclusive, non-blocking lock on ``<state_dir>/lock``.
+    """Exclusive, non-blocking lock on ``<state_dir>/lock`` (mode 0600, never through a symlink, in a
+    state dir no other user can write to).
 
     Raises LockedError when another process holds it, StateError when the file cannot be opened.
     """
@@ -22,15 +24,17 @@ class RunLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            ensure_dir(self.path.parent)
+            fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except UnsafeFileError as exc:
+            raise StateError(f"{self.path.parent}: state dir: {exc}") from exc
         except OSError as exc:
             raise StateError(f"{self.path}: cannot open the lock file: {exc.strerror}") from exc
         try:
             _lock(fd)
         except OSError as exc:
+            holder = _read_holder(fd)
             os.close(fd)
-            holder = _read_holder(self.path)
             raise LockedError(
                 f"another drainer run holds {self.path}{holder}; this run exits without acting"
             ) from exc
@@ -56,9 +60,10 @@ class RunLock:
         self.release()
 
 
-def _read_holder(path: Path) -> str:
+def _read_holder(fd: int) -> str:
     try:
-        pid = path.read_text().strip()
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = os.read(fd, 32).decode("ascii", "replace").strip()
     except OSError:
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""

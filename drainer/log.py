@@ -176,5 +176,6 @@ def get_logger() -> LazyLogger:
     """The process logger; ``configure`` first (else: defaults, to stderr)."""
     if _current is None:
         configure(LoggingConfig())
-    assert _current is not None
+    if _current is None:  # pragma: no cover - configure always sets it
+        raise RuntimeError("logging is not configured")
     return _current

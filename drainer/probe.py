@@ -14,6 +14,7 @@ from typing import Any
 
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.safefile import UnsafeFileError, ensure_dir, write_atomic
 from drainer.state import DB_NAME
 
 
@@ -41,14 +42,14 @@ class ProbeDrain:
             what = "create" if out else "remove"
             ctx.log.warning(f"dry-run: would {what} the out-of-rotation flag", flag=str(self.flag))
             return
-        try:
+        try:  # never through a planted symlink, in a directory no other user can write to
             if out:
-                self.flag.parent.mkdir(parents=True, exist_ok=True)
-                new = self.flag.with_name(self.flag.name + ".new")
-                new.write_text(text + "\n")
-                new.replace(self.flag)
+                ensure_dir(self.flag.parent, 0o755)
+                write_atomic(self.flag, (text + "\n").encode(), 0o644)
             else:
                 self.flag.unlink(missing_ok=True)
+        except UnsafeFileError as exc:
+            raise ActionError("drain" if out else "restore", f"cannot change {self.flag}: {exc}") from exc
         except OSError as exc:
             raise ActionError(
                 "drain" if out else "restore", f"cannot change {self.flag}: {exc.strerror}"

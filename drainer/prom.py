@@ -1,8 +1,9 @@
 """The Prometheus side of ``drainer.metrics``: a registry, the daemon's /metrics endpoint, and the
-node_exporter textfile for one-shot runs (written atomically by prometheus_client).
+node_exporter textfile for one-shot runs.
 
 One-shot runs are separate processes, so their counters are carried from run to run in
-``<state_dir>/metrics.json`` (written atomically: ``.new`` then rename).
+``<state_dir>/metrics.json``. Both files are written by ``drainer.safefile.write_atomic`` (a random
+``O_EXCL`` temporary file, then a rename: never through a symlink).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
-    write_to_textfile,
 )
 
 from drainer import metrics
+from drainer.safefile import write_atomic
 
 _COUNTERS = {
     "events_seen": (
@@ -101,9 +102,7 @@ class PromRecorder:
                         continue
 
     def save_counts(self, path: Path) -> None:
-        new = path.with_name(path.name + ".new")
-        new.write_text(json.dumps(self._counts))
-        new.replace(path)
+        write_atomic(path, json.dumps(self._counts).encode(), 0o600)
 
 
 def enable() -> PromRecorder:
@@ -115,5 +114,6 @@ def enable() -> PromRecorder:
 
 
 def write_textfile(recorder: PromRecorder, path: str) -> None:
-    """Atomically (prometheus_client writes a temporary file and renames it)."""
-    write_to_textfile(path, recorder.registry)
+    """Atomically, never through a symlink (prometheus_client's own writer opens a predictable
+    temporary name by path, which a planted symlink would redirect). Raises OSError."""
+    write_atomic(path, generate_latest(recorder.registry), 0o644)

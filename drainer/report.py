@@ -14,6 +14,12 @@ from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.events import format_iso
 from drainer.runner import last_check
 from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
+from drainer.terminal import printable
+
+
+def _say(line: str = "") -> None:
+    """Print a line of the text output: IMDS and ARM values in it cannot drive the terminal."""
+    print(printable(line))
 
 
 def _open(config: Config) -> StateStore | None:
@@ -146,46 +152,46 @@ def status(config: Config, *, as_json: bool) -> int:
     print_health(health)
     vm = data["vm"]
     rotation = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
-    print(
+    _say(
         f"VM {vm['name'] or '(not yet identified)'}: {rotation} ({vm['drain_state']}"
         + (f" since {vm['since']}" if vm["since"] else "")
         + ")"
     )
     if vm["held_by"]:
-        print(f"  held out by: {', '.join(vm['held_by'])}")
+        _say(f"  held out by: {', '.join(vm['held_by'])}")
     if vm["manual"]:
-        print("  manual hold: taken out by hand (`drainer restore` releases it)")
+        _say("  manual hold: taken out by hand (`drainer restore` releases it)")
     if vm["held"]:
-        print(f"  drain held back: {vm['held']}")
+        _say(f"  drain held back: {vm['held']}")
     for removed in vm["removed"]:
         if removed["method"] == "nic":
-            print(
+            _say(
                 f"  removed: {removed['resource_id'].rsplit('/', 1)[-1]}/{removed['item']} from "
                 f"{removed['target'].split('/providers/', 1)[-1]} ({removed['status']})"
             )
         else:
             pool = removed["resource_id"].split("/providers/", 1)[-1]
-            print(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
+            _say(f"  admin state Down: {removed['item']} in {pool} (was {removed['target']})")
     if vm["last_error"]:
-        print(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
+        _say(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
     for gone in vm["absent"]:
-        print(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
+        _say(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
     reconciled = data["last_reconcile"]
-    print(
+    _say(
         f"  last reconcile: {reconciled['at'] or 'never'}"
         + (f" ({reconciled['found']})" if reconciled["found"] else "")
     )
     if not data["events"]:
-        print("No scheduled events seen.")
+        _say("No scheduled events seen.")
     for e in data["events"]:
         if e["state"] == "active":
-            print(
+            _say(
                 f"  window of {e['event_id']}: left rotation {e['left_rotation_at'] or '-'}, "
                 f"approval: {e['approval'] or '-'}, approved {e['approved_at'] or '-'}, "
                 f"started {e['started_at'] or '-'}"
             )
         when = f" NotBefore {e['not_before']}" if e["not_before"] else ""
-        print(
+        _say(
             f"  {e['event_id']}  {e['event_type']:<9} {e['event_status']:<9} "
             f"{e['state']:<8}{when}  [{', '.join(e['resources'])}]  {e['reason']}"
         )
@@ -202,14 +208,14 @@ def print_health(health: dict[str, Any]) -> None:
         "disabled": "the kill-switch file exists: drainer does nothing",
         "unknown": "no check has run yet",
     }[word]
-    print(f"health: {word.upper()} ({why})")
-    print(f"  last successful check: {health['last_successful_check'] or 'never'}")
+    _say(f"health: {word.upper()} ({why})")
+    _say(f"  last successful check: {health['last_successful_check'] or 'never'}")
     failure = health["last_failed_check"]
     if failure:
-        print(f"  last failed check: {failure['at']}: {failure['error']}")
+        _say(f"  last failed check: {failure['at']}: {failure['error']}")
     if health["failing_since"]:
-        print(f"  failing since: {health['failing_since']}")
-    print(f"  state dir: {health['state_dir']}")
+        _say(f"  failing since: {health['failing_since']}")
+    _say(f"  state dir: {health['state_dir']}")
 
 
 def _history_json(entry: HistoryEntry) -> dict[str, Any]:
@@ -258,14 +264,14 @@ def history(config: Config, *, as_json: bool, event_id: str | None, limit: int, 
             print(json.dumps([_history_json(e) for e in entries], indent=2))
         return EXIT_OK
     if records:
-        print("Maintenance windows (UTC):")
+        _say("Maintenance windows (UTC):")
         for line in format_windows(records):
-            print(f"  {line}")
-        print()
+            _say(f"  {line}")
+        _say()
     if not entries:
-        print("No history yet.")
+        _say("No history yet.")
     for line in format_history(entries):
-        print(line)
+        _say(line)
     return EXIT_OK
 
 

@@ -22,6 +22,9 @@ from typing import Any, NamedTuple
 from drainer.core import DrainState, EventRecord, EventState, State, Transition, VmState
 from drainer.errors import StateError
 from drainer.events import EventStatus, EventType, ScheduledEvent
+from drainer.log import redact_text
+from drainer.safefile import UnsafeFileError, ensure_dir
+from drainer.safefile import open_file as safe_open
 
 SCHEMA_VERSION = 5
 DB_NAME = "state.db"
@@ -184,7 +187,7 @@ class StateStore:
             if dry_run:
                 self._db = _memory_copy(self.path)
             else:
-                self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+                _private_files(self.dir, self.path)
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
                 # WAL + FULL: a committed run survives power loss, not only a process crash.
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -210,6 +213,8 @@ class StateStore:
                 )
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
+        except UnsafeFileError as exc:
+            raise StateError(f"{self.dir}: state dir: {exc}") from exc
         except OSError as exc:
             raise StateError(f"{self.dir}: cannot create the state directory: {exc}") from exc
 
@@ -334,12 +339,12 @@ class StateStore:
                             _ts(vm.since),
                             json.dumps(list(vm.held_by)),
                             vm.attempts,
-                            vm.last_error,
-                            vm.held,
+                            redact_text(vm.last_error),  # ARM errors can echo a token
+                            redact_text(vm.held),
                             int(vm.manual),
                             _ts(vm.last_attempt_at),
                             _ts(vm.last_reconcile_at),
-                            vm.last_reconcile,
+                            redact_text(vm.last_reconcile),
                         ),
                     )
                 values = dict(meta or {})
@@ -354,7 +359,15 @@ class StateStore:
                     "INSERT INTO history (at, subject, event_id, event_type, from_state, to_state,"
                     " reason) VALUES (?,?,?,?,?,?,?)",
                     [
-                        (stamp, t.subject, t.event_id, t.event_type, t.from_state, t.to_state, t.reason)
+                        (
+                            stamp,
+                            t.subject,
+                            t.event_id,
+                            t.event_type,
+                            t.from_state,
+                            t.to_state,
+                            redact_text(t.reason),
+                        )
                         for t in transitions
                     ],
                 )
@@ -524,7 +537,7 @@ def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
         e.source,
         e.description,
         record.state.value,
-        record.reason,
+        redact_text(record.reason),
         _ts(record.first_seen),
         _ts(record.last_seen),
         _ts(record.updated_at),
@@ -563,3 +576,14 @@ def _record_from_row(row: Sequence[Any]) -> EventRecord:
         returned_at=_dt(row[19]),
         approval=row[20],
     )
+
+
+def _private_files(directory: Path, db: Path) -> None:
+    """A state dir no other user can write to; the database and its WAL files mode 0600 and never
+    symlinks (SQLite itself would follow one). Raises UnsafeFileError, OSError."""
+    ensure_dir(directory)
+    os.close(safe_open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = db.with_name(db.name + suffix)
+        if side.is_symlink() or side.exists():
+            os.close(safe_open(side, os.O_RDWR, 0o600))

@@ -143,6 +143,10 @@ class EmulatorControl:
             {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after, "tag_policy": tag_policy},
         )
 
+    def lro_host(self, host: str | None) -> None:
+        """Answer long-running writes with an ``Azure-AsyncOperation`` URL on ``host`` (host:port)."""
+        self._call("POST", "arm/lro-host", {"host": host})
+
     def fail_next_lro(self, count: int = 1) -> None:
         self._call("POST", "arm/fail-lro", {"count": count})
 

@@ -64,6 +64,8 @@ INSTANCE_VERSIONS = (
 )
 TOKEN_VERSIONS = ("2018-02-01", "2019-08-01")
 EVENT_TYPES = ("Freeze", "Reboot", "Redeploy", "Preempt", "Terminate")
+# The OAuth token type of the emulated identity endpoint, not a secret (ruff S105, bandit B105).
+_TOKEN_TYPE = "Bearer"  # noqa: S105  # nosec B105
 # The minimum notice Azure gives per type (documented), used when a scenario gives none.
 DEFAULT_NOTICE = {"Freeze": 900, "Reboot": 900, "Redeploy": 600, "Preempt": 30, "Terminate": 300}
 
@@ -399,7 +401,7 @@ class ImdsModel:
             "ext_expires_in": "3599",
             "not_before": str(now),
             "resource": resource,
-            "token_type": "Bearer",
+            "token_type": _TOKEN_TYPE,
         }
 
     def take_fault(self, path: str, method: str) -> Fault | None:

@@ -286,7 +286,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _async_headers(self, operation: str, version: str) -> dict[str, str]:
         arm = self.server.model.arm
-        host = self.headers.get("Host") or "127.0.0.1"
+        # ``lro_host`` (control route arm/lro-host): a hostile or broken ARM pointing its operation
+        # URL at another host, which must never receive the token.
+        host = self.server.lro_host or self.headers.get("Host") or "127.0.0.1"
         headers = {
             "Azure-AsyncOperation": f"http://{host}/subscriptions/{arm.subscription_id}/providers/"
             f"Microsoft.Network/locations/{arm.location}/operations/{operation}?api-version={version}",
@@ -432,6 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
                     tag_policy=data.get("tag_policy"),
                 )
             self._send(200, {})
+        elif method == "POST" and route == "lro-host":
+            self.server.lro_host = data.get("host") or None
+            self._send(200, {})
         elif method == "POST" and route == "fail-lro":
             with arm.lock:
                 arm.fail_next_lro = int(data.get("count", 1))
@@ -515,6 +520,7 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, model: ImdsModel) -> None:
         self.model = model
+        self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
         super().__init__((host, port), _Handler)
 
     @property
