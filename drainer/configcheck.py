@@ -14,7 +14,7 @@ from typing import NamedTuple
 from drainer.config import HOOK_PHASES, Config, parse_address
 
 # Addresses that listen on every interface (compared, never bound here).
-_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104
+_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104  # nosec B104
 
 
 class Finding(NamedTuple):

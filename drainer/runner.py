@@ -88,8 +88,15 @@ def read_boot_id(path: str) -> str | None:
 
 
 def touch_last_check(state_dir: str) -> None:
-    """Record a successful check as the mtime of a small file: no database write when idle."""
-    (Path(state_dir) / LAST_CHECK_FILE).touch()
+    """Record a successful check as the mtime of a small file: no database write when idle. Never
+    through a planted symlink. Raises UnsafeFileError, OSError."""
+    from drainer.safefile import open_file  # noqa: PLC0415
+
+    descriptor = open_file(Path(state_dir) / LAST_CHECK_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.utime(descriptor if os.utime in os.supports_fd else Path(state_dir) / LAST_CHECK_FILE)
+    finally:
+        os.close(descriptor)
 
 
 def last_check(state_dir: str) -> datetime | None:
