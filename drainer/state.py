@@ -215,9 +215,9 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
         except UnsafeFileError as exc:
-            raise StateError(f"{self.dir}: state dir: {exc}") from exc
+            raise StateRefusedError(f"{self.dir}: state dir: {exc}") from exc
         except OSError as exc:
-            raise StateError(f"{self.dir}: cannot create the state directory: {exc}") from exc
+            raise StateRefusedError(f"{self.dir}: cannot create the state directory: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
@@ -456,7 +456,12 @@ class StateStore:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
 
-class NewerSchemaError(StateError):
+class StateRefusedError(StateError):
+    """The state cannot be used as it is and must not be rebuilt (a planted symlink, a directory
+    others can write to, a database of a newer drainer): the run stops, saying why."""
+
+
+class NewerSchemaError(StateRefusedError):
     """The database was written by a newer drainer: never moved aside or rebuilt."""
 
 
@@ -491,7 +496,7 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
     for attempt in range(2):
         try:
             store = StateStore(state_dir, dry_run=dry_run)
-        except NewerSchemaError:
+        except StateRefusedError:
             raise
         except StateError as exc:
             if attempt or not (Path(state_dir) / DB_NAME).exists() or dry_run:
