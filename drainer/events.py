@@ -12,7 +12,7 @@ import enum
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from drainer.errors import MalformedDocumentError
 
@@ -140,6 +140,9 @@ def parse_document(body: bytes | str, *, source: str = "IMDS") -> EventsDocument
     return document_from_json(raw, source=source)
 
 
+_E = TypeVar("_E", EventType, EventStatus)
+
+
 class _Huge(str):
     """An integer with more than MAX_INT_DIGITS digits: kept as text, never converted."""
 
@@ -235,24 +238,17 @@ def _one_event(item: dict[str, Any], warnings: list[ParseWarning]) -> ScheduledE
             warnings.append(ParseWarning(event_id, str(exc), ignored=False))
             return default
 
-    type_text = field(lambda: _text(item, "EventType", 64), "")
-    try:
-        event_type = EventType(type_text)
-    except ValueError:
-        event_type = EventType.UNKNOWN
-    if event_type is EventType.UNKNOWN:
-        warnings.append(
-            ParseWarning(event_id, f"unknown EventType {type_text!r}: holds the VM", ignored=False)
-        )
-    status_text = field(lambda: _text(item, "EventStatus", 64), "")
-    try:
-        status = EventStatus(status_text)
-    except ValueError:
-        status = EventStatus.UNKNOWN
-    if status is EventStatus.UNKNOWN:
-        warnings.append(
-            ParseWarning(event_id, f"unknown EventStatus {status_text!r}: holds the VM", ignored=False)
-        )
+    def known(key: str, kind: type[_E]) -> _E:
+        """The field's enum member; UNKNOWN (which holds the VM) for anything else."""
+        text = field(lambda: _text(item, key, 64), "")
+        try:
+            return kind(text)
+        except ValueError:
+            warnings.append(ParseWarning(event_id, f"unknown {key} {text!r}: holds the VM", ignored=False))
+            return kind("Unknown")
+
+    event_type = known("EventType", EventType)
+    status = known("EventStatus", EventStatus)
     not_before_text = field(lambda: _text(item, "NotBefore", 64), "")
     try:
         not_before = parse_not_before(not_before_text)

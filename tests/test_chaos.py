@@ -49,12 +49,7 @@ FAULTS: list[dict[str, Any]] = [
 
 
 def _pools(control: EmulatorControl, nic: str) -> list[str]:
-    body = control.nic(nic)
-    return sorted(
-        ref["id"]
-        for config in body["properties"]["ipConfigurations"]
-        for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
-    )
+    return control.nic_pools(nic)
 
 
 def _records(control: EmulatorControl, nic: str) -> list[str]:

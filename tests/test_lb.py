@@ -35,12 +35,7 @@ def topology(control: EmulatorControl) -> EmulatorControl:
 
 
 def _pools(control: EmulatorControl, nic: str) -> list[str]:
-    body = control.nic(nic)
-    return sorted(
-        ref["id"]
-        for config in body["properties"]["ipConfigurations"]
-        for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
-    )
+    return control.nic_pools(nic)
 
 
 def _arm_requests(control: EmulatorControl) -> list[dict[str, Any]]:

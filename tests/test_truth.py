@@ -43,12 +43,7 @@ def tagged(agent: Agent) -> Agent:
 
 
 def pools_of(control: EmulatorControl, nic: str) -> list[str]:
-    body = control.nic(nic)
-    return sorted(
-        ref["id"]
-        for config in body["properties"]["ipConfigurations"]
-        for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
-    )
+    return control.nic_pools(nic)
 
 
 def drainer_tags(control: EmulatorControl, nic: str) -> dict[str, str]:

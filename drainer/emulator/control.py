@@ -128,6 +128,15 @@ class EmulatorControl:
         result: dict[str, Any] = self._call("GET", f"arm/nics/{name}")
         return result
 
+    def nic_pools(self, name: str) -> list[str]:
+        """The load-balancer backend pool ids a NIC's ipConfigurations reference, sorted."""
+        body = self.nic(name)
+        return sorted(
+            ref["id"]
+            for config in body["properties"]["ipConfigurations"]
+            for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
+        )
+
     def arm_writes(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "arm/writes")
         return result
