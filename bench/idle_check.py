@@ -54,6 +54,7 @@ def main() -> int:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "DRAINER_IMDS_ENDPOINT": emulator.url,
+            "DRAINER_ARM_ENDPOINT": emulator.url,  # the first run reconciles: never the real ARM
             "DRAINER_STATE_DIR": str(Path(tmp) / "state"),
             "DRAINER_CONFIG": str(config),
         }
