@@ -15,6 +15,7 @@ Imported only when there is something to drain or restore: the Azure SDK costs t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -37,6 +38,12 @@ from drainer import metrics
 from drainer.armguard import ArmOnlyPolicy, ArmRefusedError, arm_session
 from drainer.config import AzureConfig, is_loopback
 from drainer.errors import ActionError
+
+# The SDK's own log lines would reach stderr through logging's last-resort handler: raw, unredacted
+# and unescaped (an IMDS or ARM answer can carry anything). drainer reports SDK failures itself.
+_SDK_LOG = logging.getLogger("azure")
+_SDK_LOG.addHandler(logging.NullHandler())
+_SDK_LOG.propagate = False
 
 # "The call can be retried in 14 seconds." (RetryableErrorDueToAnotherOperation, HTTP 429, no header)
 _RETRY_IN = re.compile(r"retried in (\d+) seconds")
@@ -127,7 +134,9 @@ def make_credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
 
     if cfg.identity == "default":
-        return DefaultAzureCredential(managed_identity_client_id=cfg.client_id or None)
+        # Without its managed-identity step: that one would ask IMDS through the environment's
+        # proxy. On a VM, identity = "managed" reaches IMDS directly.
+        return DefaultAzureCredential(exclude_managed_identity_credential=True)
     # azure-identity reads the IMDS authority only from this variable (FACTS: "can be pointed at
     # another IMDS host with AZURE_POD_IDENTITY_AUTHORITY_HOST"). drainer's configured endpoint wins
     # over whatever the inherited environment says.

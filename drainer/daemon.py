@@ -145,7 +145,12 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
 
             status.recorder = enable()
             address = config.metrics.address
-            servers.append(_listen(config, "metrics.address", address, _MetricsHandler, status))
+            try:
+                servers.append(_listen(config, "metrics.address", address, _MetricsHandler, status))
+            except ConfigError as exc:
+                # /metrics is for people; the drain is the job. A taken port (another process, or a
+                # local user squatting it) must not stop drainer: serve no metrics, say so, go on.
+                log.error("metrics are not served; drainer runs without them", error=str(exc))
         if probe:
             servers.append(_listen(config, "probe.address", config.probe.address, _ProbeHandler, status))
     except ConfigError:

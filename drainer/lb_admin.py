@@ -140,13 +140,14 @@ class AdminStateDrain:
         # First the record (on the NIC, else locally), then the change.
         self._write_records(ctx, nics, records, add=True)
         ctx.checkpoint("admin-state-recorded")
-        for _, pool in targets:
+        for index, (_, pool) in enumerate(targets):
             wanted = {r.address.lower(): "Down" for r in records if same(r.pool_id, pool.id)}
             try:
                 self._set(ctx, str(pool.id), wanted)
             except ArmError as exc:
-                if refused(exc):  # the write surely did not happen: its record goes too
-                    undone = [r for r in records if same(r.pool_id, pool.id)]
+                if refused(exc):  # this write and the ones after it never happened: their records go
+                    later = {str(p.id).lower() for _, p in targets[index:]}
+                    undone = [r for r in records if r.pool_id.lower() in later]
                     self._write_records(ctx, nics, undone, add=False)
                     ctx.ledger.forget([_entry(r) for r in undone])
                 raise
@@ -281,6 +282,7 @@ class AdminStateDrain:
         ctx.ledger.forget([_entry(r) for r in done])
         if pending:
             raise ActionError("restore", f"incomplete: pool {', '.join(pending)} answered 404; retried")
+        ctx.absence.clear()
         return bool(done), f"{len(done)} address(es) restored"
 
     def _pool_state(self, ctx: ActionContext, pool_id: str) -> str:

@@ -30,7 +30,17 @@ from drainer.lb_common import (
     refused,
     same,
 )
-from drainer.nicrecord import NicView, Plan, Ref, decode, is_ours, plan_drain, plan_restore, summary_text
+from drainer.nicrecord import (
+    NicView,
+    Plan,
+    Ref,
+    decode,
+    is_ours,
+    plan_drain,
+    plan_restore,
+    subscription_of,
+    summary_text,
+)
 from drainer.state import LedgerEntry
 
 UNIFORM_HELP = (
@@ -147,6 +157,35 @@ class NicDrain:
             counts[ref.pool_id] = len({nic_of(m).lower() for m in members if m} - ours)
         return counts
 
+    def _settle(self, ctx: ActionContext, nic_id: str, *, tags_work: bool) -> None:
+        """Settle the local copies of earlier, interrupted or ambiguous writes against the NIC, and
+        refresh the cache of the NIC's record (approval reads it, and it is gone with a lost state).
+
+        A copy whose reference the NIC still has: that write never happened (forgotten). A copy the
+        NIC's record holds: cached. Otherwise the write happened without its tags (a policy that
+        strips them), unless this run showed that the NIC keeps drainer's tags: then the write never
+        happened either, and the reference was removed by someone else (forgotten: never re-added)."""
+        nic = read_nic(self.network, nic_id)
+        view = view_of(nic)
+        recorded = decode(view.tags, subscription_of(nic_id)).refs
+        on_nic = {r.key for r in recorded}
+        present = {r.key for r in view.refs}
+        mine = [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id)]
+        known = {_ref(e).key for e in mine}
+        ctx.ledger.record([_entry(nic_id, r, CACHED) for r in recorded if r.key not in known])
+        settled: list[LedgerEntry] = []
+        gone: list[LedgerEntry] = []
+        for entry in (e for e in mine if e.status == "removing"):
+            key = _ref(entry).key
+            if key in on_nic:
+                settled.append(entry._replace(status=CACHED))
+            elif key in present or tags_work:
+                gone.append(entry)
+            else:
+                settled.append(entry._replace(status="removed"))
+        ctx.ledger.forget(gone)
+        ctx.ledger.record(settled)
+
     def _local(self, ctx: ActionContext, nic_id: str) -> list[LedgerEntry]:
         return [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id) and e.status in LOCAL]
 
@@ -157,6 +196,7 @@ class NicDrain:
         # A NIC whose record is already local (its tags were refused before) stays local.
         local = any(e.status == "removed" for e in self._local(ctx, nic_id))
         reads = [first]
+        tags_work: list[bool] = []  # whether this run's write kept drainer's tags on the NIC
 
         def read() -> NetworkInterface:
             return reads.pop() if reads else read_nic(self.network, nic_id)
@@ -180,11 +220,16 @@ class NicDrain:
             try:
                 written = self.network.put_nic(rid.resource_group, rid.name, nic)
             except ArmError as exc:
-                if refused(exc):
-                    ctx.ledger.forget(entries)  # the write surely did not happen: nothing removed
+                # A refusal surely did not apply. A 412 may follow an applied write the SDK retried
+                # (500, then the same If-Match): the copy stays, and is settled after the drain.
+                if refused(exc) and exc.status != 412:
+                    ctx.ledger.forget(entries)
                 raise
             ctx.checkpoint("nic-written")
             kept = {k.lower(): v for k, v in (written.tags or {}).items()}
+            tags_work.append(
+                p.on_nic and all(kept.get(k.lower()) == v for k, v in p.tags.items() if is_ours(k))
+            )
             if p.on_nic and any(kept.get(k.lower()) != v for k, v in p.tags.items() if is_ours(k)):
                 ctx.log.warning(
                     "an Azure Policy rewrote drainer's record on the NIC: keeping it locally instead",
@@ -214,14 +259,7 @@ class NicDrain:
             )
             local = True
             written = read_modify_write(f"NIC {rid.name}", read, plan, write, ctx)
-        # Entries of an interrupted earlier run whose reference is gone were removed by that run
-        # (recorded on the NIC, or kept here when it is not).
-        leftover = [e for e in self._local(ctx, nic_id) if e.status == "removing"]
-        if leftover:
-            on_nic = {r.key for r in decode(dict(read_nic(self.network, nic_id).tags or {}), "").refs}
-            ctx.ledger.record(
-                [e._replace(status=CACHED if _ref(e).key in on_nic else "removed") for e in leftover]
-            )
+        self._settle(ctx, nic_id, tags_work=bool(tags_work) and all(tags_work))
         if written is None:
             return ""
         pools = sorted(
@@ -271,6 +309,8 @@ class NicDrain:
             back, waiting = self._restore_nic(ctx, nic_id, presence, summary)
             done.extend(back)
             pending.extend(waiting)
+        if not pending:
+            ctx.absence.clear()  # a 404 counted now never counts towards a later maintenance
         if pending:
             raise ActionError(
                 "restore",
@@ -295,6 +335,7 @@ class NicDrain:
         rid = ResourceId.parse(nic_id)
         local = self._local(ctx, nic_id)
         cached = [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id) and e.status == CACHED]
+        stale: list[LedgerEntry] = []
 
         def read() -> NetworkInterface | None:
             try:
@@ -311,8 +352,14 @@ class NicDrain:
         def plan(nic: NetworkInterface | None) -> Plan | None:
             if nic is None:
                 return None
+            # An unconfirmed copy ("removing") counts only if its write surely happened: none of the
+            # references it took out is still on the NIC (else that write never applied).
+            present = {r.key for r in view_of(nic).refs}
+            pending = [e for e in local if e.status == "removing"]
+            stale[:] = pending if any(_ref(e).key in present for e in pending) else []
+            usable = [e for e in local if e not in stale]
             change = plan_restore(
-                view_of(nic), [_ref(e) for e in local], lambda r: presence.pool(r.kind, r.pool_id), summary
+                view_of(nic), [_ref(e) for e in usable], lambda r: presence.pool(r.kind, r.pool_id), summary
             )
             computed[:] = [change]
             return change if change.changes(view_of(nic)) else None

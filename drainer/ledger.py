@@ -72,6 +72,9 @@ class Absence(Protocol):
     def present(self, resource_id: str) -> None:
         """The resource answered: forget its earlier 404s. Raises StateError."""
 
+    def clear(self) -> None:
+        """A restore completed: no 404 counts towards a later one. Raises StateError."""
+
 
 def confirmed(first: datetime, reads: int, now: datetime, need_reads: int, need_seconds: float) -> bool:
     # A clock that stepped back makes the span negative: not confirmed (the record is kept longer).
@@ -91,6 +94,9 @@ class StoreAbsence:
     def present(self, resource_id: str) -> None:
         self._store.forget_absent(resource_id)
 
+    def clear(self) -> None:
+        self._store.clear_absent()
+
 
 class MemoryAbsence:
     """For one process only (tests of a single action): never confirms on a single read."""
@@ -108,3 +114,6 @@ class MemoryAbsence:
 
     def present(self, resource_id: str) -> None:
         self._seen.pop(resource_id.lower(), None)
+
+    def clear(self) -> None:
+        self._seen.clear()

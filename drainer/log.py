@@ -147,6 +147,13 @@ def configure(cfg: LoggingConfig, *, stream: TextIO | None = None, level: str | 
     _current = LazyLogger(cfg, stream, level or cfg.level)
 
 
+def _printable_values(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Values from IMDS or ARM never reach a terminal raw (escape sequences written as escapes)."""
+    from drainer.terminal import printable  # noqa: PLC0415
+
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
 def _build(cfg: LoggingConfig, stream: TextIO | None, min_level: int) -> Any:
     import structlog  # noqa: PLC0415 - see the module docstring
 
@@ -158,11 +165,14 @@ def _build(cfg: LoggingConfig, stream: TextIO | None, min_level: int) -> Any:
     else:
         renderer = structlog.processors.JSONRenderer()
     sink = _Sink(out, _extra_handlers(cfg))
+    # JSON escapes control characters itself; the console renderer would print them raw.
+    escape: list[Any] = [_printable_values] if use_console else []
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(min_level),

@@ -7,7 +7,7 @@ the record survives the loss of the VM's state directory (a reimaged OS disk, a 
 Encoding, sized to Azure's documented tag limits (50 tags per resource; names up to 512 characters,
 case-insensitive, none of ``<>%&\\?/``; values up to 256 characters):
 
-- ``drainer``: a summary for operators (``out: Reboot 6a3f... since 2026-11-30T03:40:00Z vm=web-0``);
+- ``drainer:out``: a summary for operators (``out: Reboot 6a3f... since 2026-11-30T03:40:00Z vm=web-0``);
 - ``drainer:lb:<ipconfig>:<n>`` / ``drainer:agw:<ipconfig>:<n>``: one removed load-balancer /
   application-gateway pool reference of that ipConfiguration, valued ``<resource group>/<parent>/<pool>``
   (a NIC can only reference pools of its own subscription; resource group names are at most 90
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-SUMMARY = "drainer"
+SUMMARY = "drainer:out"  # a tag named just "drainer" is an operator's: foreign
 PREFIX = "drainer:"
 MAX_TAGS = 50
 MAX_NAME = 512
@@ -83,8 +83,7 @@ class Plan(NamedTuple):
 
 
 def is_ours(tag_name: str) -> bool:
-    lowered = tag_name.lower()
-    return lowered == SUMMARY or lowered.startswith(PREFIX)
+    return tag_name.lower().startswith(PREFIX)
 
 
 def foreign(tags: Mapping[str, str]) -> dict[str, str]:
@@ -166,7 +165,7 @@ def decode(tags: Mapping[str, str], subscription: str) -> Records:
     """The records in a NIC's tags."""
     out = Records([], [], {})
     for name, value in tags.items():
-        if not name.lower().startswith(PREFIX):
+        if not name.lower().startswith(PREFIX) or name.lower() == SUMMARY:
             continue
         parts = name[len(PREFIX) :].split(":")
         pieces = value.split("/")

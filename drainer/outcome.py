@@ -52,10 +52,10 @@ def failed(state_dir: str, error: str, error_type: str, now: float | None = None
         "consecutive": (consecutive if isinstance(consecutive, int) else 0) + 1,
         "since": since if isinstance(since, str) else _iso(at),
     }
-    new = path.with_name(FAILING + ".new")
-    try:
-        new.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        new.replace(path)
+    from drainer.safefile import write_atomic  # noqa: PLC0415 - only on the failure path
+
+    try:  # a random O_EXCL temporary name, never through a planted symlink, mode 0600
+        write_atomic(path, (json.dumps(record) + "\n").encode(), 0o600)
     except OSError:
         return
 

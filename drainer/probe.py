@@ -8,7 +8,9 @@ health check reads it, and every run puts it back in line with the state.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,7 @@ class ProbeDrain:
 
 
 def out_of_rotation(state_dir: str, flag_file: str) -> bool:
-    """The readiness answer: out while the persisted drain state is not ``in_rotation`` (or the flag
-    file says so). A state database that cannot be read right now leaves the flag to decide."""
+    """The readiness answer: out while the persisted drain state is not ``in_rotation``."""
     try:
         db = sqlite3.connect(f"file:{Path(state_dir) / DB_NAME}?mode=ro", uri=True, timeout=1)
         try:
@@ -71,6 +72,12 @@ def out_of_rotation(state_dir: str, flag_file: str) -> bool:
             db.close()
     except sqlite3.Error:
         row = None
-    if row is not None and row[0] != "in_rotation":
-        return True
-    return Path(flag_file).exists()
+    if row is not None:
+        return bool(row[0] != "in_rotation")
+    # No state yet (or unreadable this instant): the flag decides, if drainer wrote it (a regular
+    # file owned by root or drainer's user; anything another user planted there is ignored).
+    try:
+        info = os.lstat(flag_file)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid in (0, os.geteuid())

@@ -441,6 +441,12 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
+    def clear_absent(self) -> None:
+        try:
+            self._db.execute("DELETE FROM absent")
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
     def absent(self) -> dict[str, tuple[datetime, int]]:
         """Resources seen absent and not yet confirmed gone (for ``status``)."""
         rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()

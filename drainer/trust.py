@@ -97,6 +97,13 @@ def check(path: str, *, strict_leaf: bool = True, strict_parent: bool = False) -
         candidate = posixpath.join(current, name)
         info = _lstat(candidate)
         if stat.S_ISLNK(info.st_mode):
+            # Whoever owns a symlink decides where it points (and can re-point it after the check):
+            # as for any other component, only root or drainer's user may own one on a trusted path.
+            if not _owner_ok(info):
+                raise TrustError(
+                    candidate,
+                    f"a symlink owned by uid {info.st_uid}, neither root nor the user drainer runs as",
+                )
             links += 1
             if links > _MAX_LINKS:
                 raise TrustError(path, "too many levels of symbolic links")

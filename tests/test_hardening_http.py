@@ -157,7 +157,23 @@ def test_the_probe_port_serves_readiness_only(agent: Agent, control: EmulatorCon
     assert daemon.stop() == 0, daemon.log()
 
 
-@pytest.mark.parametrize("key", ["metrics", "probe"])
+def test_a_taken_metrics_port_never_stops_the_drain(
+    agent: Agent, control: EmulatorControl, daemon: Daemon
+) -> None:
+    """A local user squatting the metrics port: the daemon says so once and drains anyway."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        daemon_config(agent, taken.getsockname()[1])
+        control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
+        daemon.start()
+        control.schedule("Reboot", ["web-0"])
+        wait_until(lambda: control.nic_pools("web-0-nic") == [], what="the drain")
+        assert "metrics are not served" in daemon.log()
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("key", ["probe"])
 def test_a_taken_port_is_one_line_and_exit_2(agent: Agent, control: EmulatorControl, key: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -77,11 +77,11 @@ def test_foreign_tags_are_kept_and_the_limit_of_50_is_respected() -> None:
         **foreign,
         "drainer:lb:ipconfig1:0": "rg-app/lb-web/api",
         "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
-        "drainer": "out",
+        "drainer:out": "out",
     }
     full = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
     fits = with_records(full, [WEB, API], [], SUB, "out")
-    assert fits is not None and "drainer" not in fits  # 48 + 2 records: the summary gives way
+    assert fits is not None and "drainer:out" not in fits  # 48 + 2 records: the summary gives way
     crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 1)}
     assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 49 + 2 > 50
 
@@ -132,13 +132,13 @@ def test_plan_drain(row: tuple[object, ...]) -> None:
     assert plan.on_nic is on_nic
     if on_nic and removed:
         assert {r.key for r in decode(plan.tags, SUB).refs} == recorded
-        assert plan.tags["drainer"] == "out: Reboot"
+        assert plan.tags["drainer:out"] == "out: Reboot"
     if not on_nic:
         assert plan.tags == tags  # nothing of ours written
 
 
 RECORDED = {
-    "drainer": "out",
+    "drainer:out": "out",
     "drainer:lb:ipconfig1:0": "rg-app/lb-web/api",
     "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
 }
@@ -163,7 +163,7 @@ def test_plan_restore(row: tuple[object, ...]) -> None:
     assert (len(plan.kept), len(plan.restored), len(plan.dropped)) == (kept, restored, dropped)
     left = decode(plan.tags, SUB).refs
     assert len(left) == kept  # the record of what is not back yet stays on the NIC, nothing else
-    assert ("drainer" in plan.tags) is bool(kept)
+    assert ("drainer:out" in plan.tags) is bool(kept)
     assert plan.tags.get("owner") == tags.get("owner")
 
 

@@ -216,7 +216,16 @@ ROLES = {
         "Microsoft.Network/loadBalancers/backendAddressPools/write",  # put_pool
         "Microsoft.Network/virtualNetworks/joinLoadBalancer/action",  # pool addresses link a VNet
         "Microsoft.Network/virtualNetworks/subnets/joinLoadBalancer/action",  # ... or a subnet
-        "Microsoft.Network/networkInterfaces/read",  # peers for early approval
+        "Microsoft.Network/networkInterfaces/read",  # peers for early approval, NIC discovery
+        # the record on the VM's NIC (tags): a NIC PUT, with its linked authorisation, and a
+        # restore also reads the nic method's records (the method may have changed while out)
+        "Microsoft.Network/networkInterfaces/write",
+        "Microsoft.Network/loadBalancers/backendAddressPools/join/action",
+        "Microsoft.Network/loadBalancers/inboundNatRules/join/action",
+        "Microsoft.Network/virtualNetworks/subnets/join/action",
+        "Microsoft.Network/networkSecurityGroups/join/action",
+        "Microsoft.Network/publicIPAddresses/join/action",
+        "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
         "Microsoft.Network/locations/operations/read",
     },
     "drainer-role-reader.json": {

@@ -76,7 +76,7 @@ def test_the_drain_write_records_on_the_nic_and_the_restore_write_removes_it(
         "rg-drainer/lb-web/api-pool",
         "rg-drainer/lb-web/web-pool",
     ]
-    assert "Reboot" in tags["drainer"] and "vm=web-0" in tags["drainer"]
+    assert "Reboot" in tags["drainer:out"] and "vm=web-0" in tags["drainer:out"]
     # Removal and record were one write (plus the foreign tag kept in it).
     nic_writes = [w for w in two_pools.arm_writes() if w["kind"] == "nic"]
     assert len(nic_writes) == 1
