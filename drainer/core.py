@@ -426,7 +426,16 @@ def _reconcile_due(
         r.state in (EventState.ACTIVE, EventState.PENDING) for r in records.values()
     )
     failed = vm.last_reconcile.startswith("failed")
-    interval = policy.reconcile_active_seconds if busy or failed else policy.reconcile_interval_seconds
+    if failed:
+        # A reconcile that failed may be all that stands between a VM and its pools (its state was
+        # lost while it was out): retried like a failed restore, at most retry_max_seconds apart.
+        interval = min(policy.retry_max_seconds, policy.reconcile_active_seconds or policy.retry_max_seconds)
+        if vm.last_reconcile_at is None or interval <= 0:
+            return "the last reconcile failed"
+    elif busy:
+        interval = policy.reconcile_active_seconds
+    else:
+        interval = policy.reconcile_interval_seconds
     if interval <= 0:
         return ""
     if vm.last_reconcile_at is None:
@@ -435,7 +444,7 @@ def _reconcile_due(
     if elapsed < 0:  # the wall clock stepped back: due now rather than stalled
         return "the clock stepped back"
     if elapsed >= interval:
-        return "an event is in progress" if busy else "periodic"
+        return "the last reconcile failed" if failed else ("an event is in progress" if busy else "periodic")
     return ""
 
 

@@ -222,11 +222,15 @@ def test_reconcile_when_fresh_then_periodically_and_more_often_while_busy() -> N
     assert step(drained, busy, T0 + timedelta(seconds=300), policy).actions == (
         Reconcile(True, "an event is in progress"),
     )
-    # A failed reconcile is tried again at the active interval, and leaves a history line.
+    # A failed reconcile is retried like a failed restore (at most retry_max_seconds apart), and
+    # leaves a history line.
     failed = record_reconcile(state, Reconcile(False, "periodic"), "", "ARM said 503", T0, changed=False)
     assert failed.transitions and failed.state.vm.last_reconcile.startswith("failed")
-    assert step(failed.state, idle, T0 + timedelta(seconds=300), policy).actions == (
-        Reconcile(False, "periodic"),
+    assert step(failed.state, idle, T0, policy).actions == (Reconcile(False, "the last reconcile failed"),)
+    spaced = policy._replace(retry_max_seconds=60)
+    assert step(failed.state, idle, T0 + timedelta(seconds=59), spaced).actions == ()
+    assert step(failed.state, idle, T0 + timedelta(seconds=60), spaced).actions == (
+        Reconcile(False, "the last reconcile failed"),
     )
 
 

@@ -444,3 +444,18 @@ def test_a_probe_daemon_restarted_while_drained_answers_503_from_its_first_reque
     finally:
         if second.process and second.process.poll() is None:
             second.process.kill()
+
+
+def test_a_failed_reconcile_after_state_loss_is_retried_at_once(
+    tagged: Agent, two_pools: EmulatorControl
+) -> None:
+    """Found by the chaos test (seed 11, scenarios 44 and 139): a reconcile that failed was not
+    retried for reconcile_active_seconds, and it was all that stood between the VM and its pools."""
+    event_id = drain(tagged, two_pools)
+    two_pools.remove(event_id)
+    shutil.rmtree(tagged.state_dir)
+    two_pools.fault(match="/networkInterfaces/web-0-nic", status=409, count=1, method="PUT")
+    assert tagged.check().returncode == 1  # the reconcile's restore write was refused
+    assert pools_of(two_pools, "web-0-nic") == []
+    ok(tagged.check())
+    assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
