@@ -23,6 +23,23 @@ from typing import Any
 
 MAX_CONNECTIONS = 32
 PER_CLIENT = 8
+AZURE_PROBE_SOURCE = "168.63.129.16"  # the address Azure's health probes come from (documented)
+
+
+def _bucket(address: str) -> str:
+    """Whose connection this is, for the per-client limit: an IPv6 /64 is one client (one host can
+    use every address of its /64)."""
+    import ipaddress  # noqa: PLC0415 - only when serving
+
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 6 and not ip.is_loopback:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 TIMEOUT = 5.0  # seconds per read or write
 DEADLINE = 10.0  # seconds per connection, whatever the client does
 
@@ -55,9 +72,11 @@ class BoundedServer(ThreadingHTTPServer):
         threading.Thread(target=self._watchdog, name="http deadline", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        client = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        client = _bucket(str(client_address[0]) if isinstance(client_address, tuple) else "")
         with self._live_lock:
-            full = len(self._live) >= self.max_connections
+            # Azure's load-balancer probes come from 168.63.129.16: they get a slot even when every
+            # other one is taken (only their own per-client limit applies).
+            full = len(self._live) >= self.max_connections and client != AZURE_PROBE_SOURCE
             if full or self._clients.get(client, 0) >= self.per_client:
                 self.refused += 1
                 admitted = False

@@ -132,6 +132,8 @@ class NicDrain:
         nics = {nic_id: read_nic(self.network, nic_id) for nic_id in nic_ids}
         planned = [r for nic in nics.values() for r in view_of(nic).refs if r.kind in kinds]
         if not planned:
+            for nic_id, nic in nics.items():  # the cache of the NICs' records (approval reads it)
+                self._settle(ctx, nic_id, tags_work=False, nic=nic)
             if action is not None:
                 ctx.log.warning("vm is in no backend pool: nothing to take out", nics=nic_ids)
             return False, "in no backend pool"
@@ -157,7 +159,9 @@ class NicDrain:
             counts[ref.pool_id] = len({nic_of(m).lower() for m in members if m} - ours)
         return counts
 
-    def _settle(self, ctx: ActionContext, nic_id: str, *, tags_work: bool) -> None:
+    def _settle(
+        self, ctx: ActionContext, nic_id: str, *, tags_work: bool, nic: NetworkInterface | None = None
+    ) -> None:
         """Settle the local copies of earlier, interrupted or ambiguous writes against the NIC, and
         refresh the cache of the NIC's record (approval reads it, and it is gone with a lost state).
 
@@ -165,8 +169,7 @@ class NicDrain:
         NIC's record holds: cached. Otherwise the write happened without its tags (a policy that
         strips them), unless this run showed that the NIC keeps drainer's tags: then the write never
         happened either, and the reference was removed by someone else (forgotten: never re-added)."""
-        nic = read_nic(self.network, nic_id)
-        view = view_of(nic)
+        view = view_of(nic if nic is not None else read_nic(self.network, nic_id))
         recorded = decode(view.tags, subscription_of(nic_id)).refs
         on_nic = {r.key for r in recorded}
         present = {r.key for r in view.refs}

@@ -53,6 +53,10 @@ def failed(state_dir: str, error: str, error_type: str, now: float | None = None
         "since": since if isinstance(since, str) else _iso(at),
     }
     from drainer.safefile import write_atomic  # noqa: PLC0415 - only on the failure path
+    from drainer.trust import check_dir  # noqa: PLC0415
+
+    if check_dir(state_dir) is not None:
+        return  # a state dir drainer refuses (the failure itself says why): nothing is written there
 
     try:  # a random O_EXCL temporary name, never through a planted symlink, mode 0600
         write_atomic(path, (json.dumps(record) + "\n").encode(), 0o600)

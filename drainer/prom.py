@@ -116,4 +116,11 @@ def enable() -> PromRecorder:
 def write_textfile(recorder: PromRecorder, path: str) -> None:
     """Atomically, never through a symlink (prometheus_client's own writer opens a predictable
     temporary name by path, which a planted symlink would redirect). Raises OSError."""
+    from drainer.trust import TrustError, check  # noqa: PLC0415
+
+    directory = str(Path(path).absolute().parent)
+    try:  # the directory as a whole: a component another user owns could be swapped for a symlink
+        check(directory, strict_leaf=True)
+    except TrustError as exc:
+        raise OSError(f"refused: {exc}") from exc
     write_atomic(path, generate_latest(recorder.registry), 0o644)
