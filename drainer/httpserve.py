@@ -40,6 +40,8 @@ def _bucket(address: str) -> str:
     if ip.version == 6 and not ip.is_loopback:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
 TIMEOUT = 5.0  # seconds per read or write
 DEADLINE = 10.0  # seconds per connection, whatever the client does
 
