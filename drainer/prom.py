@@ -30,7 +30,16 @@ _COUNTERS = {
         "Scheduled events seen for the first time",
         ("event_type", "event_status"),
     ),
-    "actions": ("drainer_actions_total", "Drains, restores and approvals by result", ("action", "result")),
+    "actions": (
+        "drainer_actions_total",
+        "Drains, restores, reconciles and approvals by result",
+        ("action", "result"),
+    ),
+    "dropped": (
+        "drainer_dropped_total",
+        "Records dropped from a restore because their NIC or pool was confirmed gone",
+        ("kind",),
+    ),
     "imds_requests": ("drainer_imds_requests_total", "IMDS requests by HTTP status", ("status",)),
     "arm_requests": ("drainer_arm_requests_total", "ARM requests by HTTP status", ("status",)),
     "hook_runs": ("drainer_hook_runs_total", "Hook runs by phase and result", ("phase", "result")),

@@ -459,3 +459,19 @@ def test_a_failed_reconcile_after_state_loss_is_retried_at_once(
     assert pools_of(two_pools, "web-0-nic") == []
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
+
+
+def test_a_confirmed_drop_is_counted_in_the_metrics(tagged: Agent, two_pools: EmulatorControl) -> None:
+    textfile = tagged.tmp / "textfile" / "drainer.prom"
+    textfile.parent.mkdir(mode=0o755)
+    tagged.config_text = (
+        CONFIG.replace("gone_after_reads = 3", "gone_after_reads = 1")
+        + f'\n[metrics]\nenabled = true\ntextfile = "{textfile}"\n'
+    )
+    event_id = drain(tagged, two_pools)
+    two_pools.remove(event_id)
+    two_pools.delete_pool("lb-web", "api-pool")
+    done = tagged.check()
+    ok(done)
+    assert pools_of(two_pools, "web-0-nic") == [WEB_POOL]
+    assert 'drainer_dropped_total{kind="lb-pool"} 1.0' in textfile.read_text()
