@@ -91,6 +91,12 @@ def _ref(entry: LedgerEntry) -> Ref:
     return Ref(entry.item, entry.kind, entry.target)
 
 
+def _short(pool_id: str) -> str:
+    """``<load balancer>/<pool>`` of a pool id, for log lines and messages."""
+    rid = ResourceId.parse(pool_id)
+    return f"{rid.name}/{rid.child}"
+
+
 def _why(ctx: ActionContext) -> str:
     if ctx.events:
         first = ctx.events[0].event
@@ -265,9 +271,7 @@ class NicDrain:
         self._settle(ctx, nic_id, tags_work=bool(tags_work) and all(tags_work))
         if written is None:
             return ""
-        pools = sorted(
-            {r.pool_id.rsplit("/", 3)[-3] + "/" + r.pool_id.rsplit("/", 1)[-1] for r in written[1].removed}
-        )
+        pools = sorted({_short(r.pool_id) for r in written[1].removed})
         ctx.log.info(
             "removed NIC from pools",
             nic=rid.name,
@@ -406,4 +410,4 @@ class NicDrain:
         if leftover:
             ctx.log.warning("unreadable drainer tags left on the NIC", nic=rid.name, tags=sorted(leftover))
         back = [f"{rid.name} back in {len(written.restored)} pool(s)"] if written.restored else []
-        return back, [r.pool_id.rsplit("/", 3)[-3] + "/" + r.pool_id.rsplit("/", 1)[-1] for r in written.kept]
+        return back, [_short(r.pool_id) for r in written.kept]

@@ -13,16 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drainer.emulator.control import EmulatorControl
 from tests.conftest import DEFAULT_CONFIG, ENTRY, Agent
-from tests.test_daemon import Daemon, daemon_config, free_port, wait_until
+from tests.test_daemon import Daemon, daemon, daemon_config, free_port, probe_section, wait_until
 from tests.test_hardening_http import get
 from tests.test_hardening_urls import recorder
+
+__all__ = ["daemon"]  # the fixture, shared with tests/test_daemon.py
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates files owned by other users")
@@ -35,15 +36,6 @@ def _precious(agent: Agent) -> tuple[Path, bytes]:
     target.write_bytes(b"root's precious file\n")
     target.chmod(0o644)
     return target, target.read_bytes()
-
-
-@pytest.fixture
-def daemon(agent: Agent) -> Iterator[Daemon]:
-    runner = Daemon(agent)
-    yield runner
-    if runner.process is not None and runner.process.poll() is None:
-        runner.process.kill()
-        runner.process.wait()
 
 
 def test_refused_state_dir_still_gets_failing_json_written_through_a_planted_symlink(agent: Agent) -> None:
@@ -222,8 +214,7 @@ def test_the_daemon_answers_readiness_from_a_flag_dir_others_can_write(
     daemon_config(
         agent,
         metrics_port,
-        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
-        f'path = "/ready"\nflag_file = "{flag}"\n',
+        probe_section(probe_port, flag),
     )
     daemon.start()
     assert daemon.process is not None

@@ -107,6 +107,14 @@ def daemon_config(agent: Agent, metrics_port: int, extra: str = "") -> None:
     )
 
 
+def probe_section(probe_port: int, flag: Path) -> str:
+    """Config for the probe method: readiness at http://127.0.0.1:<probe_port>/ready, this flag file."""
+    return (
+        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
+        f'path = "/ready"\nflag_file = "{flag}"\n'
+    )
+
+
 def add_hook(agent: Agent, phase: str, name: str, body: str) -> None:
     directory = agent.tmp / "hooks" / phase
     directory.mkdir(parents=True, exist_ok=True)
@@ -220,8 +228,7 @@ def test_probe_method_readiness(agent: Agent, control: EmulatorControl, daemon: 
     daemon_config(
         agent,
         port,
-        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
-        f'path = "/ready"\nflag_file = "{flag}"\n',
+        probe_section(probe_port, flag),
     )
     daemon.start()
     ready = f"http://127.0.0.1:{probe_port}/ready"

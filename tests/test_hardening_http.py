@@ -16,7 +16,9 @@ import pytest
 
 from drainer.emulator.control import EmulatorControl
 from tests.conftest import ENTRY, Agent
-from tests.test_daemon import Daemon, daemon_config, free_port, wait_until
+from tests.test_daemon import Daemon, daemon, daemon_config, free_port, probe_section, wait_until
+
+__all__ = ["daemon"]  # the fixture, shared with tests/test_daemon.py
 
 IDLE = 1100  # per port
 
@@ -79,15 +81,6 @@ def still_open(s: socket.socket) -> bool:
         return False
 
 
-@pytest.fixture
-def daemon(agent: Agent) -> Iterator[Daemon]:
-    runner = Daemon(agent)
-    yield runner
-    if runner.process is not None and runner.process.poll() is None:
-        runner.process.kill()
-        runner.process.wait()
-
-
 def test_idle_connections_to_both_ports_do_not_stop_a_drain(
     agent: Agent, control: EmulatorControl, daemon: Daemon
 ) -> None:
@@ -96,8 +89,7 @@ def test_idle_connections_to_both_ports_do_not_stop_a_drain(
     daemon_config(
         agent,
         metrics_port,
-        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
-        f'path = "/ready"\nflag_file = "{flag}"\n',
+        probe_section(probe_port, flag),
     )
     daemon.start()
     assert daemon.process is not None
@@ -144,8 +136,7 @@ def test_the_probe_port_serves_readiness_only(agent: Agent, control: EmulatorCon
     daemon_config(
         agent,
         metrics_port,
-        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
-        f'path = "/ready"\nflag_file = "{agent.tmp / "flag"}"\n',
+        probe_section(probe_port, agent.tmp / "flag"),
     )
     daemon.start()
     wait_until(lambda: "daemon started" in daemon.log(), what="the daemon to start")

@@ -408,15 +408,14 @@ def test_a_policy_on_tags_falls_back_to_the_local_record(
 def test_a_probe_daemon_restarted_while_drained_answers_503_from_its_first_request(
     agent: Agent, control: EmulatorControl
 ) -> None:
-    from tests.test_daemon import Daemon, daemon_config, fetch, free_port, wait_until
+    from tests.test_daemon import Daemon, daemon_config, fetch, free_port, probe_section, wait_until
 
     probe_port = free_port()
     flag_dir = agent.tmp / "run-drainer"  # what systemd's RuntimeDirectory= removes on stop
     daemon_config(
         agent,
         free_port(),
-        f'\n[drain]\nmethod = "probe"\n\n[probe]\naddress = "127.0.0.1:{probe_port}"\n'
-        f'path = "/ready"\nflag_file = "{flag_dir / "out-of-rotation"}"\n',
+        probe_section(probe_port, flag_dir / "out-of-rotation"),
     )
     ready = f"http://127.0.0.1:{probe_port}/ready"
     first = Daemon(agent)
