@@ -31,6 +31,8 @@ class ActionContext:
     # Crash-injection seam between the steps of an action (see drainer.runner.Seams).
     checkpoint: Callable[[str], None] = lambda _: None
     now: Callable[[], datetime] = _utcnow
+    # Lines for `status` the action leaves behind (e.g. a drain forced below the pool's floor).
+    notes: list[str] = field(default_factory=list)
 
 
 class Actuator(Protocol):

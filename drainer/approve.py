@@ -11,7 +11,13 @@ from typing import Any
 from drainer import metrics
 from drainer.config import Config
 from drainer.core import Approve, DrainState, State
-from drainer.decide_approval import ApprovalFacts, approval_candidates, decide_approvals, record_approval
+from drainer.decide_approval import (
+    ApprovalFacts,
+    approval_candidates,
+    decide_approvals,
+    record_approval,
+    turn,
+)
 from drainer.errors import EXIT_ACTION_FAILED, DrainerError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.state import StateStore
@@ -40,10 +46,14 @@ def approve(
 
         connections = count_established(cfg.service_ports)
     facts = ApprovalFacts(open_connections=connections)
-    listed = {r.casefold() for c in approval_candidates(state) for r in c.event.resources}
-    if cfg.enabled and drained and len(listed) > 1 and config.drain.method in ("nic", "admin-state"):
-        in_rotation, visible = _peer_facts(config, log, vm, store, listed)
-        facts = facts._replace(peers_in_rotation=in_rotation, pool_members=visible)
+    others = {
+        r.casefold()
+        for c in approval_candidates(state)
+        if not turn(c, vm.name, state.vm, now, cfg)
+        for r in c.event.resources
+    } - {vm.name.casefold()}
+    if cfg.enabled and drained and others and config.drain.method in ("nic", "admin-state"):
+        facts = facts._replace(listed_in_pool=_listed_in_pool(config, log, vm, store, others))
     decision = decide_approvals(state, vm.name, now, cfg, facts)
     if decision.transitions:
         store.save(state, decision.state, decision.transitions, now)
@@ -78,43 +88,59 @@ def approve(
     return state
 
 
-def _peer_facts(
-    config: Config, log: Any, vm: InstanceInfo, store: StateStore, listed: set[str]
-) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-    """Which listed VMs share this VM's pools and are still in them, read from ARM. On an ARM error
-    the peers stay unknown (the approval then waits, or goes ahead near NotBefore).
+def _listed_in_pool(
+    config: Config, log: Any, vm: InstanceInfo, store: StateStore, others: set[str]
+) -> frozenset[str] | None:
+    """Which of the other listed VMs are still in a backend pool, read from ARM (None on an ARM
+    error: the approval then waits).
 
-    While an approval waits for the other VMs, the daemon would ask every second: the answer is
-    reused for ``[approval] peer_check_interval`` seconds (kept in the state's meta) to spare ARM's
-    read quota."""
+    The listed VMs' NICs are found once per set of listed VMs (one subscription-wide NIC list, kept
+    in the state's meta); then each NIC not yet seen out is read, at most every ``[approval]
+    peer_check_interval`` seconds (a VM that left its pools for an event stays out while it is
+    listed, so it is not read again)."""
     from drainer.lb import make_lb_actuator  # noqa: PLC0415
-    from drainer.lb_common import peers  # noqa: PLC0415
+    from drainer.lb_common import listed_nics, still_in_pools  # noqa: PLC0415
 
-    cached = store.meta("peer_check")
-    if cached:
-        try:
-            data = json.loads(cached)
-            fresh = 0 <= time.time() - float(data["at"]) < config.approval.peer_check_interval
-            if data["listed"] == sorted(listed) and fresh:
-                return frozenset(data["in_rotation"]), frozenset(data["members"])
-        except (ValueError, KeyError, TypeError):
-            pass
+    listed = sorted(others)
+    cached = _meta_json(store, "peer_check")
+    seen_out: set[str] = set()
+    if cached.get("listed") == listed:
+        seen_out = set(cached.get("out") or [])
+        if 0 <= time.time() - float(cached.get("at") or 0) < config.approval.peer_check_interval:
+            return frozenset(cached.get("in_pool") or [])
     try:
         actuator: Any = make_lb_actuator(config, vm, log)
-        result = peers(actuator.network, vm, store.ledger(), listed)
+        network = actuator.network
+        network.start()
+        found = _meta_json(store, "listed_nics")
+        nics: dict[str, list[str]] = found.get("nics") or {}
+        if found.get("listed") != listed:
+            nics = listed_nics(network, vm, others)
+            missing = sorted(n for n, ids in nics.items() if not ids)
+            if missing:
+                log.warning("listed VMs whose NICs were not found: not approving for them", vms=missing)
+        ip_pools = {e.resource_id.lower() for e in store.ledger() if e.method == "admin-state"}
+        to_check = {n: ids for n, ids in nics.items() if n not in seen_out}
+        inside = still_in_pools(network, to_check, ip_pools)
     except DrainerError as exc:
-        log.warning("could not read the other VMs' pool membership", error=str(exc))
-        return None, None
+        log.warning("could not read the other listed VMs' pool membership", error=str(exc))
+        return None
+    seen_out |= set(to_check) - inside
     store.set_meta(
         {
+            "listed_nics": json.dumps({"listed": listed, "nics": nics}),
             "peer_check": json.dumps(
-                {
-                    "at": time.time(),
-                    "listed": sorted(listed),
-                    "in_rotation": sorted(result[0]),
-                    "members": sorted(result[1]),
-                }
-            )
+                {"at": time.time(), "listed": listed, "in_pool": sorted(inside), "out": sorted(seen_out)}
+            ),
         }
     )
-    return result
+    return frozenset(inside)
+
+
+def _meta_json(store: StateStore, key: str) -> dict[str, Any]:
+    raw = store.meta(key)
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -11,24 +11,31 @@ Imported only when there is something to drain or restore: the Azure SDK costs t
   (``drainer.armguard``).
 - SDK retries (429 with ``Retry-After``, ``RetryableErrorDueToAnotherOperation``, 5xx) never sleep past
   the deadline; long-running operations are polled at ``poll_interval`` and waited for only until it.
+- Retries are jittered (``Retry-After`` plus up to half of it again; backoff with full jitter), so a
+  fleet throttled together does not come back together; every HTTP request to ARM, retries and
+  operation polls included, takes a token from one process-wide bucket (``[azure]
+  max_calls_per_second``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
+import threading
 import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
 from azure.core.exceptions import AzureError, HttpResponseError
-from azure.core.pipeline.policies import RetryPolicy
+from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import (
     ApplicationGateway,
+    ApplicationSecurityGroup,
     BackendAddressPool,
     LoadBalancer,
     NetworkInterface,
@@ -103,11 +110,72 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
                 found = _RETRY_IN.search(_body_text(response.http_response))
                 wait = float(found.group(1)) if found else None
         if wait is None:
-            wait = self.get_backoff_time(settings)
+            # Full jitter: anywhere between no wait and the exponential backoff.
+            wait = random.uniform(0, self.get_backoff_time(settings))  # noqa: S311 - not for secrets
+        else:
+            # At least what ARM asked for, plus up to half of it: a fleet throttled together spreads.
+            wait += random.uniform(0, min(wait, 10.0) / 2)  # noqa: S311 - not for secrets
         if time.monotonic() + wait > self.deadline:
             raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
         if wait > 0:
             transport.sleep(wait)
+
+
+class RateLimiter:
+    """A token bucket shared by every ARM request of this process (one VM: one drainer)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait_time(self) -> float:
+        """Take a token; the seconds to wait before using it (0: at once)."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def acquire(self, deadline: float) -> None:
+        """Wait for a token. Raises ArmDeadlineError when that would pass ``deadline`` (monotonic)."""
+        wait = self.wait_time()
+        if wait > 0:
+            if time.monotonic() + wait > deadline:
+                raise ArmDeadlineError(
+                    f"the ARM rate limit would delay the call past the deadline ({wait:.1f}s)"
+                )
+            time.sleep(wait)
+
+
+_LIMITERS: dict[tuple[float, float], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def rate_limiter(rate: float) -> RateLimiter:
+    """The process-wide limiter for ``rate`` calls per second (bursts of twice that, at least 1)."""
+    with _LIMITERS_LOCK:
+        key = (rate, max(1.0, 2 * rate))
+        if key not in _LIMITERS:
+            _LIMITERS[key] = RateLimiter(*key)
+        return _LIMITERS[key]
+
+
+class _RateLimitPolicy(HTTPPolicy[Any, Any]):
+    """Every request of the pipeline (retries and operation polls too) waits for the process-wide
+    bucket."""
+
+    def __init__(self, limiter: RateLimiter, retry: _DeadlineRetryPolicy) -> None:
+        super().__init__()
+        self.limiter = limiter
+        self.retry = retry
+
+    def send(self, request: Any) -> Any:
+        self.limiter.acquire(self.retry.deadline)
+        return self.next.send(request)
 
 
 def _count_response(response: Any) -> None:
@@ -158,7 +226,12 @@ class Network(Protocol):
     def get_nic(self, resource_group: str, name: str) -> NetworkInterface: ...
     def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer: ...
     def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]: ...
+    def list_all_nics(self) -> list[NetworkInterface]: ...
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway: ...
+    def get_asg(self, resource_group: str, name: str) -> ApplicationSecurityGroup: ...
+    def put_asg(
+        self, resource_group: str, name: str, asg: ApplicationSecurityGroup
+    ) -> ApplicationSecurityGroup: ...
     def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface: ...
     def put_pool(
         self, resource_group: str, lb: str, name: str, pool: BackendAddressPool
@@ -181,6 +254,9 @@ class ArmNetwork:
             base_url=cfg.arm_endpoint,
             credential_scopes=[cfg.arm_endpoint.rstrip("/") + "/.default"],
             retry_policy=self._retry,
+            per_retry_policies=[_RateLimitPolicy(rate_limiter(cfg.max_calls_per_second), self._retry)]
+            if cfg.max_calls_per_second > 0
+            else [],
             custom_hook_policy=ArmOnlyPolicy(cfg.arm_endpoint),
             transport=RequestsTransport(
                 session=arm_session(),
@@ -250,9 +326,31 @@ class ArmNetwork:
             self._call(what, lambda **kw: list(self._client.load_balancers.list(resource_group, **kw)))
         )
 
+    def list_all_nics(self) -> list[NetworkInterface]:
+        what = "list the subscription's NICs"
+        return list(self._call(what, lambda **kw: list(self._client.network_interfaces.list_all(**kw))))
+
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
         result: ApplicationGateway = self._call(
             f"read application gateway {name}", self._client.application_gateways.get, resource_group, name
+        )
+        return result
+
+    def get_asg(self, resource_group: str, name: str) -> ApplicationSecurityGroup:
+        result: ApplicationSecurityGroup = self._call(
+            f"read lease {name}", self._client.application_security_groups.get, resource_group, name
+        )
+        return result
+
+    def put_asg(
+        self, resource_group: str, name: str, asg: ApplicationSecurityGroup
+    ) -> ApplicationSecurityGroup:
+        result: ApplicationSecurityGroup = self._put(
+            f"write lease {name}",
+            self._client.application_security_groups.begin_create_or_update,
+            resource_group,
+            name,
+            resource=asg,
         )
         return result
 
@@ -318,8 +416,20 @@ class DryRunNetwork:
     def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]:
         return self.inner.list_load_balancers(resource_group)
 
+    def list_all_nics(self) -> list[NetworkInterface]:
+        return self.inner.list_all_nics()
+
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
         return self.inner.get_app_gateway(resource_group, name)
+
+    def get_asg(self, resource_group: str, name: str) -> ApplicationSecurityGroup:
+        return self.inner.get_asg(resource_group, name)
+
+    def put_asg(
+        self, resource_group: str, name: str, asg: ApplicationSecurityGroup
+    ) -> ApplicationSecurityGroup:
+        self.log.warning("dry-run: would write the fleet lease", lease=name, tags_after=asg.tags)
+        return asg
 
     def put_nic(self, resource_group: str, name: str, nic: NetworkInterface) -> NetworkInterface:
         pools = {

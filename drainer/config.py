@@ -11,6 +11,7 @@ Environment overrides (for tests and containers): ``DRAINER_CONFIG`` (the file),
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,7 @@ SECTIONS = (
     "policy",
     "drain",
     "azure",
+    "fleet",
     "approval",
     "restore",
     "hooks",
@@ -86,6 +88,9 @@ class PolicyConfig(NamedTuple):
     # whenever the local state was missing or unreadable.
     reconcile_interval_seconds: int = 1800
     reconcile_active_seconds: int = 300
+    # Within this many seconds of NotBefore (or once the event Started), the impact comes whatever
+    # drainer does: drain then even when that takes a pool below its floor (and say so).
+    force_before_seconds: int = 120
 
     def action_for(self, event_type: EventType) -> str:
         return self.actions.get(event_type.value, "drain")
@@ -96,6 +101,9 @@ class DrainConfig(NamedTuple):
     # Before draining, at least this many other members of each pool must be in service; otherwise
     # the drain is held (retried every run) unless the event is a Preempt or Terminate.
     min_in_service: int = 1
+    # At most this many members of a pool out by drainer's choice at once (counted through the
+    # fleet's lease; 0: only min_in_service limits it).
+    max_unavailable: int = 0
     # Also remove (and restore) Application Gateway backend pool references of the VM's NICs.
     application_gateways: bool = False
     # NICs to drain, as resource ids or names in the VM's resource group; empty: discover them.
@@ -120,6 +128,20 @@ class ApprovalConfig(NamedTuple):
     when_not_drained: bool = False
     # While waiting for the other listed VMs, read their pool membership at most this often.
     peer_check_interval: float = 30.0
+    # The listed VMs approve in turn (sorted by name): the k-th only once every listed VM has been
+    # out for k slots and the event is still Scheduled, so a dead first approver costs one slot.
+    slot_seconds: float = 20.0
+
+
+class FleetConfig(NamedTuple):
+    # Resource id of an application security group whose tags hold the fleet's claims (the floor
+    # is then coordinated across VMs); empty: the floor is checked by each VM alone.
+    lease: str = ""
+    # A claim's life; renewed while the VM is out, so a VM that dies holding one frees it after this.
+    claim_seconds: int = 900
+    # Drains that are not forced, and restores, start after a random delay of up to this many
+    # seconds, so VMs told at the same second do not write to ARM at the same second.
+    spread_seconds: float = 5.0
 
 
 class RestoreConfig(NamedTuple):
@@ -171,6 +193,9 @@ class AzureConfig(NamedTuple):
     deadline: float = 120.0
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # Every HTTP request to ARM (retries and operation polls included) takes a token from one
+    # bucket per process: at most this many per second, in bursts of twice that (0: no limit).
+    max_calls_per_second: float = 5.0
 
 
 class LoggingConfig(NamedTuple):
@@ -196,6 +221,7 @@ class Config(NamedTuple):
     daemon: DaemonConfig = DaemonConfig()
     metrics: MetricsConfig = MetricsConfig()
     probe: ProbeConfig = ProbeConfig()
+    fleet: FleetConfig = FleetConfig()
     # While this file exists, drainer does nothing (check and run exit or idle, saying so).
     disabled_file: str = DEFAULT_DISABLED_FILE
     logging: LoggingConfig = LoggingConfig()
@@ -282,6 +308,25 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+_LEASE_ID = re.compile(
+    r"^/subscriptions/[0-9A-Za-z-]+/resourceGroups/[-\w._()]+/providers/Microsoft\.Network/"
+    r"applicationSecurityGroups/[-\w._]+$",
+    re.IGNORECASE,
+)
+
+
+def _check_lease(path: str, value: str) -> str:
+    if value and not _LEASE_ID.match(value):
+        raise ConfigError(
+            path,
+            "fleet.lease",
+            "must be the resource id of an application security group "
+            "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Network/"
+            "applicationSecurityGroups/<name>)",
+        )
+    return value
+
+
 def _check_arm_endpoint(path: str, key: str, url: str) -> str:
     """ARM carries bearer tokens: https only, except for an emulator on a loopback address."""
     url = _check_endpoint(path, key, url)
@@ -324,6 +369,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
             "reconcile_interval_seconds", int, 1800, low=0, high=7 * 86400
         ),
         reconcile_active_seconds=policy_s.number("reconcile_active_seconds", int, 300, low=0, high=86400),
+        force_before_seconds=policy_s.number("force_before_seconds", int, 120, low=0, high=86400),
     )
     policy_s.done(subtables=("actions",))
 
@@ -334,6 +380,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     drain = DrainConfig(
         method=drain_s.choice("method", DRAIN_METHODS, "nic"),
         min_in_service=drain_s.number("min_in_service", int, 1, low=0, high=1000),
+        max_unavailable=drain_s.number("max_unavailable", int, 0, low=0, high=1000),
         application_gateways=drain_s.get("application_gateways", bool, False),
         gone_after_reads=drain_s.number("gone_after_reads", int, 3, low=1, high=1000),
         gone_after_seconds=drain_s.number("gone_after_seconds", int, 300, low=0, high=30 * 86400),
@@ -352,8 +399,17 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         deadline=azure_s.number("deadline", float, 120.0, low=1, high=3600),
         connect_timeout=azure_s.number("connect_timeout", float, 5.0, low=0.1, high=120),
         read_timeout=azure_s.number("read_timeout", float, 30.0, low=0.1, high=600),
+        max_calls_per_second=azure_s.number("max_calls_per_second", float, 5.0, low=0, high=1000),
     )
     azure_s.done()
+
+    fleet_s = _Section(path, "fleet", raw.get("fleet"))
+    fleet = FleetConfig(
+        lease=_check_lease(path, fleet_s.get("lease", str, "")),
+        claim_seconds=fleet_s.number("claim_seconds", int, 900, low=30, high=86400),
+        spread_seconds=fleet_s.number("spread_seconds", float, 5.0, low=0, high=600),
+    )
+    fleet_s.done()
 
     hooks_s = _Section(path, "hooks", raw.get("hooks"))
     timeouts_s = _Section(path, "hooks.timeouts", hooks_s.raw.get("timeouts"))
@@ -396,6 +452,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         near_seconds=approval_s.number("near_seconds", float, 60.0, low=0, high=86400),
         when_not_drained=approval_s.get("when_not_drained", bool, False),
         peer_check_interval=approval_s.number("peer_check_interval", float, 30.0, low=0, high=3600),
+        slot_seconds=approval_s.number("slot_seconds", float, 20.0, low=0, high=3600),
     )
     approval_s.done()
 
@@ -474,6 +531,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         daemon=daemon,
         metrics=metrics,
         probe=probe,
+        fleet=fleet,
         disabled_file=top.get("disabled_file", str, DEFAULT_DISABLED_FILE),
         logging=logging_cfg,
     )

@@ -118,6 +118,9 @@ class Drain(NamedTuple):
     event_ids: tuple[str, ...]
     event_types: tuple[str, ...]
     reason: str
+    # Why the platform forces this drain now (the event Started, NotBefore is near): it then goes
+    # ahead whatever the pool's floor says. "": an early drain, which waits for a slot.
+    forced: str = ""
 
     @property
     def name(self) -> str:
@@ -342,6 +345,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         held_by = tuple(r.event.key for r in active)
         ids = tuple(r.event.event_id for r in active)
         types = tuple(r.event.event_type.value for r in active)
+        forced = forced_by(active, now, policy)
         if current is DrainState.DRAINED and rebooted:
             # Local effects of a drain (stopped listeners, hooks) do not survive a reboot: redo it.
             vm = _move(
@@ -352,7 +356,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                 transitions=transitions,
                 reason="re-drain after reboot",
             )
-            actions.append(Drain(ids, types, "re-drain after reboot"))
+            actions.append(Drain(ids, types, "re-drain after reboot", forced))
         elif current is DrainState.DRAINED:
             # An event that arrives while the VM is already out: out for it from now on.
             for key in set(held_by) - set(vm.held_by):
@@ -373,11 +377,12 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                     transitions=transitions,
                     reason=reason,
                 )
-                actions.append(Drain(ids, types, reason))
+                actions.append(Drain(ids, types, reason, forced))
             else:
-                # A retry of a failed or held drain backs off; a new event retries at once.
-                if held_by != vm.held_by or retry_due(vm, now, policy):
-                    actions.append(Drain(ids, types, reason))
+                # A retry of a failed or held drain backs off; a new event retries at once, and so
+                # does a held drain the platform now forces (it will not be held again).
+                if held_by != vm.held_by or retry_due(vm, now, policy) or (vm.held and forced):
+                    actions.append(Drain(ids, types, reason, forced))
                 vm = vm._replace(held_by=held_by)
     elif current is not DrainState.IN_ROTATION:
         reason = "no event holds this VM any more"
@@ -481,6 +486,21 @@ def set_manual(state: State, on: bool, now: datetime) -> Decision:
         reason="operator took the VM out by hand" if on else "operator released the manual hold",
     )
     return Decision(state=state._replace(vm=state.vm._replace(manual=on)), transitions=(transition,))
+
+
+def forced_by(active: list[EventRecord], now: datetime, policy: PolicyConfig) -> str:
+    """Why the platform forces a drain now ("" when it does not): an event Started, or NotBefore
+    within ``force_before_seconds``. Preempt and Terminate are forced by their type (the drain
+    methods know)."""
+    for record in active:
+        event = record.event
+        if event.status is EventStatus.STARTED:
+            return f"{event.event_type.value} {event.event_id} started"
+        if event.not_before is not None:
+            left = (event.not_before - now).total_seconds()
+            if left <= policy.force_before_seconds:
+                return f"{event.event_type.value} {event.event_id}: NotBefore in {max(left, 0):.0f}s"
+    return ""
 
 
 def retry_due(vm: VmState, now: datetime, policy: PolicyConfig) -> bool:

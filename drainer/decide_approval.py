@@ -26,10 +26,14 @@ class ApprovalFacts(NamedTuple):
     """What the runner measured for the approval rule (None: not known)."""
 
     open_connections: int | None = None
-    # Names (any case) of the VMs that share a backend pool with this one and are still in it.
-    peers_in_rotation: frozenset[str] | None = None
-    # Names of the VMs seen in this VM's pools (the candidates for the one approver).
-    pool_members: frozenset[str] | None = None
+    # Names (any case) of the listed VMs, other than this one, that are still in a backend pool
+    # (any pool, any resource group), or whose NICs could not be found.
+    listed_in_pool: frozenset[str] | None = None
+
+
+# Only the first few listed VMs (by name) approve: a dead one costs a slot, and an event gets at
+# most this many approvals.
+APPROVERS = 3
 
 
 def approval_candidates(state: State) -> list[EventRecord]:
@@ -41,6 +45,24 @@ def approval_candidates(state: State) -> list[EventRecord]:
     ]
 
 
+def turn(record: EventRecord, vm_name: str, vm: VmState, now: datetime, cfg: ApprovalConfig) -> str:
+    """ "" when it is this VM's turn to approve ``record`` (as far as the order of approvers goes),
+    else why not. The listed VMs approve in name order: the k-th once it has been out of rotation for
+    k slots; only the first ``APPROVERS`` ever do."""
+    listed = sorted({r.casefold() for r in record.event.resources})
+    me = vm_name.casefold()
+    if me not in listed:
+        return "not ours"
+    rank = listed.index(me)
+    if rank >= APPROVERS:
+        return f"not approving: {', '.join(listed[:APPROVERS])} approve for the listed VMs"
+    if rank and vm.since is not None:
+        wait = rank * cfg.slot_seconds - (now - vm.since).total_seconds()
+        if wait > 0:
+            return f"waiting: {listed[0]} approves first (this VM's turn in {wait:.0f}s)"
+    return ""
+
+
 def decide_approvals(
     state: State, vm_name: str, now: datetime, cfg: ApprovalConfig, facts: ApprovalFacts
 ) -> Decision:
@@ -48,10 +70,9 @@ def decide_approvals(
 
     The rule, in order: the type must be one the config approves; the VM must be drained (unless
     ``when_not_drained``); established connections to the service ports must be gone or
-    ``drain_timeout`` have passed since the VM left rotation; every other listed VM that shares a pool
-    with this one must be out of rotation; and of the listed VMs in this VM's pools, only the one with
-    the lowest name approves. Within ``near_seconds`` of NotBefore the last two conditions are waived:
-    the approval gains little then, and waiting for others gains nothing.
+    ``drain_timeout`` have passed since the VM left rotation; NotBefore must be more than
+    ``near_seconds`` away (closer, approving gains nothing); it must be this VM's turn (``turn``);
+    and every other listed VM must be out of every pool (one approval starts the event for all).
     """
     me = vm_name.casefold()
     records = dict(state.events)
@@ -74,12 +95,14 @@ def decide_approvals(
             and (now - vm.since).total_seconds() < cfg.drain_timeout
         ):
             status = f"waiting: {facts.open_connections} established connections"
-        elif not near and (others := _peers_blocking(listed - {me}, facts)):
-            status = f"waiting: {', '.join(sorted(others))} still in rotation"
-        elif not near and (leader := _approver(listed, me, facts)) != me:
-            status = f"waiting: {leader} approves for the listed VMs"
+        elif near:
+            status = "not approving: NotBefore is near (approving gains nothing)"
+        elif why := turn(record, vm_name, vm, now, cfg):
+            status = why
+        elif others := blocking(listed - {me}, facts):
+            status = f"waiting: {', '.join(sorted(others))} still in a pool"
         else:
-            status = "approving" + (" (NotBefore is near)" if near else "")
+            status = "approving"
             approve.append(event.event_id)
         if status != record.approval:
             records[event.key] = record._replace(approval=status)
@@ -99,17 +122,13 @@ def _approval_transition(event: ScheduledEvent, old: str, new: str) -> Transitio
     )
 
 
-def _peers_blocking(others: set[str], facts: ApprovalFacts) -> set[str]:
+def blocking(others: set[str], facts: ApprovalFacts) -> set[str]:
+    """The listed VMs (other than this one) that keep the approval back: still in a pool, or unknown."""
     if not others:
         return set()
-    if facts.peers_in_rotation is None:
+    if facts.listed_in_pool is None:
         return others  # unknown: every other listed VM may still be serving
-    return {p.casefold() for p in facts.peers_in_rotation} & others
-
-
-def _approver(listed: set[str], me: str, facts: ApprovalFacts) -> str:
-    members = {m.casefold() for m in facts.pool_members or ()}
-    return min((listed & members) | {me})
+    return {p.casefold() for p in facts.listed_in_pool} & others
 
 
 def record_approval(state: State, action: Approve, error: str | None, now: datetime) -> Decision:

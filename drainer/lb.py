@@ -10,6 +10,7 @@ from typing import Any
 from drainer.actuator import ActionContext, Actuator
 from drainer.config import Config
 from drainer.core import Drain, Restore
+from drainer.floor import release_claim, renew_claim
 from drainer.imds import InstanceInfo
 from drainer.lb_admin import AdminStateDrain
 from drainer.lb_nic import NicDrain
@@ -44,12 +45,16 @@ class _Restoring:
     def restore(self, action: Restore, ctx: ActionContext) -> None:
         self.method.restore(action, ctx)
         self.other.reconcile(False, ctx)
+        release_claim(self.network, ctx)
 
     def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
         changed, found = self.method.reconcile(out, ctx)
         if out:
+            renew_claim(self.network, ctx)
             return changed, found
         also, other = self.other.reconcile(False, ctx)
+        if changed or also:
+            release_claim(self.network, ctx)
         return changed or also, f"{found}; {other}" if also else found
 
 

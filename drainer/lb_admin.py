@@ -21,9 +21,9 @@ from drainer.actuator import ActionContext
 from drainer.arm import ArmError, Network
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.floor import hold_floor
 from drainer.lb_common import (
     ResourceId,
-    check_in_service,
     discover_nics,
     read_modify_write,
     read_nic,
@@ -121,14 +121,14 @@ class AdminStateDrain:
                 )
             return False, "in no IP-based backend pool"
         in_service = {
-            str(pool.id): sum(
-                1
+            str(pool.id): {
+                f"ip:{a.ip_address}"
                 for a in pool.load_balancer_backend_addresses or []
                 if not self._is_mine(a, mine) and _state(a) != "Down"
-            )
+            }
             for _, pool in targets
         }
-        check_in_service(ctx, action, in_service, "backend address")
+        hold_floor(self.network, ctx, action, in_service, {f"ip:{ip}" for ip, _ in mine}, "backend address")
         records = [
             AdminRecord(str(pool.id), str(a.name), _state(a))
             for _, pool in targets

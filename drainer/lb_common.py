@@ -1,5 +1,5 @@
 """What both load-balancer drain methods share: resource ids, finding the VM's NICs, the one etag
-read-modify-write loop, the ``min_in_service`` hold and confirming a resource gone."""
+read-modify-write loop and confirming a resource gone."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from azure.mgmt.network.models import NetworkInterface
 
 from drainer.actuator import ActionContext
 from drainer.arm import ArmError, Network
-from drainer.core import Drain
-from drainer.errors import ActionError, DrainHeldError
+from drainer.errors import ActionError
 
 MAX_CONFLICTS = 5  # 412 retries per resource and action
 T = TypeVar("T")
@@ -130,34 +129,6 @@ def by_policy(exc: ArmError) -> bool:
     return exc.status == 403 and exc.code == "RequestDisallowedByPolicy"
 
 
-def check_in_service(ctx: ActionContext, action: Drain | None, pools: dict[str, int], what: str) -> None:
-    """Hold the drain when a pool would be left with fewer than ``min_in_service`` other members.
-
-    ``pools``: pool id -> other members in service. ``action`` None: a reconcile of a VM already
-    decided out (never held). Raises DrainHeldError.
-    """
-    minimum = ctx.config.drain.min_in_service
-    short = {p: n for p, n in pools.items() if n < minimum}
-    if not short or action is None:
-        return
-    summary = ", ".join(
-        f"{ResourceId.parse(p).name}/{ResourceId.parse(p).child}: {n}" for p, n in short.items()
-    )
-    urgent = {"Preempt", "Terminate"} & set(action.event_types)
-    if urgent:
-        ctx.log.warning(
-            "draining below min_in_service: the VM goes away anyway",
-            event_types=sorted(urgent),
-            pools=summary,
-            min_in_service=minimum,
-        )
-        return
-    raise DrainHeldError(
-        what,
-        f"held: fewer than min_in_service={minimum} other {what} members in service ({summary})",
-    )
-
-
 class Presence:
     """Whether a backend pool (and its parent) exists, one read per parent and run; a 404 counts
     towards confirming it gone (``ctx.absence``), an answer forgets earlier 404s."""
@@ -206,38 +177,53 @@ class Presence:
         return "gone" if self.ctx.absence.absent(pool_id, self.ctx.now()) else "absent"
 
 
-def peers(
-    network: Network, vm: Any, ledger: list[Any], listed: set[str]
-) -> tuple[frozenset[str], frozenset[str]]:
-    """For the early-approval rule: (the listed VMs still in a pool this VM was taken out of, the
-    listed VMs visible in this VM's resource group). One NIC list, plus one load-balancer list for
-    admin-state. Raises ArmError."""
-    network.start()
-    me = vm.name.casefold()
-    names_by_ip: dict[str, str] = {}
-    in_rotation: set[str] = set()
-    visible: set[str] = set()
-    ours = {e.target.lower() for e in ledger if e.method == "nic" and e.kind == "lb-pool"}
-    for nic in network.list_nics(vm.resource_group):
-        if nic.virtual_machine is None or not nic.virtual_machine.id:
-            continue
-        name = str(nic.virtual_machine.id).rstrip("/").rsplit("/", 1)[-1].casefold()
-        if name not in listed:
-            continue
-        visible.add(name)
-        for config in nic.ip_configurations or []:
-            if config.private_ip_address:
-                names_by_ip[str(config.private_ip_address)] = name
-            if any(str(p.id).lower() in ours for p in config.load_balancer_backend_address_pools or []):
-                in_rotation.add(name)
-    admin_pools = {e.resource_id.lower() for e in ledger if e.method == "admin-state"}
-    if admin_pools:
-        for lb in network.list_load_balancers(vm.resource_group):
-            for pool in lb.backend_address_pools or []:
-                if str(pool.id).lower() not in admin_pools:
-                    continue
-                for address in pool.load_balancer_backend_addresses or []:
-                    owner = names_by_ip.get(str(address.ip_address))
-                    if owner and (address.admin_state or "None") != "Down":
-                        in_rotation.add(owner)
-    return frozenset(in_rotation - {me}), frozenset(visible)
+def listed_nics(network: Network, vm: Any, names: set[str]) -> dict[str, list[str]]:
+    """The NIC ids of the named VMs, found in the whole subscription (one paged list: a VM's NICs may
+    be in another resource group). Only VMs in this VM's resource group count: the VMs of one
+    availability set or scale set share it, and VM names are unique only within a group.
+    Raises ArmError."""
+    prefix = (
+        f"/subscriptions/{vm.subscription_id}/resourceGroups/{vm.resource_group}"
+        "/providers/Microsoft.Compute/virtualMachines/"
+    ).lower()
+    found: dict[str, list[str]] = {n.casefold(): [] for n in names}
+    for nic in network.list_all_nics():
+        owner = str(nic.virtual_machine.id if nic.virtual_machine is not None else "").lower().rstrip("/")
+        if nic.id and owner.startswith(prefix) and owner[len(prefix) :] in found:
+            found[owner[len(prefix) :]].append(str(nic.id))
+    return found
+
+
+def still_in_pools(network: Network, nics: dict[str, list[str]], ip_pools: set[str]) -> set[str]:
+    """Which of these VMs (name -> NIC ids) are still in a backend pool: a NIC referencing any load
+    balancer or application gateway pool, or one of its addresses not Down in one of ``ip_pools``
+    (IP-based pool ids). A VM whose NICs were not found counts as in. Raises ArmError."""
+    inside: set[str] = set()
+    owners: dict[str, str] = {}
+    for name, nic_ids in nics.items():
+        if not nic_ids:
+            inside.add(name)
+        for nic_id in nic_ids:
+            nic = read_nic(network, nic_id)
+            for config in nic.ip_configurations or []:
+                if config.private_ip_address:
+                    owners[str(config.private_ip_address)] = name
+                if (
+                    config.load_balancer_backend_address_pools
+                    or config.application_gateway_backend_address_pools
+                ):
+                    inside.add(name)
+    parents = {
+        p[: p.lower().find("/backendaddresspools/")] for p in ip_pools if "/backendaddresspools/" in p.lower()
+    }
+    for parent in sorted(parents):
+        rid = ResourceId.parse(parent)
+        lb = network.get_load_balancer(rid.resource_group, rid.name)
+        for pool in lb.backend_address_pools or []:
+            if str(pool.id).lower() not in ip_pools:
+                continue
+            for address in pool.load_balancer_backend_addresses or []:
+                owner = owners.get(str(address.ip_address))
+                if owner and (address.admin_state or "None") != "Down":
+                    inside.add(owner)
+    return inside

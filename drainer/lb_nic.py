@@ -18,11 +18,11 @@ from drainer.actuator import ActionContext
 from drainer.arm import ArmError, Network
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.floor import hold_floor
 from drainer.lb_common import (
     Presence,
     ResourceId,
     by_policy,
-    check_in_service,
     discover_nics,
     nic_of,
     read_modify_write,
@@ -143,15 +143,16 @@ class NicDrain:
             if action is not None:
                 ctx.log.warning("vm is in no backend pool: nothing to take out", nics=nic_ids)
             return False, "in no backend pool"
-        check_in_service(ctx, action, self._others_in_service(planned, nic_ids), "pool")
+        hold_floor(self.network, ctx, action, self._others_in_service(planned, nic_ids), set(nic_ids), "pool")
         summary = summary_text(_why(ctx), ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
         taken = [self._drain_nic(ctx, nic_id, nic, kinds, summary) for nic_id, nic in nics.items()]
         done = [t for t in taken if t]
         return (True, "; ".join(done)) if done else (False, "already out of every pool")
 
-    def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, int]:
+    def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, set[str]]:
+        """pool id -> the other NICs in it (one load-balancer GET per load balancer)."""
         ours = {n.lower() for n in nic_ids}
-        counts: dict[str, int] = {}
+        counts: dict[str, set[str]] = {}
         lbs: dict[str, LoadBalancer] = {}
         for ref in planned:
             if ref.kind != "lb-pool" or ref.pool_id in counts:
@@ -162,7 +163,7 @@ class NicDrain:
                 lb = lbs[rid.name.lower()] = self.network.get_load_balancer(rid.resource_group, rid.name)
             pool = next((p for p in lb.backend_address_pools or [] if same(p.id, ref.pool_id)), None)
             members = [c.id for c in (pool.backend_ip_configurations or [])] if pool else []
-            counts[ref.pool_id] = len({nic_of(m).lower() for m in members if m} - ours)
+            counts[ref.pool_id] = {nic_of(m).lower() for m in members if m} - ours
         return counts
 
     def _settle(

@@ -40,6 +40,11 @@ _COUNTERS = {
         "Records dropped from a restore because their NIC or pool was confirmed gone",
         ("kind",),
     ),
+    "floor_breaches": (
+        "drainer_floor_breaches_total",
+        "Drains the platform forced while they took a pool below its floor",
+        (),
+    ),
     "imds_requests": ("drainer_imds_requests_total", "IMDS requests by HTTP status", ("status",)),
     "arm_requests": ("drainer_arm_requests_total", "ARM requests by HTTP status", ("status",)),
     "hook_runs": ("drainer_hook_runs_total", "Hook runs by phase and result", ("phase", "result")),

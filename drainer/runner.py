@@ -11,7 +11,9 @@ idempotent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -57,6 +59,11 @@ def _no_checkpoint(_: str) -> None:
     return None
 
 
+def _spread(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(random.uniform(0, seconds))  # noqa: S311 - a delay, not a secret
+
+
 class Seams(NamedTuple):
     """What a test may replace: the clock, the boot id source and a crash-injection checkpoint.
 
@@ -68,6 +75,8 @@ class Seams(NamedTuple):
     boot_id_path: str = BOOT_ID_PATH
     checkpoint: Callable[[str], None] = _no_checkpoint
     actuator: Actuator | None = None
+    # Sleeps a random time of up to the given seconds (the spread of drains and restores).
+    spread: Callable[[float], None] = _spread
 
 
 class RunResult:
@@ -435,6 +444,8 @@ def _act(
             checkpoint=seams.checkpoint,
             now=seams.now,
         )
+        if _spread_applies(config, action):
+            seams.spread(config.fleet.spread_seconds)
         seams.checkpoint(f"before-{action.name}")
         started = time.monotonic()
         error: str | None = None
@@ -461,6 +472,8 @@ def _act(
         else:
             continue
         store.save(state, outcome.state, outcome.transitions, seams.now())
+        if ctx.notes:
+            store.set_meta({"floor_breach": json.dumps({"at": seams.now().isoformat(), "what": ctx.notes})})
         seams.checkpoint(f"recorded-{action.name}")
         state = outcome.state
         label = "ok" if error is None else ("held" if held else "failed")
@@ -487,6 +500,16 @@ def _act(
         log_transitions(log, outcome.transitions)
         result.transitions.extend(outcome.transitions)
     return state
+
+
+def _spread_applies(config: Config, action: Action) -> bool:
+    """Drains the platform does not force, and restores, wait a random moment first (the fleet's
+    VMs learn of an event in the same second: their ARM writes should not land in it too)."""
+    if config.dry_run or config.drain.method not in ("nic", "admin-state"):
+        return False
+    if isinstance(action, Drain):
+        return not action.forced and not ({"Preempt", "Terminate"} & set(action.event_types))
+    return isinstance(action, Restore)
 
 
 def _observe_window(events: Sequence[EventRecord], state: State) -> None:

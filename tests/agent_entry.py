@@ -5,6 +5,8 @@ TEST_RAISE_AT=<step>     raise an unexpected RuntimeError there (a bug, as the C
 TEST_BOOT_ID_FILE=<path> read the boot id from this file instead of /proc
 TEST_MODULES_OUT=<path>  write the names of every imported module there at exit
 TEST_CLOCK_OFFSET=<s>    the wall clock as seen by the run, shifted by this many seconds
+TEST_SPREAD=1            keep the random delay before drains and restores ([fleet] spread_seconds);
+                         without it tests do not wait for it
 
 Run as a script, or by the tests' fork server (tests/zygote.py) through ``entry``.
 """
@@ -43,6 +45,8 @@ def entry(argv: Sequence[str]) -> int:
         boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH,
         now=_shifted_now,
     )
+    if os.environ.get("TEST_SPREAD") != "1":
+        seams = seams._replace(spread=lambda _: None)
     code = main(list(argv), seams=seams)
     modules_out = os.environ.get("TEST_MODULES_OUT")
     if modules_out:

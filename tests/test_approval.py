@@ -137,14 +137,17 @@ def test_multi_vm_event_is_approved_exactly_once_when_every_listed_member_is_out
     second = "web-1" if first == "web-0" else "web-0"
     assert agents[first].check().returncode == 0
     assert _approvals(pool) == []  # the other listed VM still serves from the shared pool
-    assert "still in rotation" in agents[first].status()["events"][0]["approval"]
+    waiting = agents[first].status()["events"][0]["approval"]
+    if first == "web-0":
+        assert waiting == "waiting: web-1 still in a pool"
+    else:  # web-1 is second in the order of approvers: its turn comes one slot after it left
+        assert waiting.startswith("waiting: web-0 approves first")
     assert agents[second].check().returncode == 0
     if first == "web-0":
-        # web-1 sees web-0 out, but web-0 (the lowest name) is the one that approves.
+        # web-1 sees web-0 out, but web-0 (the lowest name) approves first; web-1's turn comes
+        # only one slot after it left rotation.
         assert _approvals(pool) == []
-        assert (
-            agents[second].status()["events"][0]["approval"] == "waiting: web-0 approves for the listed VMs"
-        )
+        assert agents[second].status()["events"][0]["approval"].startswith("waiting: web-0 approves first")
         assert agents[first].check().returncode == 0
     approvals = _approvals(pool)
     assert [(a["event_id"], a["vm"]) for a in approvals] == [(event_id, "web-0")]
@@ -165,12 +168,13 @@ def test_peer_membership_reads_are_reused_for_peer_check_interval(
     assert len(lists) == 2  # NIC discovery once, the peers' membership once: not every run
 
 
-def test_near_not_before_waives_the_wait_for_other_vms(agent: Agent, pool: EmulatorControl) -> None:
+def test_near_not_before_nothing_is_approved(agent: Agent, pool: EmulatorControl) -> None:
+    # Close to NotBefore an approval gains nothing: not even a VM alone in its event approves.
     agent.config_text = APPROVING.replace("[approval]", "[approval]\nnear_seconds = 3600")
-    pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agent.check().returncode == 0
-    assert len(_approvals(pool)) == 1
-    assert agent.status()["events"][0]["approval"] == "approved"
+    assert _approvals(pool) == []
+    assert agent.status()["events"][0]["approval"] == "not approving: NotBefore is near (approving gains nothing)"
 
 
 def test_preempt_is_not_approved_and_other_vms_events_never(agent: Agent, pool: EmulatorControl) -> None:

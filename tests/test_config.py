@@ -20,7 +20,7 @@ def test_example_file_is_valid_and_states_the_defaults() -> None:
 
 def test_example_file_mentions_every_option() -> None:
     text = EXAMPLE.read_text()
-    for section in ("imds", "policy", "drain", "azure", "logging"):
+    for section in ("imds", "policy", "drain", "azure", "fleet", "approval", "logging"):
         assert f"[{section}]" in text
         for name in getattr(Config(), section)._fields:
             assert f"\n{name} = " in text or f"[{section}.{name}]" in text, f"{section}.{name}"

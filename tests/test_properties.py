@@ -151,7 +151,7 @@ class CoreMachine(RuleBasedStateMachine):
                 self.state = record_reconcile(self.state, action, "ok", error, self.now, changed=False).state
                 continue
             self.state = record_outcome(self.state, action, error, self.now).state
-        facts = ApprovalFacts(open_connections=0, peers_in_rotation=frozenset(), pool_members=frozenset())
+        facts = ApprovalFacts(open_connections=0, listed_in_pool=frozenset())
         approvals = decide_approvals(self.state, ME, self.now, APPROVAL, facts)
         self.state = approvals.state
         for action in approvals.actions:

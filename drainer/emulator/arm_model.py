@@ -9,6 +9,11 @@ session in ``shared/azure-examples``):
 - Load balancers: GET and list; NIC-based pools derive ``backendIPConfigurations`` from the NICs;
   IP-based pools carry ``loadBalancerBackendAddresses`` with ``adminState`` and are PUT on the pool.
 - Application gateways: GET (their backend pools may be referenced from NIC ipConfigurations).
+- Application security groups: GET and PUT with ``If-Match`` (tags only): the fleet's lease.
+- Resource groups: every resource lives in one (the default, or one named when it is added); a
+  request naming another group gets 404. Names are unique across groups here (a simplification).
+- Subscription-wide lists of NICs and load balancers (``list_all``).
+- Throttling (``throttle.py``) and a membership timeline per pool (for the fleet benchmark).
 - Async operations: ``InProgress`` for a configurable number of polls, then ``Succeeded`` (or
   ``Failed`` when a fault says so).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +36,10 @@ def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
         if str(item["name"]).lower() == name.lower():
             return item
     return None
+
+
+def _in_group(resource: dict[str, Any], group: str | None) -> bool:
+    return group is None or str(resource["id"]).split("/")[4].lower() == group.lower()
 
 
 def new_etag() -> str:
@@ -137,30 +147,62 @@ class ArmModel:
     fail_next_lro: int = 0
     mutations: list[Mutation] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
+    asgs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (time, pool id, members in service) after every change of a pool's membership.
+    timeline: list[tuple[float, str, int]] = field(default_factory=list)
 
     # -- ids ---------------------------------------------------------------------------------
 
     @property
     def rg_id(self) -> str:
-        return f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+        return self.group_id(None)
 
-    def nic_id(self, name: str) -> str:
-        return f"{self.rg_id}/providers/{NETWORK}/networkInterfaces/{name}"
+    def group_id(self, resource_group: str | None) -> str:
+        return f"/subscriptions/{self.subscription_id}/resourceGroups/{resource_group or self.resource_group}"
 
-    def lb_id(self, name: str) -> str:
-        return f"{self.rg_id}/providers/{NETWORK}/loadBalancers/{name}"
+    def _group_of(self, table: dict[str, dict[str, Any]], name: str) -> str | None:
+        found = table.get(name.lower())
+        return str(found["id"]).split("/")[4] if found else None
+
+    def nic_id(self, name: str, resource_group: str | None = None) -> str:
+        group = resource_group or self._group_of(self.nics, name)
+        return f"{self.group_id(group)}/providers/{NETWORK}/networkInterfaces/{name}"
+
+    def lb_id(self, name: str, resource_group: str | None = None) -> str:
+        group = resource_group or self._group_of(self.lbs, name)
+        return f"{self.group_id(group)}/providers/{NETWORK}/loadBalancers/{name}"
+
+    def asg_id(self, name: str, resource_group: str | None = None) -> str:
+        group = resource_group or self._group_of(self.asgs, name)
+        return f"{self.group_id(group)}/providers/{NETWORK}/applicationSecurityGroups/{name}"
 
     def pool_id(self, lb: str, pool: str) -> str:
         return f"{self.lb_id(lb)}/backendAddressPools/{pool}"
+
+    def groups(self) -> set[str]:
+        """The resource groups that exist (lower case)."""
+        with self.lock:
+            found = {self.resource_group.lower()}
+            for table in (self.nics, self.lbs, self.appgws, self.asgs):
+                found |= {str(r["id"]).split("/")[4].lower() for r in table.values()}
+            return found
 
     def subnet_id(self) -> str:
         return f"{self.rg_id}/providers/{NETWORK}/virtualNetworks/vnet/subnets/default"
 
     # -- scripting ---------------------------------------------------------------------------
 
-    def add_nic(self, name: str, vm_resource_id: str, private_ip: str, *, primary: bool = True) -> None:
+    def add_nic(
+        self,
+        name: str,
+        vm_resource_id: str,
+        private_ip: str,
+        *,
+        primary: bool = True,
+        resource_group: str | None = None,
+    ) -> None:
         with self.lock:
-            nic_id = self.nic_id(name)
+            nic_id = self.nic_id(name, resource_group or self.resource_group)
             etag = new_etag()
             self.nics[name.lower()] = {
                 "name": name,
@@ -206,9 +248,10 @@ class ArmModel:
         ip_pools: list[str] | None = None,
         probe: bool = True,
         sku: str = "Standard",
+        resource_group: str | None = None,
     ) -> None:
         with self.lock:
-            lb_id = self.lb_id(name)
+            lb_id = self.lb_id(name, resource_group or self.resource_group)
             rules = []
             pool_entries = []
             for pool in [*pools, *(ip_pools or [])]:
@@ -216,7 +259,7 @@ class ArmModel:
                 rule_props: dict[str, Any] = {
                     "provisioningState": "Succeeded",
                     "frontendIPConfiguration": {"id": f"{lb_id}/frontendIPConfigurations/fe"},
-                    "backendAddressPool": {"id": self.pool_id(name, pool)},
+                    "backendAddressPool": {"id": f"{lb_id}/backendAddressPools/{pool}"},
                     "protocol": "Tcp",
                     "frontendPort": 80,
                     "backendPort": 80,
@@ -233,7 +276,7 @@ class ArmModel:
                 pool_entries.append(
                     {
                         "name": pool,
-                        "id": self.pool_id(name, pool),
+                        "id": f"{lb_id}/backendAddressPools/{pool}",
                         "etag": new_etag(),
                         "type": f"{NETWORK}/loadBalancers/backendAddressPools",
                         "properties": props,
@@ -300,6 +343,7 @@ class ArmModel:
             if not any(r["id"].lower() == pool_id.lower() for r in refs):
                 refs.append({"id": pool_id})
             self._nic(nic)["etag"] = new_etag()
+            self._note_membership()
 
     def leave(self, nic: str, pool_id: str, *, ipconfig: str = "ipconfig1") -> None:
         """Take a NIC's ipConfiguration out of a pool (as an operator would)."""
@@ -309,6 +353,7 @@ class ArmModel:
                 refs = config["properties"].get(key) or []
                 config["properties"][key] = [r for r in refs if r["id"].lower() != pool_id.lower()]
             self._nic(nic)["etag"] = new_etag()
+            self._note_membership()
 
     def add_ip_member(
         self, lb: str, pool: str, name: str, ip: str, admin_state: str | None = None, *, vnet: str = "vnet"
@@ -338,6 +383,110 @@ class ArmModel:
                     config["properties"]["loadBalancerBackendAddressPools"] = [
                         r for r in refs if r["id"].lower() != pool_id
                     ]
+
+    def add_asg(self, name: str, resource_group: str | None = None) -> str:
+        """An application security group (the fleet's lease holder)."""
+        with self.lock:
+            asg_id = self.asg_id(name, resource_group or self.resource_group)
+            self.asgs[name.lower()] = {
+                "name": name,
+                "id": asg_id,
+                "etag": new_etag(),
+                "type": f"{NETWORK}/applicationSecurityGroups",
+                "location": self.location,
+                "tags": {},
+                "properties": {"provisioningState": "Succeeded", "resourceGuid": str(uuid.uuid4())},
+            }
+            return asg_id
+
+    def get_asg(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self._resource(self.asgs, "applicationSecurityGroups", name))
+
+    def put_asg(self, name: str, body: dict[str, Any], if_match: str | None) -> tuple[dict[str, Any], str]:
+        """PUT of an application security group: only its tags change here. Raises ArmError."""
+        with self.lock:
+            asg = self._resource(self.asgs, "applicationSecurityGroups", name)
+            self._check_etag(asg, if_match)
+            asg["tags"] = self._apply_tag_policy(check_tags(body.get("tags")))
+            asg["etag"] = new_etag()
+            operation = str(uuid.uuid4())
+            self.operations[operation] = Operation(polls_left=self.settings.lro_polls)
+            self.writes.append({"kind": "asg", "name": name, "if_match": if_match, "failed": False})
+            return copy.deepcopy(asg), operation
+
+    def locate(self, kind: str, name: str | None, group: str) -> None:
+        """404 as ARM answers for a resource group that does not exist, or a resource named in a
+        group it is not in. Raises ArmError."""
+        if group.lower() not in self.groups():
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
+        table = {
+            "networkInterfaces": self.nics,
+            "loadBalancers": self.lbs,
+            "applicationGateways": self.appgws,
+            "applicationSecurityGroups": self.asgs,
+        }[kind]
+        if name is None:
+            return
+        found = self._group_of(table, name)
+        if found is not None and found.lower() != group.lower():
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{NETWORK}/{kind}/{name}' under resource group '{group}' was not found.",
+            )
+
+    def in_service(self) -> dict[str, int]:
+        """pool id (lower case) -> members in service (NICs referencing it; IP members not Down)."""
+        counts: dict[str, int] = {}
+        for lb in self.lbs.values():
+            for pool in lb["properties"]["backendAddressPools"]:
+                counts[pool["id"].lower()] = sum(
+                    1
+                    for address in pool["properties"].get("loadBalancerBackendAddresses") or []
+                    if address["properties"].get("adminState", "None") != "Down"
+                )
+        for nic in self.nics.values():
+            for config in nic["properties"]["ipConfigurations"]:
+                for ref in config["properties"].get("loadBalancerBackendAddressPools") or []:
+                    key = ref["id"].lower()
+                    if key in counts:
+                        counts[key] += 1
+        return counts
+
+    def _note_membership(self) -> None:
+        """Append to the timeline the pools whose in-service count changed."""
+        now = time.time()
+        last: dict[str, int] = {}
+        for _, pool, count in self.timeline:
+            last[pool] = count
+        for pool, count in self.in_service().items():
+            if last.get(pool) != count:
+                self.timeline.append((now, pool, count))
+
+    def vms_in_pools(self, names: list[str]) -> list[str]:
+        """Which of these VMs (by name) still have a NIC in a pool, or an IP member not Down."""
+        with self.lock:
+            wanted = {n.lower() for n in names}
+            found: set[str] = set()
+            addresses: dict[str, str] = {}
+            for nic in self.nics.values():
+                vm = str((nic["properties"].get("virtualMachine") or {}).get("id", "")).rsplit("/", 1)[-1]
+                if vm.lower() not in wanted:
+                    continue
+                for config in nic["properties"]["ipConfigurations"]:
+                    addresses[str(config["properties"].get("privateIPAddress"))] = vm
+                    if config["properties"].get("loadBalancerBackendAddressPools") or config[
+                        "properties"
+                    ].get("applicationGatewayBackendAddressPools"):
+                        found.add(vm)
+            for lb in self.lbs.values():
+                for pool in lb["properties"]["backendAddressPools"]:
+                    for address in pool["properties"].get("loadBalancerBackendAddresses") or []:
+                        owner = addresses.get(str(address["properties"].get("ipAddress")))
+                        if owner and address["properties"].get("adminState", "None") != "Down":
+                            found.add(owner)
+            return sorted(found)
 
     def membership(self) -> dict[str, list[str]]:
         """pool id -> sorted NIC names (NIC-based) or "ip=<address> (<adminState>)" (IP-based)."""
@@ -441,9 +590,10 @@ class ArmModel:
             )
         nic["etag"] = new_etag()
 
-    def list_nics(self) -> dict[str, Any]:
+    def list_nics(self, group: str | None = None) -> dict[str, Any]:
+        """The NICs of one resource group (None: the whole subscription)."""
         with self.lock:
-            return {"value": [copy.deepcopy(n) for n in self.nics.values()]}
+            return {"value": [copy.deepcopy(n) for n in self.nics.values() if _in_group(n, group)]}
 
     def put_nic(self, name: str, body: dict[str, Any], if_match: str | None) -> tuple[dict[str, Any], str]:
         """Apply a NIC PUT. Returns (answer body, operation id). Raises ArmError."""
@@ -490,6 +640,7 @@ class ArmModel:
                 self.fail_next_lro -= 1
             else:
                 self.nics[name.lower()] = updated
+                self._note_membership()
             self.operations[operation] = Operation(polls_left=self.settings.lro_polls, fail=fail)
             self.writes.append({"kind": "nic", "name": name, "if_match": if_match, "failed": fail})
             answer = copy.deepcopy(updated)
@@ -557,9 +708,9 @@ class ArmModel:
                 ]
             return lb
 
-    def list_lbs(self) -> dict[str, Any]:
+    def list_lbs(self, group: str | None = None) -> dict[str, Any]:
         with self.lock:
-            return {"value": [self.get_lb(lb["name"]) for lb in self.lbs.values()]}
+            return {"value": [self.get_lb(lb["name"]) for lb in self.lbs.values() if _in_group(lb, group)]}
 
     def get_pool(self, lb: str, pool: str) -> dict[str, Any]:
         with self.lock:
@@ -580,6 +731,7 @@ class ArmModel:
                     {"name": a.get("name"), "properties": dict(a.get("properties") or {})} for a in addresses
                 ]
             entry["etag"] = new_etag()
+            self._note_membership()
             operation = str(uuid.uuid4())
             self.operations[operation] = Operation(polls_left=self.settings.lro_polls)
             self.writes.append(

@@ -18,6 +18,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from drainer.emulator.arm_model import ArmModel
+from drainer.emulator.throttle import Throttle
 
 SCHEDULED_EVENTS_VERSIONS = (
     "2017-03-01",
@@ -221,6 +222,8 @@ class ImdsModel:
         self.location = location
         self.arm = ArmModel(subscription_id, resource_group, location)
         self.tokens: set[str] = set()
+        self.token_owner: dict[str, str] = {}  # token -> the VM whose identity asked for it
+        self.throttle = Throttle()
         self.vms: dict[str, VmIdentity] = {}
         for name in vms:
             self.add_vm(name)
@@ -237,8 +240,11 @@ class ImdsModel:
 
     # -- scripting ---------------------------------------------------------------------------
 
-    def add_vm(self, name: str, scale_set: str = "", *, uniform: bool = False) -> VmIdentity:
-        """A VM, with one NIC named ``<name>-nic`` (in no pool yet)."""
+    def add_vm(
+        self, name: str, scale_set: str = "", *, uniform: bool = False, nic_resource_group: str | None = None
+    ) -> VmIdentity:
+        """A VM, with one NIC named ``<name>-nic`` (in no pool yet; in the VM's resource group unless
+        ``nic_resource_group`` names another)."""
         with self.lock:
             vm = VmIdentity(
                 name,
@@ -250,7 +256,7 @@ class ImdsModel:
                 uniform,
             )
             self.vms[name.casefold()] = vm
-            self.arm.add_nic(f"{name}-nic", vm.resource_id, vm.private_ip)
+            self.arm.add_nic(f"{name}-nic", vm.resource_id, vm.private_ip, resource_group=nic_resource_group)
             return vm
 
     def default_vm(self) -> VmIdentity:
@@ -382,17 +388,29 @@ class ImdsModel:
             return 400, {"error": "Bad request"}
         with self.lock:
             for event_id in ids:
-                self.approvals.append({"event_id": event_id, "vm": vm, "at": time.time()})
+                event = self.events.get(event_id.casefold())
+                listed = list(event.resources) if event is not None else []
+                self.approvals.append(
+                    {
+                        "event_id": event_id,
+                        "vm": vm,
+                        "at": time.time(),
+                        "status": event.status if event is not None else None,
+                        # Listed VMs still in a pool when the approval started their maintenance.
+                        "in_pool": self.arm.vms_in_pools(listed),
+                    }
+                )
                 # An approval starts the event for every VM it lists, not only the caller.
                 self.start(event_id)
         return 200, {}
 
-    def token(self, resource: str, client_id: str | None) -> dict[str, Any]:
+    def token(self, resource: str, client_id: str | None, vm: str = "") -> dict[str, Any]:
         now = int(time.time())
         token = "emulator." + secrets.token_urlsafe(24)
         with self.lock:
             self.tokens_issued += 1
             self.tokens.add(token)
+            self.token_owner[token] = vm
         return {
             "access_token": token,
             "client_id": client_id or "be5947ed-3560-4afe-9504-59967a63f810",

@@ -208,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return 400
             client_id = (query.get("client_id") or [""])[0] or None
-            self._send(200, model.token(resource, client_id))
+            self._send(200, model.token(resource, client_id, vm.name))
             return 200
         self._send(404, {"error": "Not found"})
         return 404
@@ -236,8 +236,17 @@ class _Handler(BaseHTTPRequestHandler):
             )
         with model.lock:
             known = auth[len("Bearer ") :] in model.tokens
+            principal = model.token_owner.get(auth[len("Bearer ") :], "")
         if not known:
             raise ArmError(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        wait, limits = model.throttle.admit(principal, self.command != "GET", time.time())
+        if wait > 0:
+            raise ArmError(
+                429,
+                "TooManyRequests",
+                "The request is being throttled as the limit has been reached for operation type.",
+                headers=limits,
+            )
         version = (query.get("api-version") or [""])[0]
         if not version:
             raise ArmError(
@@ -248,6 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
         operation = _OPERATION.match(path)
         if operation:
             return 200, arm.operation_status(operation.group(3)), {}
+        listing = _SUBSCRIPTION_LIST.match(path)
+        if listing and self.command == "GET":
+            if listing.group(1).lower() != arm.subscription_id.lower():
+                raise ArmError(
+                    404, "SubscriptionNotFound", f"The subscription '{listing.group(1)}' could not be found."
+                )
+            if listing.group(2).lower() == "networkinterfaces":
+                return 200, arm.list_nics(None), limits
+            return 200, arm.list_lbs(None), limits
         match = _RESOURCE.match(path)
         if not match:
             raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for {path}.")
@@ -256,13 +274,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise ArmError(
                 404, "SubscriptionNotFound", f"The subscription '{subscription}' could not be found."
             )
-        if group.lower() != arm.resource_group.lower():
-            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
+        kind = next(k for k in _KINDS if k.lower() == kind.lower())
+        arm.locate(kind, name, group)
         method = self.command
         if_match = self.headers.get("If-Match")
+        if kind == "applicationSecurityGroups" and name:
+            if method == "GET":
+                return 200, arm.get_asg(name), limits
+            if method == "PUT":
+                answer, op = arm.put_asg(name, _json_body(body), if_match)
+                return 200, answer, {**limits, **self._async_headers(op, version)}
         if kind == "networkInterfaces":
             if name is None and method == "GET":
-                return 200, arm.list_nics(), {}
+                return 200, arm.list_nics(group), {}
             if name and method == "GET":
                 return 200, arm.get_nic(name), {}
             if name and method == "PUT":
@@ -272,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, arm.patch_nic_tags(name, _json_body(body)), {}
         if kind == "loadBalancers":
             if name is None and method == "GET":
-                return 200, arm.list_lbs(), {}
+                return 200, arm.list_lbs(group), {}
             if name and pool is None and method == "GET":
                 return 200, arm.get_lb(name), {}
             if name and pool and method == "GET":
@@ -355,7 +379,12 @@ class _Handler(BaseHTTPRequestHandler):
                 model.set_incarnation(int(data["value"]))
                 self._send(200, {})
             elif route == "vms" and method == "POST":
-                vm = model.add_vm(data["name"], data.get("scale_set", ""), uniform=bool(data.get("uniform")))
+                vm = model.add_vm(
+                    data["name"],
+                    data.get("scale_set", ""),
+                    uniform=bool(data.get("uniform")),
+                    nic_resource_group=data.get("nic_resource_group"),
+                )
                 self._send(201, {"name": vm.name})
             elif segments and segments[0] == "arm":
                 self._arm_control(method, segments[1:], data)
@@ -378,8 +407,25 @@ class _Handler(BaseHTTPRequestHandler):
                 ip_pools=list(data.get("ip_pools", [])),
                 probe=bool(data.get("probe", True)),
                 sku=data.get("sku", "Standard"),
+                resource_group=data.get("resource_group"),
             )
             self._send(201, {"id": arm.lb_id(data["name"])})
+        elif method == "POST" and route == "asgs":
+            self._send(201, {"id": arm.add_asg(data["name"], data.get("resource_group"))})
+        elif method == "POST" and route == "throttle":
+            model.throttle.configure(data)
+            self._send(200, {})
+        elif method == "GET" and route == "stats":
+            with model.throttle.lock:
+                stats = {k: dict(v) for k, v in model.throttle.stats.items()}
+            with arm.lock:
+                timeline = list(arm.timeline)
+            self._send(200, {"principals": stats, "timeline": timeline})
+        elif method == "POST" and route == "stats/reset":
+            model.throttle.reset_stats()
+            with arm.lock:
+                arm.timeline.clear()
+            self._send(200, {})
         elif method == "POST" and route == "join":
             nic = data.get("nic") or f"{data['vm']}-nic"
             pool_id = data.get("pool_id") or arm.pool_id(data["lb"], data["pool"])
@@ -410,7 +456,13 @@ class _Handler(BaseHTTPRequestHandler):
             vm = model.vm(data["vm"])
             if vm is None:
                 raise KeyError(data["vm"])
-            arm.add_nic(data["name"], vm.resource_id, data.get("ip", vm.private_ip), primary=False)
+            arm.add_nic(
+                data["name"],
+                vm.resource_id,
+                data.get("ip", vm.private_ip),
+                primary=False,
+                resource_group=data.get("resource_group"),
+            )
             self._send(201, {"id": arm.nic_id(data["name"])})
         elif method == "POST" and route == "app-gateways":
             arm.add_app_gateway(data["name"], list(data["pools"]))
@@ -461,9 +513,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_PATCH = _route
 
 
+_KINDS = ("networkInterfaces", "loadBalancers", "applicationGateways", "applicationSecurityGroups")
 _RESOURCE = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
-    r"(networkInterfaces|loadBalancers|applicationGateways)(?:/([^/]+))?(?:/backendAddressPools/([^/]+))?/?$",
+    r"(networkInterfaces|loadBalancers|applicationGateways|applicationSecurityGroups)(?:/([^/]+))?"
+    r"(?:/backendAddressPools/([^/]+))?/?$",
+    re.IGNORECASE,
+)
+_SUBSCRIPTION_LIST = re.compile(
+    r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/(networkInterfaces|loadBalancers)/?$",
     re.IGNORECASE,
 )
 _OPERATION = re.compile(

@@ -1,0 +1,182 @@
+"""The pool's floor, as the load-balancer drain methods apply it before taking this VM out.
+
+Without a lease (``[fleet] lease`` empty) the floor is checked against the pools as read now: two VMs
+deciding in the same second can both pass it. With a lease, every early drain first writes a claim
+into the lease's tags with ``If-Match`` (``drainer.claims`` has the rule): of two VMs deciding at
+once, the second one's write fails (412), it reads again, sees the first one's claim and holds.
+
+A drain the platform forces (the event Started, NotBefore within ``[policy] force_before_seconds``,
+Preempt or Terminate) goes ahead whatever the floor says; when that takes a pool below it, one
+warning, ``drainer_floor_breaches_total`` and a line in ``status`` say so. Its claim is still
+written (marked forced), so the other VMs count it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from azure.mgmt.network.models import ApplicationSecurityGroup
+
+from drainer import metrics
+from drainer.actuator import ActionContext
+from drainer.arm import Network
+from drainer.claims import Claim, admit, decode, key, live, with_claim, without_claim
+from drainer.core import Drain
+from drainer.errors import ActionError, DrainHeldError
+from drainer.lb_common import ResourceId, read_modify_write
+
+
+def forced_reason(action: Drain) -> str:
+    """Why the platform forces this drain ("" when it does not)."""
+    if action.forced:
+        return action.forced
+    urgent = sorted({"Preempt", "Terminate"} & set(action.event_types))
+    return f"{'/'.join(urgent)}: the VM goes away anyway" if urgent else ""
+
+
+def hold_floor(  # noqa: PLR0917 - the drain methods' one call
+    network: Network,
+    ctx: ActionContext,
+    action: Drain | None,
+    pools: dict[str, set[str]],
+    mine: set[str],
+    what: str,
+) -> None:
+    """Take a slot before this VM leaves ``pools`` (pool id -> the ids of the other members in
+    service), or hold the drain. ``mine``: this VM's member ids (NIC ids, ``ip:<address>``).
+    ``action`` None: a reconcile of a VM already decided out (claims, never holds).
+
+    Raises DrainHeldError when there is no slot (or the lease cannot be read), ActionError when the
+    lease cannot be written.
+    """
+    cfg = ctx.config
+    forced = forced_reason(action) if action is not None else "reconcile of a VM decided out"
+    minimum = cfg.drain.min_in_service
+    if not cfg.fleet.lease:
+        verdict = admit(ctx.vm.name, pools, [], time.time(), min_in_service=minimum, max_unavailable=0)
+        if not verdict.ok and not forced:
+            raise DrainHeldError(what, f"held: {verdict.reason} (min_in_service={minimum})")
+        if not verdict.ok:
+            _breach(ctx, forced, verdict.reason)
+        return
+    lease = ResourceId.parse(cfg.fleet.lease)
+    me = ctx.vm.name.lower()
+    found: list[str] = []
+
+    def read() -> ApplicationSecurityGroup:
+        return network.get_asg(lease.resource_group, lease.name)
+
+    def plan(asg: ApplicationSecurityGroup) -> dict[str, str] | None:
+        now = time.time()
+        claims, _ = decode(asg.tags)
+        verdict = admit(
+            me,
+            pools,
+            claims,
+            now,
+            min_in_service=minimum,
+            max_unavailable=cfg.drain.max_unavailable,
+        )
+        found[:] = [verdict.reason] if not verdict.ok else []
+        if not verdict.ok and not forced:
+            raise DrainHeldError(what, f"held: no slot: {verdict.reason}")
+        claim = Claim(
+            vm=me,
+            expires=int(now + cfg.fleet.claim_seconds),
+            pools=frozenset(key(p) for p in pools),
+            members=frozenset(key(m) for m in mine),
+            forced=bool(found) and action is not None,
+        )
+        try:
+            return with_claim(asg.tags, claim, now)
+        except ValueError as exc:
+            raise ActionError("claim a slot", str(exc)) from exc
+
+    def write(asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
+        ctx.checkpoint("before-claim")
+        _put(network, lease, asg, tags)
+
+    try:
+        read_modify_write("lease", read, plan, write, ctx)
+    except DrainHeldError:
+        raise
+    except ActionError as exc:
+        if not forced:
+            raise DrainHeldError(what, f"held: the lease could not be read or written: {exc}") from exc
+        ctx.log.error("could not record this drain's claim in the lease; draining anyway", error=str(exc))
+    if found and action is not None:
+        _breach(ctx, forced, found[0])
+    elif action is not None:
+        ctx.log.info("slot taken in the fleet's lease", lease=lease.name, pools=len(pools))
+
+
+def renew_claim(network: Network, ctx: ActionContext) -> None:
+    """While the VM is out: move this VM's claim's expiry forward once half of its life is gone (so a
+    VM that dies out of rotation stops counting after ``claim_seconds``). Logs failures."""
+    cfg = ctx.config
+    if not cfg.fleet.lease:
+        return
+    lease = ResourceId.parse(cfg.fleet.lease)
+    me = ctx.vm.name.lower()
+
+    def plan(asg: ApplicationSecurityGroup) -> dict[str, str] | None:
+        now = time.time()
+        mine = next((c for c in live(decode(asg.tags)[0], now) if c.vm == me), None)
+        if mine is None or mine.expires - now > cfg.fleet.claim_seconds / 2:
+            return None
+        return with_claim(asg.tags, mine._replace(expires=int(now + cfg.fleet.claim_seconds)), now)
+
+    try:
+        read_modify_write(
+            "lease",
+            lambda: network.get_asg(lease.resource_group, lease.name),
+            plan,
+            lambda asg, tags: _put(network, lease, asg, tags),
+            ctx,
+        )
+    except ActionError as exc:
+        ctx.log.warning("could not renew this VM's claim in the lease", error=str(exc))
+
+
+def release_claim(network: Network, ctx: ActionContext) -> None:
+    """Once back in rotation: remove this VM's claim (if it fails, the claim expires). Logs failures."""
+    cfg = ctx.config
+    if not cfg.fleet.lease:
+        return
+    lease = ResourceId.parse(cfg.fleet.lease)
+    me = ctx.vm.name.lower()
+    try:
+        done = read_modify_write(
+            "lease",
+            lambda: network.get_asg(lease.resource_group, lease.name),
+            lambda asg: without_claim(asg.tags, me, time.time()),
+            lambda asg, tags: _put(network, lease, asg, tags),
+            ctx,
+        )
+    except ActionError as exc:
+        ctx.log.warning(
+            "could not release this VM's claim; it expires by itself",
+            error=str(exc),
+            claim_seconds=cfg.fleet.claim_seconds,
+        )
+        return
+    if done is not None:
+        ctx.log.info("slot released in the fleet's lease", lease=lease.name)
+
+
+def _put(network: Network, lease: ResourceId, asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
+    # The etag read stays on the object: the write carries it as If-Match.
+    asg.tags = tags
+    network.put_asg(lease.resource_group, lease.name, asg)
+
+
+def _breach(ctx: ActionContext, forced: str, reason: str) -> None:
+    ctx.log.warning("draining below the pool's floor: the platform forces it", forced_by=forced, pools=reason)
+    metrics.current.inc("floor_breaches", {})
+    ctx.notes.append(f"below the floor, forced ({forced}): {reason}")
+
+
+def describe(tags: Any, now: float) -> list[Claim]:
+    """The live claims in a lease's tags (for ``drainer fleet``)."""
+    return live(decode(tags)[0], now)
