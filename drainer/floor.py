@@ -13,7 +13,6 @@ written (marked forced), so the other VMs count it.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from azure.mgmt.network.models import ApplicationSecurityGroup
@@ -54,7 +53,9 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
     forced = forced_reason(action) if action is not None else "reconcile of a VM decided out"
     minimum = cfg.drain.min_in_service
     if not cfg.fleet.lease:
-        verdict = admit(ctx.vm.name, pools, [], time.time(), min_in_service=minimum, max_unavailable=0)
+        verdict = admit(
+            ctx.vm.name, pools, [], ctx.now().timestamp(), min_in_service=minimum, max_unavailable=0
+        )
         if not verdict.ok and not forced:
             raise DrainHeldError(what, f"held: {verdict.reason} (min_in_service={minimum})")
         if not verdict.ok:
@@ -68,7 +69,7 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
         return network.get_asg(lease.resource_group, lease.name)
 
     def plan(asg: ApplicationSecurityGroup) -> dict[str, str] | None:
-        now = time.time()
+        now = ctx.now().timestamp()
         claims, _ = decode(asg.tags)
         verdict = admit(
             me,
@@ -121,7 +122,7 @@ def renew_claim(network: Network, ctx: ActionContext) -> None:
     me = ctx.vm.name.lower()
 
     def plan(asg: ApplicationSecurityGroup) -> dict[str, str] | None:
-        now = time.time()
+        now = ctx.now().timestamp()
         mine = next((c for c in live(decode(asg.tags)[0], now) if c.vm == me), None)
         if mine is None or mine.expires - now > cfg.fleet.claim_seconds / 2:
             return None
@@ -150,7 +151,7 @@ def release_claim(network: Network, ctx: ActionContext) -> None:
         done = read_modify_write(
             "lease",
             lambda: network.get_asg(lease.resource_group, lease.name),
-            lambda asg: without_claim(asg.tags, me, time.time()),
+            lambda asg: without_claim(asg.tags, me, ctx.now().timestamp()),
             lambda asg, tags: _put(network, lease, asg, tags),
             ctx,
         )

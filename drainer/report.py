@@ -120,6 +120,14 @@ def status_json(
     }
 
 
+def _json_meta(raw: str | None) -> Any:
+    """A JSON value kept in the state's meta (None when missing or unreadable)."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def status(config: Config, *, as_json: bool) -> int:
     store = _open(config)
     if store is None:
@@ -136,6 +144,7 @@ def status(config: Config, *, as_json: bool) -> int:
                 state_dir=config.state_dir,
                 absent=store.absent(),
             )
+            data["floor_breach"] = _json_meta(store.meta("floor_breach"))
         finally:
             store.close()
     health = outcome.summary(
@@ -176,6 +185,12 @@ def status(config: Config, *, as_json: bool) -> int:
         _say(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
     for gone in vm["absent"]:
         _say(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
+    breach = data.get("floor_breach")
+    if breach:
+        _say(
+            f"  last drain below the pool's floor ({breach.get('at')}): "
+            + "; ".join(breach.get("what") or [])
+        )
     reconciled = data["last_reconcile"]
     _say(
         f"  last reconcile: {reconciled['at'] or 'never'}"

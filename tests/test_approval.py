@@ -174,7 +174,10 @@ def test_near_not_before_nothing_is_approved(agent: Agent, pool: EmulatorControl
     pool.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agent.check().returncode == 0
     assert _approvals(pool) == []
-    assert agent.status()["events"][0]["approval"] == "not approving: NotBefore is near (approving gains nothing)"
+    assert (
+        agent.status()["events"][0]["approval"]
+        == "not approving: NotBefore is near (approving gains nothing)"
+    )
 
 
 def test_preempt_is_not_approved_and_other_vms_events_never(agent: Agent, pool: EmulatorControl) -> None:

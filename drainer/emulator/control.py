@@ -55,8 +55,11 @@ class EmulatorControl:
     def set_incarnation(self, value: int) -> None:
         self._call("POST", "incarnation", {"value": value})
 
-    def add_vm(self, name: str, scale_set: str = "") -> None:
-        self._call("POST", "vms", {"name": name, "scale_set": scale_set})
+    def add_vm(self, name: str, scale_set: str = "", *, nic_resource_group: str | None = None) -> None:
+        """A VM with one NIC ``<name>-nic`` (in another resource group when ``nic_resource_group``)."""
+        self._call(
+            "POST", "vms", {"name": name, "scale_set": scale_set, "nic_resource_group": nic_resource_group}
+        )
 
     # -- ARM ---------------------------------------------------------------------------------
 
@@ -68,12 +71,39 @@ class EmulatorControl:
         ip_pools: list[str] | None = None,
         probe: bool = True,
         sku: str = "Standard",
-    ) -> None:
-        self._call(
+        resource_group: str | None = None,
+    ) -> str:
+        """Returns the load balancer's id."""
+        answer = self._call(
             "POST",
             "arm/loadbalancers",
-            {"name": name, "pools": pools, "ip_pools": ip_pools or [], "probe": probe, "sku": sku},
+            {
+                "name": name,
+                "pools": pools,
+                "ip_pools": ip_pools or [],
+                "probe": probe,
+                "sku": sku,
+                "resource_group": resource_group,
+            },
         )
+        return str(answer["id"])
+
+    def add_asg(self, name: str, resource_group: str | None = None) -> str:
+        """An application security group (the fleet's lease). Returns its id."""
+        return str(self._call("POST", "arm/asgs", {"name": name, "resource_group": resource_group})["id"])
+
+    def throttle(self, **settings: Any) -> None:
+        """ARM throttling: ``enabled``, ``arm_read``/``arm_write`` = [bucket, refill per second] per
+        principal, ``rp_read``/``rp_write`` = [requests, window seconds] per subscription."""
+        self._call("POST", "arm/throttle", settings)
+
+    def stats(self) -> dict[str, Any]:
+        """{"principals": {vm: {reads, writes, throttled}}, "timeline": [[time, pool id, in service]]}"""
+        answer: dict[str, Any] = self._call("GET", "arm/stats")
+        return answer
+
+    def reset_stats(self) -> None:
+        self._call("POST", "arm/stats/reset", {})
 
     def load_balancer_with(self, lb: str, pool: str, vms: list[str]) -> None:
         """A load balancer with one NIC-based pool holding each VM's NIC (the usual availability set)."""
