@@ -72,6 +72,15 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "drainer history --limit 20\n  drainer history --event <EVENT_ID>\n"
         "  drainer history --json --windows",
     ),
+    "fleet": (
+        "every VM of this VM's pools: in or out, why, since when, claims (read-only)",
+        "Every VM of this VM's backend pools (or of the pools named with --pool): in or out of rotation, "
+        "drainer's record on its NIC (which event holds it out, since when), and the claims in the "
+        "fleet's lease ([fleet] lease). Reads ARM only: one subscription-wide NIC list and the lease. "
+        'From an operator\'s machine: [azure] identity = "default" and --pool.',
+        "drainer fleet\n  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
+        "Microsoft.Network/loadBalancers/<lb>/backendAddressPools/<pool>",
+    ),
     "config": (
         "validate (config and hooks) or show the configuration",
         "`check` validates the configuration file and the hooks directory (misspelled phase directories, "
@@ -147,6 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--event", metavar="EVENT_ID", help="only this event")
     history.add_argument("--limit", type=int, default=200, help="newest N entries (default 200)")
     history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
+    commands["fleet"].add_argument("--json", action="store_true", help="machine-readable output")
+    commands["fleet"].add_argument(
+        "--pool", action="append", default=[], metavar="POOL_ID", help="a backend pool id (repeatable)"
+    )
     commands["config"].add_argument("action", choices=("check", "show"))
     commands["hooks"].add_argument("action", choices=("list",))
     commands["completion"].add_argument("shell", choices=("bash",))
@@ -209,6 +222,10 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
     config = _load_config(args)
     if command == "config":
         return _config_command(args.action, config)
+    if command == "fleet":
+        from drainer.fleetview import fleet  # noqa: PLC0415 - imports the Azure SDK
+
+        return fleet(config, args.pool, as_json=args.json)
     if command == "hooks":
         from drainer.hooks import listing  # noqa: PLC0415
 

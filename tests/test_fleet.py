@@ -4,6 +4,7 @@ claims of a VM that died. Every VM runs the real CLI in its own process against 
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,33 @@ def test_throttled_arm_is_waited_out_with_retry_after(
     assert stats["throttled"] >= 1
     throttled = [r for r in control.requests() if r["status"] == 429]
     assert throttled and all(r["method"] == "PUT" for r in throttled)
+
+
+def test_fleet_shows_every_vm_of_the_pool_in_or_out_with_its_claim(
+    emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
+) -> None:
+    lease = control.add_asg("drainer-lease")
+    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=1))
+    event_id = control.schedule("Reboot", ["web-1"], not_before_in=900)
+    assert agents["web-1"].check().returncode == 0
+    done = agents["web-0"].run("fleet", "--json")
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    (pool,) = view["pools"]
+    assert pool["pool"] == five.lower()
+    assert pool["in_service"] == 4
+    members = {m["vm"]: m for m in pool["members"]}
+    assert sorted(members) == VMS
+    out = members["web-1"]
+    assert not out["in_rotation"]
+    assert event_id in out["record"]
+    assert out["claim"]["vm"] == "web-1"
+    assert all(members[n]["in_rotation"] and members[n]["claim"] is None for n in VMS if n != "web-1")
+    # Read-only: no ARM write, and the text form names the same.
+    writes = len(control.arm_writes())
+    text = agents["web-0"].run("fleet")
+    assert text.returncode == 0, text.stderr
+    assert "4 of 5 in service" in text.stdout
+    assert "web-1" in text.stdout
+    assert "OUT" in text.stdout
+    assert len(control.arm_writes()) == writes
