@@ -25,6 +25,8 @@ from drainer.core import Drain
 from drainer.errors import ActionError, DrainHeldError
 from drainer.lb_common import ResourceId, read_modify_write
 
+MAX_TAGS = 50  # per resource (Azure's limit): a lease holds at most this many claims at once
+
 
 def forced_reason(action: Drain) -> str:
     """Why the platform forces this drain ("" when it does not)."""
@@ -90,9 +92,12 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
             forced=bool(found) and action is not None,
         )
         try:
-            return with_claim(asg.tags, claim, now)
+            tags = with_claim(asg.tags, claim, now)
         except ValueError as exc:
             raise ActionError("claim a slot", str(exc)) from exc
+        if len(tags) > MAX_TAGS and not forced:
+            raise DrainHeldError(what, f"held: no slot: the lease holds {MAX_TAGS} tags, Azure's limit")
+        return tags
 
     def write(asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
         ctx.checkpoint("before-claim")

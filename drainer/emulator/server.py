@@ -216,6 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- ARM ---------------------------------------------------------------------------------
 
     def _arm(self, path: str, query: dict[str, list[str]], body: bytes) -> int:
+        latency = self.server.model.throttle.settings.latency
+        if latency > 0:
+            time.sleep(latency)
         try:
             status, answer, headers = self._arm_answer(path, query, body)
         except ArmError as exc:

@@ -66,6 +66,7 @@ class ThrottleSettings:
     arm_write: tuple[float, float] = (200, 10)
     rp_read: tuple[int, float] = (10_000, 300.0)  # requests per window seconds; per subscription
     rp_write: tuple[int, float] = (1_000, 300.0)
+    latency: float = 0.0  # seconds added to every ARM answer (a distant region), throttled or not
 
 
 class Throttle:
@@ -88,6 +89,7 @@ class Throttle:
                 arm_write=_pair(data.get("arm_write", current.arm_write)),
                 rp_read=_window(data.get("rp_read", current.rp_read)),
                 rp_write=_window(data.get("rp_write", current.rp_write)),
+                latency=float(data.get("latency", current.latency)),
             )
             self._buckets.clear()
             self._rp = {False: Window(*self.settings.rp_read), True: Window(*self.settings.rp_write)}
