@@ -158,7 +158,8 @@ class VmIdentity:
 
     @property
     def private_ip(self) -> str:
-        return f"10.0.0.{4 + self.index}"
+        host = 4 + self.index  # 10.0.0.4 onwards, into 10.0.1.x past 251 VMs
+        return f"10.0.{host // 256}.{host % 256}"
 
     def instance_json(self) -> dict[str, Any]:
         # A subset of imds_msdocs_full_instance_response_linux.json, same shapes (strings throughout).
