@@ -60,6 +60,7 @@ spread_seconds = 2.0
 enabled = {"true" if approve else "false"}
 slot_seconds = 5
 peer_check_interval = 2
+near_seconds = 5
 [daemon]
 poll_interval = 1.0
 [logging]
