@@ -22,6 +22,7 @@ to define, which matters because the every-minute idle run pays for each class a
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -488,6 +489,11 @@ def set_manual(state: State, on: bool, now: datetime) -> Decision:
     return Decision(state=state._replace(vm=state.vm._replace(manual=on)), transitions=(transition,))
 
 
+def _jitter(seed: str) -> float:
+    """A number in [0, 1) that looks random and depends only on ``seed``."""
+    return int.from_bytes(hashlib.sha256(seed.encode()).digest()[:4], "big") / 2**32
+
+
 def forced_by(active: list[EventRecord], now: datetime, policy: PolicyConfig) -> str:
     """Why the platform forces a drain now ("" when it does not): an event Started, or NotBefore
     within ``force_before_seconds``. Preempt and Terminate are forced by their type (the drain
@@ -507,7 +513,8 @@ def retry_due(vm: VmState, now: datetime, policy: PolicyConfig) -> bool:
     """Whether a failed or held drain or restore may be tried again now.
 
     Retries back off (1, 2, 4 ... seconds, at most ``retry_max_seconds``; a held drain every
-    ``retry_max_seconds / 4``) so a daemon polling every second does not hammer ARM through an outage.
+    ``retry_max_seconds / 4``), each jittered down to half of that, so a daemon polling every second
+    does not hammer ARM through an outage and a fleet does not retry in step.
     A one-shot run every minute is not slowed down by it (the default cap is 60 s).
     """
     if vm.last_attempt_at is None or policy.retry_max_seconds <= 0:
@@ -516,6 +523,10 @@ def retry_due(vm: VmState, now: datetime, policy: PolicyConfig) -> bool:
         delay = policy.retry_max_seconds / 4
     else:
         delay = min(float(policy.retry_max_seconds), 2.0 ** max(vm.attempts - 1, 0))
+    # Jittered between half the delay and all of it, so VMs that failed together (an ARM outage, a
+    # throttled fleet) do not retry together. Derived from the failure's own time: pure, and
+    # different on every VM.
+    delay *= 0.5 + 0.5 * _jitter(f"{vm.last_attempt_at.isoformat()}/{vm.attempts}/{vm.held}")
     elapsed = (now - vm.last_attempt_at).total_seconds()
     # A negative elapsed time means the wall clock stepped back: due now, never stalled.
     return elapsed < 0 or elapsed >= delay
