@@ -46,14 +46,18 @@ def approve(
 
         connections = count_established(cfg.service_ports)
     facts = ApprovalFacts(open_connections=connections)
-    others = {
+    # Every listed VM, this one included, of the events whose turn it is on this VM.
+    listed = {
         r.casefold()
         for c in approval_candidates(state)
         if not turn(c, vm.name, state.vm, now, cfg)
         for r in c.event.resources
-    } - {vm.name.casefold()}
-    if cfg.enabled and drained and others and config.drain.method in ("nic", "admin-state"):
-        facts = facts._replace(listed_in_pool=_listed_in_pool(config, log, vm, store, others))
+    }
+    if config.dry_run:
+        listed.discard(vm.name.casefold())  # its drain was not made, only logged: taken as made
+    if cfg.enabled and drained and listed and config.drain.method in ("nic", "admin-state"):
+        facts = facts._replace(listed_in_pool=_listed_in_pool(config, log, vm, store, listed))
+        now = seams.now()  # the reads took time: NotBefore may be near now
     decision = decide_approvals(state, vm.name, now, cfg, facts)
     if decision.transitions:
         store.save(state, decision.state, decision.transitions, now)
@@ -89,19 +93,20 @@ def approve(
 
 
 def _listed_in_pool(
-    config: Config, log: Any, vm: InstanceInfo, store: StateStore, others: set[str]
+    config: Config, log: Any, vm: InstanceInfo, store: StateStore, names: set[str]
 ) -> frozenset[str] | None:
-    """Which of the other listed VMs are still in a backend pool, read from ARM (None on an ARM
-    error: the approval then waits).
+    """Which of the listed VMs (this one included) are still in a backend pool, read from ARM (None
+    on an ARM error: the approval then waits).
 
     The listed VMs' NICs are found once per set of listed VMs (one subscription-wide NIC list, kept
-    in the state's meta); then each NIC not yet seen out is read, at most every ``[approval]
-    peer_check_interval`` seconds (a VM that left its pools for an event stays out while it is
-    listed, so it is not read again)."""
+    in the state's meta). Then, at most every ``[approval] peer_check_interval`` seconds, each NIC
+    not yet seen out is read, with one subscription-wide load-balancer list (IP-based pools). Once
+    none is left in, every listed VM is read again before the answer is trusted: one seen out
+    earlier may have been put back."""
     from drainer.lb import make_lb_actuator  # noqa: PLC0415
     from drainer.lb_common import listed_nics, still_in_pools  # noqa: PLC0415
 
-    listed = sorted(others)
+    listed = sorted(names)
     cached = _meta_json(store, "peer_check")
     seen_out: set[str] = set()
     if cached.get("listed") == listed:
@@ -115,22 +120,26 @@ def _listed_in_pool(
         found = _meta_json(store, "listed_nics")
         nics: dict[str, list[str]] = found.get("nics") or {}
         if found.get("listed") != listed:
-            nics = listed_nics(network, vm, others)
+            nics = listed_nics(network, vm, names)
             missing = sorted(n for n, ids in nics.items() if not ids)
             if missing:
                 log.warning("listed VMs whose NICs were not found: not approving for them", vms=missing)
-        ip_pools = {e.resource_id.lower() for e in store.ledger() if e.method == "admin-state"}
-        to_check = {n: ids for n, ids in nics.items() if n not in seen_out}
-        inside = still_in_pools(network, to_check, ip_pools)
+        inside = still_in_pools(network, {n: ids for n, ids in nics.items() if n not in seen_out})
+        if not inside and seen_out:
+            inside = still_in_pools(network, nics)
     except DrainerError as exc:
-        log.warning("could not read the other listed VMs' pool membership", error=str(exc))
+        log.warning("could not read the listed VMs' pool membership", error=str(exc))
         return None
-    seen_out |= set(to_check) - inside
     store.set_meta(
         {
             "listed_nics": json.dumps({"listed": listed, "nics": nics}),
             "peer_check": json.dumps(
-                {"at": time.time(), "listed": listed, "in_pool": sorted(inside), "out": sorted(seen_out)}
+                {
+                    "at": time.time(),
+                    "listed": listed,
+                    "in_pool": sorted(inside),
+                    "out": sorted(set(nics) - inside),
+                }
             ),
         }
     )

@@ -227,6 +227,7 @@ class Network(Protocol):
     def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer: ...
     def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]: ...
     def list_all_nics(self) -> list[NetworkInterface]: ...
+    def list_all_load_balancers(self) -> list[LoadBalancer]: ...
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway: ...
     def get_asg(self, resource_group: str, name: str) -> ApplicationSecurityGroup: ...
     def put_asg(
@@ -330,6 +331,10 @@ class ArmNetwork:
         what = "list the subscription's NICs"
         return list(self._call(what, lambda **kw: list(self._client.network_interfaces.list_all(**kw))))
 
+    def list_all_load_balancers(self) -> list[LoadBalancer]:
+        what = "list the subscription's load balancers"
+        return list(self._call(what, lambda **kw: list(self._client.load_balancers.list_all(**kw))))
+
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
         result: ApplicationGateway = self._call(
             f"read application gateway {name}", self._client.application_gateways.get, resource_group, name
@@ -418,6 +423,9 @@ class DryRunNetwork:
 
     def list_all_nics(self) -> list[NetworkInterface]:
         return self.inner.list_all_nics()
+
+    def list_all_load_balancers(self) -> list[LoadBalancer]:
+        return self.inner.list_all_load_balancers()
 
     def get_app_gateway(self, resource_group: str, name: str) -> ApplicationGateway:
         return self.inner.get_app_gateway(resource_group, name)

@@ -101,8 +101,8 @@ class DrainConfig(NamedTuple):
     # Before draining, at least this many other members of each pool must be in service; otherwise
     # the drain is held (retried every run) unless the event is a Preempt or Terminate.
     min_in_service: int = 1
-    # At most this many members of a pool out by drainer's choice at once (counted through the
-    # fleet's lease; 0: only min_in_service limits it).
+    # At most this many VMs of a pool out by drainer's choice at once (counted through the fleet's
+    # lease, one claim per VM; 0: only min_in_service limits it).
     max_unavailable: int = 0
     # Also remove (and restore) Application Gateway backend pool references of the VM's NICs.
     application_gateways: bool = False
@@ -410,6 +410,22 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         spread_seconds=fleet_s.number("spread_seconds", float, 5.0, low=0, high=600),
     )
     fleet_s.done()
+    if drain.max_unavailable and not fleet.lease:
+        raise ConfigError(
+            path, "drain.max_unavailable", "needs [fleet] lease: it is counted through the claims"
+        )
+    active = policy.reconcile_active_seconds
+    if fleet.lease and active <= 0:
+        raise ConfigError(
+            path, "fleet.lease", "needs [policy] reconcile_active_seconds > 0: claims are renewed then"
+        )
+    if fleet.lease and fleet.claim_seconds < 3 * active:
+        raise ConfigError(
+            path,
+            "fleet.claim_seconds",
+            f"must be at least 3 x [policy] reconcile_active_seconds ({3 * active}): a claim is "
+            "renewed at each reconcile while the VM is out; one failed renewal must not lose it",
+        )
 
     hooks_s = _Section(path, "hooks", raw.get("hooks"))
     timeouts_s = _Section(path, "hooks.timeouts", hooks_s.raw.get("timeouts"))

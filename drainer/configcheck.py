@@ -84,10 +84,6 @@ def _no_effect(config: Config) -> list[Finding]:
                 "can all pass it (set [fleet] lease to coordinate; README: the fleet model)",
             )
         )
-    if config.drain.max_unavailable and not config.fleet.lease:
-        found.append(
-            Finding("error", "[drain] max_unavailable needs [fleet] lease: it is counted through the claims")
-        )
     if config.fleet.lease and not arm_method:
         found.append(
             Finding("warning", f"[fleet] lease has no effect with [drain] method = {config.drain.method!r}")

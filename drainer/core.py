@@ -400,7 +400,9 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         if retry_due(vm, now, policy):
             actions.append(Restore(reason))
 
-    if not actions:
+    # While a drain is pending (held by the floor, or failed and backing off), its retry is the one
+    # way out: a reconcile taking the VM out would pass the floor's hold and the back-off.
+    if not actions and vm.drain_state is not DrainState.DRAINING:
         why = obs.drift or _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
         if why:
             out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)

@@ -26,7 +26,7 @@ class ApprovalFacts(NamedTuple):
     """What the runner measured for the approval rule (None: not known)."""
 
     open_connections: int | None = None
-    # Names (any case) of the listed VMs, other than this one, that are still in a backend pool
+    # Names (case-folded) of the listed VMs, this one included, that are still in a backend pool
     # (any pool, any resource group), or whose NICs could not be found.
     listed_in_pool: frozenset[str] | None = None
 
@@ -72,7 +72,8 @@ def decide_approvals(
     ``when_not_drained``); established connections to the service ports must be gone or
     ``drain_timeout`` have passed since the VM left rotation; NotBefore must be more than
     ``near_seconds`` away (closer, approving gains nothing); it must be this VM's turn (``turn``);
-    and every other listed VM must be out of every pool (one approval starts the event for all).
+    and every listed VM, this one too, must be out of every pool (one approval starts the event for
+    all).
     """
     me = vm_name.casefold()
     records = dict(state.events)
@@ -99,7 +100,7 @@ def decide_approvals(
             status = "not approving: NotBefore is near (approving gains nothing)"
         elif why := turn(record, vm_name, vm, now, cfg):
             status = why
-        elif others := blocking(listed - {me}, facts):
+        elif others := blocking(listed - {me}, facts) | ({me} & set(facts.listed_in_pool or ())):
             status = f"waiting: {', '.join(sorted(others))} still in a pool"
         else:
             status = "approving"

@@ -20,7 +20,7 @@ from azure.mgmt.network.models import ApplicationSecurityGroup
 from drainer import metrics
 from drainer.actuator import ActionContext
 from drainer.arm import Network
-from drainer.claims import Claim, admit, decode, key, live, with_claim, without_claim
+from drainer.claims import PREFIX, Claim, admit, decode, key, live, with_claim, without_claim
 from drainer.core import Drain
 from drainer.errors import ActionError, DrainHeldError
 from drainer.lb_common import ResourceId, read_modify_write
@@ -46,22 +46,21 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
 ) -> None:
     """Take a slot before this VM leaves ``pools`` (pool id -> the ids of the other members in
     service), or hold the drain. ``mine``: this VM's member ids (NIC ids, ``ip:<address>``).
-    ``action`` None: a reconcile of a VM already decided out (claims, never holds).
+    ``action`` None: a reconcile taking a VM decided out back out of pools it was put in again
+    (held like a drain, never forced: only the core knows what the platform forces).
 
-    Raises DrainHeldError when there is no slot (or the lease cannot be read), ActionError when the
-    lease cannot be written.
+    Raises DrainHeldError when there is no slot (or the lease cannot be used), ActionError when the
+    claim does not fit a tag.
     """
     cfg = ctx.config
-    forced = forced_reason(action) if action is not None else "reconcile of a VM decided out"
+    forced = forced_reason(action) if action is not None else ""
     minimum = cfg.drain.min_in_service
+    alone = admit(ctx.vm.name, pools, [], ctx.now().timestamp(), min_in_service=minimum, max_unavailable=0)
     if not cfg.fleet.lease:
-        verdict = admit(
-            ctx.vm.name, pools, [], ctx.now().timestamp(), min_in_service=minimum, max_unavailable=0
-        )
-        if not verdict.ok and not forced:
-            raise DrainHeldError(what, f"held: {verdict.reason} (min_in_service={minimum})")
-        if not verdict.ok:
-            _breach(ctx, forced, verdict.reason)
+        if not alone.ok and not forced:
+            raise DrainHeldError(what, f"held: {alone.reason} (min_in_service={minimum})")
+        if not alone.ok:
+            _breach(ctx, forced, alone.reason)
         return
     lease = ResourceId.parse(cfg.fleet.lease)
     me = ctx.vm.name.lower()
@@ -89,7 +88,7 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
             expires=int(now + cfg.fleet.claim_seconds),
             pools=frozenset(key(p) for p in pools),
             members=frozenset(key(m) for m in mine),
-            forced=bool(found) and action is not None,
+            forced=bool(found),
         )
         try:
             tags = with_claim(asg.tags, claim, now)
@@ -101,7 +100,7 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
 
     def write(asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
         ctx.checkpoint("before-claim")
-        _put(network, lease, asg, tags)
+        _put(network, lease, asg, tags, me)
 
     try:
         read_modify_write("lease", read, plan, write, ctx)
@@ -109,17 +108,22 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
         raise
     except ActionError as exc:
         if not forced:
-            raise DrainHeldError(what, f"held: the lease could not be read or written: {exc}") from exc
+            raise DrainHeldError(what, f"held: the lease cannot be used: {exc}") from exc
         ctx.log.error("could not record this drain's claim in the lease; draining anyway", error=str(exc))
-    if found and action is not None:
+        # Unknown claims: at least the floor as this VM sees it alone is reported.
+        found[:] = [] if alone.ok else [alone.reason]
+    else:
+        ctx.log.info(
+            "slot taken in the fleet's lease", lease=lease.name, pools=len(pools), forced=bool(found)
+        )
+    if found:
         _breach(ctx, forced, found[0])
-    elif action is not None:
-        ctx.log.info("slot taken in the fleet's lease", lease=lease.name, pools=len(pools))
 
 
 def renew_claim(network: Network, ctx: ActionContext) -> None:
-    """While the VM is out: move this VM's claim's expiry forward once half of its life is gone (so a
-    VM that dies out of rotation stops counting after ``claim_seconds``). Logs failures."""
+    """While the VM is out (every reconcile): move this VM's claim's expiry forward, or take it
+    again if it lapsed (one failed renewal must not leave a VM that is out without its claim). A VM
+    that dies out of rotation stops counting ``claim_seconds`` after its last renewal. Logs failures."""
     cfg = ctx.config
     if not cfg.fleet.lease:
         return
@@ -128,9 +132,11 @@ def renew_claim(network: Network, ctx: ActionContext) -> None:
 
     def plan(asg: ApplicationSecurityGroup) -> dict[str, str] | None:
         now = ctx.now().timestamp()
-        mine = next((c for c in live(decode(asg.tags)[0], now) if c.vm == me), None)
-        if mine is None or mine.expires - now > cfg.fleet.claim_seconds / 2:
-            return None
+        mine = next((c for c in decode(asg.tags)[0] if c.vm == me), None)
+        if mine is None:
+            return None  # never claimed (no pool to leave): nothing to renew
+        if mine.expires <= now:
+            ctx.log.warning("this VM's claim had lapsed while it is out; taking it again")
         return with_claim(asg.tags, mine._replace(expires=int(now + cfg.fleet.claim_seconds)), now)
 
     try:
@@ -138,7 +144,7 @@ def renew_claim(network: Network, ctx: ActionContext) -> None:
             "lease",
             lambda: network.get_asg(lease.resource_group, lease.name),
             plan,
-            lambda asg, tags: _put(network, lease, asg, tags),
+            lambda asg, tags: _put(network, lease, asg, tags, me),
             ctx,
         )
     except ActionError as exc:
@@ -157,7 +163,7 @@ def release_claim(network: Network, ctx: ActionContext) -> None:
             "lease",
             lambda: network.get_asg(lease.resource_group, lease.name),
             lambda asg: without_claim(asg.tags, me, ctx.now().timestamp()),
-            lambda asg, tags: _put(network, lease, asg, tags),
+            lambda asg, tags: _put(network, lease, asg, tags, None),
             ctx,
         )
     except ActionError as exc:
@@ -171,10 +177,22 @@ def release_claim(network: Network, ctx: ActionContext) -> None:
         ctx.log.info("slot released in the fleet's lease", lease=lease.name)
 
 
-def _put(network: Network, lease: ResourceId, asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
-    # The etag read stays on the object: the write carries it as If-Match.
+def _put(
+    network: Network,
+    lease: ResourceId,
+    asg: ApplicationSecurityGroup,
+    tags: dict[str, str],
+    claimant: str | None,
+) -> None:
+    """Write the lease's tags (the etag read stays on the object: If-Match). With ``claimant``, the
+    answer must still carry its claim: an Azure Policy that strips tags would otherwise hand every
+    VM a slot it never holds. Raises ArmError, ActionError."""
     asg.tags = tags
-    network.put_asg(lease.resource_group, lease.name, asg)
+    written = network.put_asg(lease.resource_group, lease.name, asg)
+    if claimant is not None and not any(k.lower() == PREFIX + claimant for k in (written.tags or {})):
+        raise ActionError(
+            "claim a slot", "the lease does not keep drainer's claims (an Azure Policy on tags?)"
+        )
 
 
 def _breach(ctx: ActionContext, forced: str, reason: str) -> None:

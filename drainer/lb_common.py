@@ -194,36 +194,35 @@ def listed_nics(network: Network, vm: Any, names: set[str]) -> dict[str, list[st
     return found
 
 
-def still_in_pools(network: Network, nics: dict[str, list[str]], ip_pools: set[str]) -> set[str]:
+def still_in_pools(network: Network, nics: dict[str, list[str]]) -> set[str]:
     """Which of these VMs (name -> NIC ids) are still in a backend pool: a NIC referencing any load
-    balancer or application gateway pool, or one of its addresses not Down in one of ``ip_pools``
-    (IP-based pool ids). A VM whose NICs were not found counts as in. Raises ArmError."""
+    balancer or application gateway pool, or one of its addresses (in its virtual network) not Down
+    in an IP-based pool of any load balancer of the subscription. A VM whose NICs were not found
+    counts as in. One read per NIC, one subscription-wide load-balancer list. Raises ArmError."""
     inside: set[str] = set()
-    owners: dict[str, str] = {}
+    owners: dict[tuple[str, str], str] = {}
     for name, nic_ids in nics.items():
         if not nic_ids:
             inside.add(name)
         for nic_id in nic_ids:
             nic = read_nic(network, nic_id)
             for config in nic.ip_configurations or []:
-                if config.private_ip_address:
-                    owners[str(config.private_ip_address)] = name
+                if config.private_ip_address and config.subnet is not None and config.subnet.id:
+                    owners[(str(config.private_ip_address), vnet_of(str(config.subnet.id)))] = name
                 if (
                     config.load_balancer_backend_address_pools
                     or config.application_gateway_backend_address_pools
                 ):
                     inside.add(name)
-    parents = {
-        p[: p.lower().find("/backendaddresspools/")] for p in ip_pools if "/backendaddresspools/" in p.lower()
-    }
-    for parent in sorted(parents):
-        rid = ResourceId.parse(parent)
-        lb = network.get_load_balancer(rid.resource_group, rid.name)
+    if not owners:
+        return inside
+    for lb in network.list_all_load_balancers():
         for pool in lb.backend_address_pools or []:
-            if str(pool.id).lower() not in ip_pools:
-                continue
             for address in pool.load_balancer_backend_addresses or []:
-                owner = owners.get(str(address.ip_address))
+                network_id = address.virtual_network.id if address.virtual_network is not None else ""
+                if not network_id and address.subnet is not None:
+                    network_id = vnet_of(str(address.subnet.id))
+                owner = owners.get((str(address.ip_address), str(network_id or "").lower()))
                 if owner and (address.admin_state or "None") != "Down":
                     inside.add(owner)
     return inside

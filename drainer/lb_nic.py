@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.mgmt.network.models import LoadBalancer, NetworkInterface, SubResource
+from azure.mgmt.network.models import NetworkInterface, SubResource
 
 from drainer import metrics
 from drainer.actuator import ActionContext
@@ -150,18 +150,21 @@ class NicDrain:
         return (True, "; ".join(done)) if done else (False, "already out of every pool")
 
     def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, set[str]]:
-        """pool id -> the other NICs in it (one load-balancer GET per load balancer)."""
+        """pool id -> the other NICs in it (one GET per load balancer or application gateway)."""
         ours = {n.lower() for n in nic_ids}
         counts: dict[str, set[str]] = {}
-        lbs: dict[str, LoadBalancer] = {}
+        parents: dict[str, Any] = {}
         for ref in planned:
-            if ref.kind != "lb-pool" or ref.pool_id in counts:
+            if ref.pool_id in counts:
                 continue
             rid = ResourceId.parse(ref.pool_id)
-            lb = lbs.get(rid.name.lower())
-            if lb is None:
-                lb = lbs[rid.name.lower()] = self.network.get_load_balancer(rid.resource_group, rid.name)
-            pool = next((p for p in lb.backend_address_pools or [] if same(p.id, ref.pool_id)), None)
+            where = f"{ref.kind}/{rid.resource_group}/{rid.name}".lower()
+            if where not in parents:
+                gateway = ref.kind == "appgw-pool"
+                read = self.network.get_app_gateway if gateway else self.network.get_load_balancer
+                parents[where] = read(rid.resource_group, rid.name)
+            parent = parents[where]
+            pool = next((p for p in parent.backend_address_pools or [] if same(p.id, ref.pool_id)), None)
             members = [c.id for c in (pool.backend_ip_configurations or [])] if pool else []
             counts[ref.pool_id] = {nic_of(m).lower() for m in members if m} - ours
         return counts

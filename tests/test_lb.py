@@ -294,6 +294,7 @@ def test_application_gateway_pools_when_configured(agent: Agent, topology: Emula
     topology.add_app_gateway("agw", ["agw-pool"])
     agw_pool = f"{RG}/applicationGateways/agw/backendAddressPools/agw-pool"
     topology.join_app_gateway("web-0", agw_pool)
+    topology.join_app_gateway("web-1", agw_pool)  # min_in_service holds in gateway pools too
     agent.config_text = DEFAULT_CONFIG + "\n[drain]\napplication_gateways = true\n"
     event_id = _drain_then_restore(agent, topology)
     nic = topology.nic("web-0-nic")

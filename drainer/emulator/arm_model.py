@@ -446,9 +446,17 @@ class ArmModel:
                     for address in pool["properties"].get("loadBalancerBackendAddresses") or []
                     if address["properties"].get("adminState", "None") != "Down"
                 )
+        for gateway in self.appgws.values():
+            for pool in gateway["properties"]["backendAddressPools"]:
+                counts[pool["id"].lower()] = 0
         for nic in self.nics.values():
             for config in nic["properties"]["ipConfigurations"]:
-                for ref in config["properties"].get("loadBalancerBackendAddressPools") or []:
+                props = config["properties"]
+                refs = [
+                    *(props.get("loadBalancerBackendAddressPools") or []),
+                    *(props.get("applicationGatewayBackendAddressPools") or []),
+                ]
+                for ref in refs:
                     key = ref["id"].lower()
                     if key in counts:
                         counts[key] += 1
@@ -740,5 +748,17 @@ class ArmModel:
             return self.get_pool(lb, pool), operation
 
     def get_app_gateway(self, name: str) -> dict[str, Any]:
+        """An application gateway; each backend pool lists the NIC ipConfigurations referencing it."""
         with self.lock:
-            return copy.deepcopy(self._resource(self.appgws, "applicationGateways", name))
+            gateway = copy.deepcopy(self._resource(self.appgws, "applicationGateways", name))
+            for pool in gateway["properties"]["backendAddressPools"]:
+                pool["properties"]["backendIPConfigurations"] = [
+                    {"id": c["id"]}
+                    for n in self.nics.values()
+                    for c in n["properties"]["ipConfigurations"]
+                    if any(
+                        r["id"].lower() == pool["id"].lower()
+                        for r in c["properties"].get("applicationGatewayBackendAddressPools") or []
+                    )
+                ]
+            return gateway
