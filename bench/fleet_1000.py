@@ -35,9 +35,19 @@ from typing import Any
 
 N = 1000
 DOMAINS = 5
-SCALE = 7.5
+SCALE = 4.0
 MAINTENANCE = 8.0
 WORKERS = 2
+
+
+def patient(call: Any, *args: Any) -> Any:
+    """A control call, retried while the loaded emulator is slow to answer."""
+    for _ in range(10):
+        try:
+            return call(*args)
+        except OSError:
+            time.sleep(2)
+    return call(*args)
 
 
 def serve(names: list[str], port_out: Any, stop: Any) -> None:
@@ -146,22 +156,22 @@ def main() -> int:
             )
             scheduled = time.time()
             out_at: float | None = None
-            while any(e["EventId"] == event_id for e in control.state()["events"]):
-                members = set(control.membership().get(next(iter(control.membership())), []))
+            while any(e["EventId"] == event_id for e in patient(control.state)["events"]):
+                members = set(patient(control.membership).get(next(iter(patient(control.membership))), []))
                 if out_at is None and not any(f"{v}-nic" in members for v in listed):
                     out_at = time.time() - scheduled
                 time.sleep(1.0)
             drained_all.append(out_at if out_at is not None else float("nan"))
         deadline = time.time() + 600
         while time.time() < deadline:
-            members = control.membership()[next(iter(control.membership()))]
+            members = patient(control.membership)[next(iter(patient(control.membership)))]
             if len(members) == n:
                 break
             time.sleep(1.0)
         finished = time.time() - started
-        left_out = n - len(control.membership()[next(iter(control.membership()))])
-        stats = control.stats()
-        approvals = control.state()["approvals"]
+        left_out = n - len(patient(control.membership)[next(iter(patient(control.membership)))])
+        stats = patient(control.stats)
+        approvals = patient(control.state)["approvals"]
         stop.set()
         for w in workers:
             w.join(timeout=120)
