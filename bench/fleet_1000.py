@@ -17,7 +17,7 @@ Assumptions (stated in the output too):
   ARM's per-principal accounting is approximate; the subscription-wide limits are exact.
 - No lease (one lease holds at most 48 claims: README, fleet model); min_in_service = 1.
 
-    .venv/bin/python bench/fleet_1000.py [--vms 1000] [--scale 7.5]
+    .venv/bin/python bench/fleet_1000.py [--vms 1000] [--scale 4]
 """
 
 from __future__ import annotations
