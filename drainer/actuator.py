@@ -31,6 +31,9 @@ class ActionContext:
     # Crash-injection seam between the steps of an action (see drainer.runner.Seams).
     checkpoint: Callable[[str], None] = lambda _: None
     now: Callable[[], datetime] = _utcnow
+    # Why the platform forces taking the VM out now ("" when it does not), for a reconcile (a drain
+    # carries its own): the floor then does not hold it.
+    forced: str = ""
     # Lines for `status` the action leaves behind (e.g. a drain forced below the pool's floor).
     notes: list[str] = field(default_factory=list)
 

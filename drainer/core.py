@@ -144,6 +144,9 @@ class Reconcile(NamedTuple):
 
     out: bool
     reason: str
+    # As for Drain: why the platform forces the VM out now (a reconcile putting it out again then
+    # goes whatever the floor says).
+    forced: str = ""
 
     @property
     def name(self) -> str:
@@ -406,7 +409,8 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         why = obs.drift or _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
         if why:
             out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
-            actions.append(Reconcile(out, why))
+            forced = forced_by(active, now, policy) if out else ""
+            actions.append(Reconcile(out, why, forced))
     new_state = State(
         events=records,
         vm=vm,

@@ -47,8 +47,8 @@ def approval_candidates(state: State) -> list[EventRecord]:
 
 def turn(record: EventRecord, vm_name: str, vm: VmState, now: datetime, cfg: ApprovalConfig) -> str:
     """ "" when it is this VM's turn to approve ``record`` (as far as the order of approvers goes),
-    else why not. The listed VMs approve in name order: the k-th once it has been out of rotation for
-    k slots; only the first ``APPROVERS`` ever do."""
+    else why not. The listed VMs approve in name order: the k-th k slots after it was both out of
+    rotation and aware of the event; only the first ``APPROVERS`` ever do."""
     listed = sorted({r.casefold() for r in record.event.resources})
     me = vm_name.casefold()
     if me not in listed:
@@ -56,8 +56,11 @@ def turn(record: EventRecord, vm_name: str, vm: VmState, now: datetime, cfg: App
     rank = listed.index(me)
     if rank >= APPROVERS:
         return f"not approving: {', '.join(listed[:APPROVERS])} approve for the listed VMs"
-    if rank and vm.since is not None:
-        wait = rank * cfg.slot_seconds - (now - vm.since).total_seconds()
+    # The slots count from when this VM was out *and* knew of the event: a VM out since before the
+    # event appeared must still leave the first approver its turn.
+    base = max(vm.since, record.first_seen) if vm.since is not None else record.first_seen
+    if rank and base is not None:
+        wait = rank * cfg.slot_seconds - (now - base).total_seconds()
         if wait > 0:
             return f"waiting: {listed[0]} approves first (this VM's turn in {wait:.0f}s)"
     return ""

@@ -43,17 +43,21 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
     pools: dict[str, set[str]],
     mine: set[str],
     what: str,
+    *,
+    already_out: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     """Take a slot before this VM leaves ``pools`` (pool id -> the ids of the other members in
-    service), or hold the drain. ``mine``: this VM's member ids (NIC ids, ``ip:<address>``).
-    ``action`` None: a reconcile taking a VM decided out back out of pools it was put in again
-    (held like a drain, never forced: only the core knows what the platform forces).
+    service), or hold the drain. ``mine``: this VM's member ids (NIC ids, ``ip:<address>``);
+    ``already_out``: the pools drainer's records say it already left (the claim keeps covering them:
+    a retry after a crash between two NIC writes plans only what is left). ``action`` None: a
+    reconcile taking a VM decided out back out of pools it was put in again (forced only when the
+    core said so: ``ctx.forced``).
 
     Raises DrainHeldError when there is no slot (or the lease cannot be used), ActionError when the
     claim does not fit a tag.
     """
     cfg = ctx.config
-    forced = forced_reason(action) if action is not None else ""
+    forced = forced_reason(action) if action is not None else ctx.forced
     minimum = cfg.drain.min_in_service
     alone = admit(ctx.vm.name, pools, [], ctx.now().timestamp(), min_in_service=minimum, max_unavailable=0)
     if not cfg.fleet.lease:
@@ -65,6 +69,7 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
     lease = ResourceId.parse(cfg.fleet.lease)
     me = ctx.vm.name.lower()
     found: list[str] = []
+    held: list[str] = []
 
     def read() -> ApplicationSecurityGroup:
         return network.get_asg(lease.resource_group, lease.name)
@@ -81,13 +86,22 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
             max_unavailable=cfg.drain.max_unavailable,
         )
         found[:] = [verdict.reason] if not verdict.ok else []
+        own = next((c for c in claims if c.vm == me and c.expires > now), None)
+        out_keys = frozenset(key(p) for p in already_out)
         if not verdict.ok and not forced:
-            raise DrainHeldError(what, f"held: no slot: {verdict.reason}")
+            held[:] = [f"held: no slot: {verdict.reason}"]
+            if own is None or own.pools <= out_keys:
+                raise DrainHeldError(what, held[0])
+            # A claim of an interrupted earlier try covers pools this VM is still in: it keeps only
+            # what the VM has out (nothing: the claim goes), so it blocks no one for nothing.
+            if not out_keys:
+                return without_claim(asg.tags, me, now)
+            return with_claim(asg.tags, own._replace(pools=out_keys), now)
         claim = Claim(
             vm=me,
             expires=int(now + cfg.fleet.claim_seconds),
-            pools=frozenset(key(p) for p in pools),
-            members=frozenset(key(m) for m in mine),
+            pools=frozenset(key(p) for p in pools) | out_keys | (own.pools if own else frozenset()),
+            members=frozenset(key(m) for m in mine) | (own.members if own else frozenset()),
             forced=bool(found),
         )
         try:
@@ -100,7 +114,7 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
 
     def write(asg: ApplicationSecurityGroup, tags: dict[str, str]) -> None:
         ctx.checkpoint("before-claim")
-        _put(network, lease, asg, tags, me)
+        _put(network, lease, asg, tags, None if held else me)
 
     try:
         read_modify_write("lease", read, plan, write, ctx)
@@ -113,6 +127,8 @@ def hold_floor(  # noqa: PLR0917 - the drain methods' one call
         # Unknown claims: at least the floor as this VM sees it alone is reported.
         found[:] = [] if alone.ok else [alone.reason]
     else:
+        if held:
+            raise DrainHeldError(what, held[0])
         ctx.log.info(
             "slot taken in the fleet's lease", lease=lease.name, pools=len(pools), forced=bool(found)
         )

@@ -108,7 +108,8 @@ class AdminStateDrain:
         if not mine:
             raise ActionError("drain", "the VM's NICs have no private IP address in a subnet")
         targets: list[tuple[LoadBalancer, Any]] = []
-        for lb in self.network.list_load_balancers(ctx.vm.resource_group):
+        # Every load balancer of the subscription: an IP-based pool may be in another resource group.
+        for lb in self.network.list_all_load_balancers():
             for pool in lb.backend_address_pools or []:
                 if any(self._is_mine(a, mine) for a in pool.load_balancer_backend_addresses or []):
                     self._check_applies(ctx, lb, pool)
@@ -128,7 +129,9 @@ class AdminStateDrain:
             }
             for _, pool in targets
         }
-        hold_floor(self.network, ctx, action, in_service, {f"ip:{ip}" for ip, _ in mine}, "backend address")
+        out = {r.pool_id for n in nics for r in decode(dict(n.tags or {}), subscription_of(str(n.id))).admin}
+        addresses = {f"ip:{ip}" for ip, _ in mine}
+        hold_floor(self.network, ctx, action, in_service, addresses, "backend address", already_out=out)
         records = [
             AdminRecord(str(pool.id), str(a.name), _state(a))
             for _, pool in targets

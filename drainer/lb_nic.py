@@ -143,11 +143,26 @@ class NicDrain:
             if action is not None:
                 ctx.log.warning("vm is in no backend pool: nothing to take out", nics=nic_ids)
             return False, "in no backend pool"
-        hold_floor(self.network, ctx, action, self._others_in_service(planned, nic_ids), set(nic_ids), "pool")
+        others = self._others_in_service(planned, nic_ids)
+        out = self._already_out(ctx, nics, planned)
+        hold_floor(self.network, ctx, action, others, set(nic_ids), "pool", already_out=out)
         summary = summary_text(_why(ctx), ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
         taken = [self._drain_nic(ctx, nic_id, nic, kinds, summary) for nic_id, nic in nics.items()]
         done = [t for t in taken if t]
         return (True, "; ".join(done)) if done else (False, "already out of every pool")
+
+    @staticmethod
+    def _already_out(ctx: ActionContext, nics: dict[str, NetworkInterface], planned: list[Ref]) -> set[str]:
+        """The pools drainer's records say this VM has left: on the NICs, or kept locally (a local
+        copy of an interrupted write counts only once the NIC no longer has the reference)."""
+        still = {r.pool_id.lower() for r in planned}
+        out = {r.pool_id for i, n in nics.items() for r in decode(view_of(n).tags, subscription_of(i)).refs}
+        for entry in ctx.ledger.entries("nic"):
+            if entry.status == "removed" or (
+                entry.status == "removing" and entry.target.lower() not in still
+            ):
+                out.add(entry.target)
+        return out
 
     def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, set[str]]:
         """pool id -> the other NICs in it (one GET per load balancer or application gateway)."""

@@ -61,7 +61,7 @@ def _no_checkpoint(_: str) -> None:
 
 def _spread(seconds: float) -> None:
     if seconds > 0:
-        time.sleep(random.uniform(0, seconds))  # noqa: S311 - a delay, not a secret
+        time.sleep(random.uniform(0, seconds))  # noqa: S311  # nosec B311 - a delay, not a secret
 
 
 class Seams(NamedTuple):
@@ -443,6 +443,7 @@ def _act(
             absence=absence,
             checkpoint=seams.checkpoint,
             now=seams.now,
+            forced=action.forced if isinstance(action, (Drain, Reconcile)) else "",
         )
         if _spread_applies(config, action):
             seams.spread(config.fleet.spread_seconds)
