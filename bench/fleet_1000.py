@@ -121,7 +121,7 @@ def main() -> int:
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     port = ctx.Queue()
-    server = ctx.Process(target=serve, args=(names, port, stop))
+    server = ctx.Process(target=serve, args=(names, port, stop), daemon=True)
     server.start()
     url = port.get(timeout=120)
     from drainer.emulator.control import EmulatorControl
@@ -140,7 +140,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as root:
         workers = [
-            ctx.Process(target=agents, args=(url, names[i::WORKERS], scale, root, stop))
+            ctx.Process(target=agents, args=(url, names[i::WORKERS], scale, root, stop), daemon=True)
             for i in range(WORKERS)
         ]
         for w in workers:
