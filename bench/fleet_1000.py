@@ -42,7 +42,7 @@ WORKERS = 2
 
 def patient(call: Any, *args: Any) -> Any:
     """A control call, retried while the loaded emulator is slow to answer."""
-    for _ in range(10):
+    for _ in range(60):
         try:
             return call(*args)
         except OSError:
@@ -145,13 +145,14 @@ def main() -> int:
         ]
         for w in workers:
             w.start()
-        time.sleep(90 / scale + 5)  # every VM has checked once (idle)
-        control.reset_stats()
+        # Every VM's first run reconciles (its state is new): 1,000 NIC lists of the resource group.
+        time.sleep(90 / scale + 5)
+        patient(control.reset_stats)
         started = time.time()
         drained_all: list[float] = []
         for d in range(DOMAINS):
             listed = names[d * size : (d + 1) * size]
-            event_id = control.schedule(
+            event_id = control.schedule(  # not retried: a slow answer may still have scheduled it
                 "Reboot", listed, not_before_in=900 / scale, maintenance_seconds=MAINTENANCE
             )
             scheduled = time.time()
