@@ -55,6 +55,10 @@ T = TypeVar("T")
 # An unknown event type always holds the VM (it is not configurable).
 _KNOWN_TYPES = tuple(t for t in EventType if t is not EventType.UNKNOWN)
 _DEFAULT_ACTIONS: Mapping[str, str] = MappingProxyType({t.value: "drain" for t in _KNOWN_TYPES})
+RESTORE_WHEN = ("cleared", "recovered")
+# Microsoft documents the event's removal as the signal to recover, and a second impact while it is
+# Started (README "restore_when"): "cleared" for every type unless the operator opts in.
+_DEFAULT_RESTORE_WHEN: Mapping[str, str] = MappingProxyType({t.value: "cleared" for t in _KNOWN_TYPES})
 
 
 class ImdsConfig(NamedTuple):
@@ -86,6 +90,13 @@ class PolicyConfig(NamedTuple):
     # whenever the local state was missing or unreadable.
     reconcile_interval_seconds: int = 1800
     reconcile_active_seconds: int = 300
+    # -- restore_when (issue 14): when a VM goes back after an event, per EventType --
+    # "cleared": once the event is no longer listed; "recovered": once its impact is over (see
+    # drainer/recovery.py) and the restore gate has passed for `recovered_grace_seconds`.
+    restore_when: Mapping[str, str] = _DEFAULT_RESTORE_WHEN
+    recovered_grace_seconds: int = 60
+    # The daemon saw no poll for this many seconds more than its interval: the VM stalled (an impact).
+    stall_seconds: float = 5.0
 
     def action_for(self, event_type: EventType) -> str:
         return self.actions.get(event_type.value, "drain")
@@ -325,7 +336,8 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         ),
         reconcile_active_seconds=policy_s.number("reconcile_active_seconds", int, 300, low=0, high=86400),
     )
-    policy_s.done(subtables=("actions",))
+    policy = _restore_when(path, policy_s, policy)
+    policy_s.done(subtables=("actions", "restore_when"))
 
     drain_s = _Section(path, "drain", raw.get("drain"))
     nics = drain_s.get("nics", list, [])
@@ -479,6 +491,18 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     )
     top.done(subtables=SECTIONS)
     return config
+
+
+def _restore_when(path: str, policy_s: _Section, policy: PolicyConfig) -> PolicyConfig:
+    """The [policy] keys of restore_when (issue 14), read on their own. Raises ConfigError."""
+    when_s = _Section(path, "policy.restore_when", policy_s.raw.get("restore_when"))
+    when = MappingProxyType({t.value: when_s.choice(t.value, RESTORE_WHEN, "cleared") for t in _KNOWN_TYPES})
+    when_s.done()
+    return policy._replace(
+        restore_when=when,
+        recovered_grace_seconds=policy_s.number("recovered_grace_seconds", int, 60, low=0, high=86400),
+        stall_seconds=policy_s.number("stall_seconds", float, 5.0, low=0.5, high=3600),
+    )
 
 
 def _read_toml(path: Path, data: bytes) -> dict[str, Any]:

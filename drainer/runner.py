@@ -154,11 +154,13 @@ def run_once(
     *,
     manual: bool | None = None,
     imds: ImdsClient | None = None,
+    stall_seconds: float = 0.0,
 ) -> RunResult:
     """One complete run. Raises DrainerError subclasses for failures that stop the run early.
 
     ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
     ``imds``: a client kept across runs (the daemon: keep-alive and ETag); else one for this run.
+    ``stall_seconds``: how long the daemon saw no poll beyond its interval (a stall of the VM).
     A dry run takes no lock and works on an in-memory copy of the state: it writes nothing at all.
     """
     seams = seams or Seams()
@@ -183,6 +185,7 @@ def run_once(
                         imds=client,
                         result=result,
                         manual=manual,
+                        stall_seconds=stall_seconds,
                     )
                 finally:
                     store.close()
@@ -245,6 +248,7 @@ def _run_locked(
     imds: ImdsClient,
     result: RunResult,
     manual: bool | None,
+    stall_seconds: float = 0.0,
 ) -> bool:
     """Observe, decide, act, record. True when the run must start over (another VM's state was
     discarded)."""
@@ -267,7 +271,14 @@ def _run_locked(
         )
     now = seams.now()
     observation = Observation(
-        document=document, vm_name=vm.name, boot_id=boot_id, fresh=store.fresh, drift=_drift(config, state)
+        document=document,
+        vm_name=vm.name,
+        boot_id=boot_id,
+        fresh=store.fresh,
+        drift=_drift(config, state),
+        monotonic=time.monotonic(),
+        gate_ok=_recovery_gate(config, log, state),
+        stall_seconds=stall_seconds,
     )
     decision = step(state, observation, now, config.policy)
     log.debug(
@@ -324,6 +335,22 @@ def _run_locked(
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
     metrics.record_drain_state(state.vm.drain_state.value)
     return False
+
+
+def _recovery_gate(config: Config, log: Any, state: State) -> bool | None:
+    """The restore gate's answer for restore_when = "recovered": True without a gate; asked only while an
+    event under that rule is Started and holds the VM (None: not asked)."""
+    if not config.restore.health_url and not config.restore.health_command:
+        return True
+    if "recovered" not in config.policy.restore_when.values():
+        return None
+    from drainer.recovery import needs_gate  # noqa: PLC0415
+
+    if not needs_gate(state.events, config.policy):
+        return None
+    from drainer.health import healthy  # noqa: PLC0415
+
+    return healthy(config, log)
 
 
 def _drift(config: Config, state: State) -> str:

@@ -26,7 +26,7 @@ from drainer.log import redact_text
 from drainer.safefile import UnsafeFileError, ensure_dir
 from drainer.safefile import open_file as safe_open
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -52,7 +52,12 @@ CREATE TABLE IF NOT EXISTS events (
     left_rotation_at TEXT,
     approved_at TEXT,
     returned_at TEXT,
-    approval TEXT NOT NULL DEFAULT ''
+    approval TEXT NOT NULL DEFAULT '',
+    drain_boot TEXT,
+    started_mono REAL,
+    started_boot TEXT,
+    gate_since REAL,
+    impacts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vm (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -117,6 +122,14 @@ _MIGRATIONS = {
         "CREATE TABLE IF NOT EXISTS absent (resource_id TEXT PRIMARY KEY, first_at TEXT NOT NULL, "
         "reads INTEGER NOT NULL)",
     ],
+    # restore_when = "recovered" (drainer.recovery).
+    5: [
+        "ALTER TABLE events ADD COLUMN drain_boot TEXT",
+        "ALTER TABLE events ADD COLUMN started_mono REAL",
+        "ALTER TABLE events ADD COLUMN started_boot TEXT",
+        "ALTER TABLE events ADD COLUMN gate_since REAL",
+        "ALTER TABLE events ADD COLUMN impacts INTEGER NOT NULL DEFAULT 0",
+    ],
 }
 
 
@@ -124,9 +137,10 @@ _MIGRATIONS = {
 _EVENT_COLUMNS = (
     "key, event_id, event_type, event_status, not_before, duration, resources, resource_type, source,"
     " description, state, reason, first_seen, last_seen, updated_at, started_at, cleared_at,"
-    " left_rotation_at, approved_at, returned_at, approval"
+    " left_rotation_at, approved_at, returned_at, approval, drain_boot, started_mono, started_boot,"
+    " gate_since, impacts"
 )
-_EVENT_PLACEHOLDERS = ",".join("?" * 21)
+_EVENT_PLACEHOLDERS = ",".join("?" * 26)
 # Fixed column lists, no outside text in them.
 _EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608  # nosec B608
 _EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608  # nosec B608
@@ -563,6 +577,11 @@ def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
         _ts(record.approved_at),
         _ts(record.returned_at),
         record.approval,
+        record.drain_boot,
+        record.started_mono,
+        record.started_boot,
+        record.gate_since,
+        record.impacts,
     )
 
 
@@ -591,6 +610,11 @@ def _record_from_row(row: Sequence[Any]) -> EventRecord:
         approved_at=_dt(row[18]),
         returned_at=_dt(row[19]),
         approval=row[20],
+        drain_boot=row[21],
+        started_mono=row[22],
+        started_boot=row[23],
+        gate_since=row[24],
+        impacts=int(row[25]),
     )
 
 
