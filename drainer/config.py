@@ -496,7 +496,14 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
 def _restore_when(path: str, policy_s: _Section, policy: PolicyConfig) -> PolicyConfig:
     """The [policy] keys of restore_when (issue 14), read on their own. Raises ConfigError."""
     when_s = _Section(path, "policy.restore_when", policy_s.raw.get("restore_when"))
-    when = MappingProxyType({t.value: when_s.choice(t.value, RESTORE_WHEN, "cleared") for t in _KNOWN_TYPES})
+    # Preempt and Terminate end the VM: only their removal ends them.
+    ends_vm = (EventType.PREEMPT, EventType.TERMINATE)
+    when = MappingProxyType(
+        {
+            t.value: when_s.choice(t.value, ("cleared",) if t in ends_vm else RESTORE_WHEN, "cleared")
+            for t in _KNOWN_TYPES
+        }
+    )
     when_s.done()
     return policy._replace(
         restore_when=when,

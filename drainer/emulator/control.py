@@ -55,6 +55,14 @@ class EmulatorControl:
     def set_incarnation(self, value: int) -> None:
         self._call("POST", "incarnation", {"value": value})
 
+    def boot_id_file(self, vm: str, path: str) -> None:
+        """Play ``vm``'s boot id in the file at ``path`` (a new one after each Reboot/Redeploy impact)."""
+        self._call("POST", f"vms/{vm}/boot-id-file", {"path": path})
+
+    def impacted(self) -> list[str]:
+        """The VMs inside a scripted impact right now."""
+        return list(self.state()["impacted"])
+
     def add_vm(self, name: str, scale_set: str = "") -> None:
         self._call("POST", "vms", {"name": name, "scale_set": scale_set})
 

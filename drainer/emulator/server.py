@@ -11,7 +11,9 @@ Control routes (JSON in, JSON out):
   GET    /_emulator/state                     incarnation, events, approvals, VMs
   GET    /_emulator/requests                  every request seen (method, path, headers of interest)
   POST   /_emulator/events                    {"type", "resources", "status"?, "not_before_in"?,
-                                               "duration"?, "event_id"?, "description"?}
+                                               "duration"?, "event_id"?, "description"?,
+                                               "maintenance_seconds"? (the impact), "linger_seconds"?,
+                                               "second_impact_after"?, "second_impact_seconds"?}
   POST   /_emulator/events/<id>/start         Scheduled -> Started
   DELETE /_emulator/events/<id>               complete or cancel (the event disappears)
   PUT    /_emulator/document                  serve this body verbatim (any bytes) until DELETE
@@ -21,6 +23,7 @@ Control routes (JSON in, JSON out):
   DELETE /_emulator/faults
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
+  POST   /_emulator/vms/<name>/boot-id-file   {"path"}: play the VM's boot id there (new at each reboot)
   POST   /_emulator/reset
 """
 
@@ -326,6 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
                     description=data.get("description", ""),
                     source=data.get("source", "Platform"),
                     maintenance_seconds=data.get("maintenance_seconds"),
+                    linger_seconds=float(data.get("linger_seconds", 0.0)),
+                    second_impact_after=data.get("second_impact_after"),
+                    second_impact_seconds=float(data.get("second_impact_seconds", 0.0)),
                 )
                 self._send(201, event.to_json("2020-07-01"))
             elif (
@@ -354,6 +360,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "incarnation" and method == "POST":
                 model.set_incarnation(int(data["value"]))
                 self._send(200, {})
+            elif (
+                method == "POST"
+                and len(segments) == 3
+                and segments[0] == "vms"
+                and segments[2] == "boot-id-file"
+            ):
+                self._send(200 if model.set_boot_id_file(segments[1], str(data["path"])) else 404, {})
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(data["name"], data.get("scale_set", ""), uniform=bool(data.get("uniform")))
                 self._send(201, {"name": vm.name})
