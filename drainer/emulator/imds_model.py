@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 from drainer.emulator.arm_model import ArmModel
@@ -170,8 +171,7 @@ class VmIdentity:
 
     def write_boot_id(self) -> None:
         if self.boot_id_file:
-            with open(self.boot_id_file, "w", encoding="utf-8") as out:
-                out.write(self.boot_id + "\n")
+            Path(self.boot_id_file).write_text(self.boot_id + "\n", encoding="utf-8")
 
     @property
     def vm_id(self) -> str:
