@@ -49,6 +49,7 @@ SECTIONS = (
     "metrics",
     "probe",
     "logging",
+    "retention",
 )
 
 T = TypeVar("T")
@@ -184,6 +185,14 @@ class AzureConfig(NamedTuple):
     read_timeout: float = 30.0
 
 
+class RetentionConfig(NamedTuple):
+    # How much state.db keeps (issue 14), pruned in a run that writes anyway. Cleared events older than
+    # [policy] retention_days go too.
+    cleared_events: int = 1000  # the newest this many cleared events
+    history_days: int = 365  # history lines younger than this ...
+    history_rows: int = 20000  # ... and at most this many
+
+
 class LoggingConfig(NamedTuple):
     format: str = "auto"
     level: str = "info"
@@ -210,6 +219,7 @@ class Config(NamedTuple):
     # While this file exists, drainer does nothing (check and run exit or idle, saying so).
     disabled_file: str = DEFAULT_DISABLED_FILE
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 class _Section:
@@ -490,7 +500,19 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         logging=logging_cfg,
     )
     top.done(subtables=SECTIONS)
-    return config
+    return config._replace(retention=_retention(path, raw))
+
+
+def _retention(path: str, raw: Mapping[str, Any]) -> RetentionConfig:
+    """The [retention] table (issue 14), read on its own. Raises ConfigError."""
+    section = _Section(path, "retention", raw.get("retention"))
+    retention = RetentionConfig(
+        cleared_events=section.number("cleared_events", int, 1000, low=1, high=10_000_000),
+        history_days=section.number("history_days", int, 365, low=1, high=36500),
+        history_rows=section.number("history_rows", int, 20000, low=10, high=100_000_000),
+    )
+    section.done()
+    return retention
 
 
 def _restore_when(path: str, policy_s: _Section, policy: PolicyConfig) -> PolicyConfig:

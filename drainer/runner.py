@@ -40,7 +40,7 @@ from drainer.decide_approval import approval_candidates, restore_gate
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
-from drainer.state import StateStore, open_store, set_aside
+from drainer.state import Retention, StateStore, open_store, set_aside
 
 if TYPE_CHECKING:
     from drainer.actuator import Actuator
@@ -258,6 +258,10 @@ def _run_locked(
         return not config.dry_run
     vm = identity.with_override(config, found)
     document = imds.scheduled_events()
+    # Only the open events were loaded: an event listed again after it cleared is looked up by key.
+    missing = [e.key for e in document.events if e.key not in state.events]
+    if missing:
+        state = state._replace(events={**state.events, **store.records(missing)})
     if manual is not None:
         by_hand = set_manual(state, manual, seams.now())
         _record(log, store, state, by_hand, seams.now(), result=result)
@@ -294,9 +298,10 @@ def _run_locked(
             _discard_other_vm(config, log, store, found, current)
             return not config.dry_run
     seams.checkpoint("decided")
-    # An idle run changes nothing: skip the transaction (and its fsync) entirely.
+    # An idle run changes nothing: skip the transaction (and its fsync) entirely. A run that writes
+    # anyway prunes the history and the cleared events in the same transaction.
     if decision.transitions or decision.state != state:
-        store.save(state, decision.state, decision.transitions, now)
+        store.save(state, decision.state, decision.transitions, now, retention=_retention(config, decision))
     if not config.dry_run:
         touch_last_check(config.state_dir)
     seams.checkpoint("saved")
@@ -332,6 +337,7 @@ def _run_locked(
     if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
         result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
     if earlier_failures not in (None, "", "[]"):
+        state = _with_records(store, state, earlier_failures)
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
     metrics.record_drain_state(state.vm.drain_state.value)
     return False
@@ -351,6 +357,33 @@ def _recovery_gate(config: Config, log: Any, state: State) -> bool | None:
     from drainer.health import healthy  # noqa: PLC0415
 
     return healthy(config, log)
+
+
+def _retention(config: Config, decision: Decision) -> Retention | None:
+    """What to prune in a save that adds history lines (None: a save without any prunes nothing)."""
+    if not decision.transitions:
+        return None
+    return Retention(
+        cleared_days=config.policy.retention_days,
+        cleared_events=config.retention.cleared_events,
+        history_days=config.retention.history_days,
+        history_rows=config.retention.history_rows,
+    )
+
+
+def _with_records(store: StateStore, state: State, pending: str | None) -> State:
+    """The state with the (possibly cleared) events that failed hook phases name, looked up by key."""
+    import json  # noqa: PLC0415 - only with failed hooks to retry
+
+    try:
+        items = json.loads(pending or "[]")
+        keys = {str(i).casefold() for item in items for i in item.get("event_ids", [])}
+    except (ValueError, TypeError, AttributeError):
+        return state
+    missing = [k for k in keys if k not in state.events]
+    if not missing:
+        return state
+    return state._replace(events={**state.events, **store.records(missing)})
 
 
 def _drift(config: Config, state: State) -> str:
@@ -487,7 +520,9 @@ def _act(
             outcome = record_outcome(state, action, error, seams.now(), held=held)
         else:
             continue
-        store.save(state, outcome.state, outcome.transitions, seams.now())
+        store.save(
+            state, outcome.state, outcome.transitions, seams.now(), retention=_retention(config, outcome)
+        )
         seams.checkpoint(f"recorded-{action.name}")
         state = outcome.state
         label = "ok" if error is None else ("held" if held else "failed")

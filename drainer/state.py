@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -97,6 +97,8 @@ CREATE TABLE IF NOT EXISTS history (
     to_state TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (at);
 """
 
 
@@ -129,6 +131,9 @@ _MIGRATIONS = {
         "ALTER TABLE events ADD COLUMN started_boot TEXT",
         "ALTER TABLE events ADD COLUMN gate_since REAL",
         "ALTER TABLE events ADD COLUMN impacts INTEGER NOT NULL DEFAULT 0",
+        # The hot path loads open events only; retention prunes by age and count (issue 14).
+        "CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at)",
+        "CREATE INDEX IF NOT EXISTS history_by_time ON history (at)",
     ],
 }
 
@@ -141,6 +146,7 @@ _EVENT_COLUMNS = (
     " gate_since, impacts"
 )
 _EVENT_PLACEHOLDERS = ",".join("?" * 26)
+_OPEN_STATES = ",".join(f"'{s.value}'" for s in EventState if s is not EventState.CLEARED)
 # Fixed column lists, no outside text in them.
 _EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608  # nosec B608
 _EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608  # nosec B608
@@ -252,15 +258,17 @@ class StateStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def load(self) -> State:
-        """The persisted state. Raises StateError on rows this version cannot read."""
+    def load(self, scope: str = "all", *, recent: int = 50) -> State:
+        """The persisted state. ``scope``: "all" events; "open" (the hot path: events not cleared, and
+        those the VM's drain state still names); "recent" (``status``: the open ones and the ``recent``
+        most recently cleared). Raises StateError on rows this version cannot read."""
         try:
-            events = {row[0]: _record_from_row(row) for row in self._db.execute(_EVENT_SELECT)}
             row = self._db.execute(
                 "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
                 " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
             ).fetchone()
-        except (sqlite3.Error, ValueError, KeyError) as exc:
+            events = self._events(scope, recent, json.loads(row[2]) if row is not None else [])
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
         vm = VmState()
         if row is not None:
@@ -286,6 +294,29 @@ class StateStore:
             incarnation=None if incarnation is None else int(incarnation),
             boot_id=self.meta("boot_id"),
         )
+
+    def _events(self, scope: str, recent: int, held_by: list[str]) -> dict[str, EventRecord]:
+        if scope == "all":
+            rows = self._db.execute(_EVENT_SELECT).fetchall()
+        else:
+            # Through the (state, cleared_at) index: the cost does not grow with the cleared ones.
+            rows = self._db.execute(_EVENT_SELECT + f" WHERE state IN ({_OPEN_STATES})").fetchall()
+            if scope == "recent":
+                rows += self._db.execute(
+                    _EVENT_SELECT + " WHERE state = 'cleared' ORDER BY cleared_at DESC LIMIT ?", (recent,)
+                ).fetchall()
+        events = {row[0]: _record_from_row(row) for row in rows}
+        events.update(self.records([str(k) for k in held_by if k not in events]))
+        return events
+
+    def records(self, keys: Sequence[str]) -> dict[str, EventRecord]:
+        """The stored records of these event keys (cleared ones included), looked up by key."""
+        found: dict[str, EventRecord] = {}
+        for key in keys:
+            row = self._db.execute(_EVENT_SELECT + " WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found[row[0]] = _record_from_row(row)
+        return found
 
     def holds_anything(self) -> bool:
         """Whether the database holds any event, drain state or record (else it is as good as new)."""
@@ -335,8 +366,10 @@ class StateStore:
         now: datetime,
         *,
         meta: dict[str, str] | None = None,
+        retention: Retention | None = None,
     ) -> None:
-        """Persist ``new`` (written as a diff against ``old``) and append ``transitions``, atomically."""
+        """Persist ``new`` (written as a diff against ``old``) and append ``transitions``, atomically.
+        ``retention``: prune old history and cleared events in the same transaction."""
         try:
             with self._transaction() as db:
                 for key, record in new.events.items():
@@ -390,6 +423,8 @@ class StateStore:
                         for t in transitions
                     ],
                 )
+                if retention is not None:
+                    _prune(db, retention, now, keep=new.vm.held_by)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
@@ -476,6 +511,32 @@ class StateStore:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
 
+class Retention(NamedTuple):
+    """How much the database keeps (``[retention]`` and ``[policy] retention_days``)."""
+
+    cleared_days: int = 30
+    cleared_events: int = 1000
+    history_days: int = 365
+    history_rows: int = 20000
+
+
+def _prune(db: sqlite3.Connection, keep_what: Retention, now: datetime, *, keep: Sequence[str]) -> None:
+    """Delete cleared events and history beyond the retention (age and count); never an event the VM's
+    drain state still names (``keep``)."""
+    spare = json.dumps(list(keep))
+    cleared_before = _ts(now - timedelta(days=keep_what.cleared_days))
+    db.execute(
+        "DELETE FROM events WHERE state = 'cleared' AND key NOT IN (SELECT value FROM json_each(?))"
+        " AND (cleared_at < ? OR key NOT IN (SELECT key FROM events WHERE state = 'cleared'"
+        " ORDER BY cleared_at DESC LIMIT ?))",
+        (spare, cleared_before, keep_what.cleared_events),
+    )
+    db.execute("DELETE FROM history WHERE at < ?", (_ts(now - timedelta(days=keep_what.history_days)),))
+    db.execute(
+        "DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?", (keep_what.history_rows,)
+    )
+
+
 class StateRefusedError(StateError):
     """The state cannot be used as it is and must not be rebuilt (a planted symlink, a directory
     others can write to, a database of a newer drainer): the run stops, saying why."""
@@ -506,7 +567,8 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
 
 
 def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[StateStore, State, str]:
-    """Open the state and load it; a database that cannot be read is moved aside and rebuilt.
+    """Open the state and load it (its open events: cleared ones are looked up by key when needed); a
+    database that cannot be read is moved aside and rebuilt.
 
     Returns (store, state, note): ``note`` says what was moved aside, if anything (then the store is
     ``fresh``). Raises StateError when the directory itself is unusable or the database was written
@@ -524,7 +586,7 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
             note = _unreadable(Path(state_dir), str(exc))
             continue
         try:
-            return store, store.load(), note
+            return store, store.load("open"), note
         except StateError as exc:
             store.close()
             if attempt or dry_run:
