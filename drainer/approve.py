@@ -11,7 +11,13 @@ from typing import Any
 from drainer import metrics
 from drainer.config import Config
 from drainer.core import Approve, DrainState, State
-from drainer.decide_approval import ApprovalFacts, approval_candidates, decide_approvals, record_approval
+from drainer.decide_approval import (
+    ApprovalFacts,
+    approval_candidates,
+    approve_at_once,
+    decide_approvals,
+    record_approval,
+)
 from drainer.errors import EXIT_ACTION_FAILED, DrainerError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.state import StateStore
@@ -44,7 +50,7 @@ def approve(
     if cfg.enabled and drained and len(listed) > 1 and config.drain.method in ("nic", "admin-state"):
         in_rotation, visible = _peer_facts(config, log, vm, store, listed)
         facts = facts._replace(peers_in_rotation=in_rotation, pool_members=visible)
-    decision = decide_approvals(state, vm.name, now, cfg, facts)
+    decision = approve_at_once(decide_approvals(state, vm.name, now, cfg, facts), cfg)
     if decision.transitions:
         store.save(state, decision.state, decision.transitions, now)
     log_transitions(log, decision.transitions)

@@ -132,6 +132,13 @@ class ApprovalConfig(NamedTuple):
     when_not_drained: bool = False
     # While waiting for the other listed VMs, read their pool membership at most this often.
     peer_check_interval: float = 30.0
+    # -- approve at once (issue 14) --
+    # Events drainer ignores (a Freeze shorter than freeze_min_duration_seconds, a type set to
+    # "ignore") and listing this VM alone: approved as soon as seen; it stays in rotation either way.
+    approve_ignored: bool = True
+    # EventSource "User" (an operator's restart or redeploy) listing this VM alone: approved once
+    # drained, without waiting for connections or NotBefore.
+    approve_user: bool = True
 
 
 class RestoreConfig(NamedTuple):
@@ -418,6 +425,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         near_seconds=approval_s.number("near_seconds", float, 60.0, low=0, high=86400),
         when_not_drained=approval_s.get("when_not_drained", bool, False),
         peer_check_interval=approval_s.number("peer_check_interval", float, 30.0, low=0, high=3600),
+    )
+    approval = approval._replace(
+        approve_ignored=approval_s.get("approve_ignored", bool, True),
+        approve_user=approval_s.get("approve_user", bool, True),
     )
     approval_s.done()
 

@@ -36,7 +36,7 @@ from drainer.core import (
     set_manual,
     step,
 )
-from drainer.decide_approval import approval_candidates, restore_gate
+from drainer.decide_approval import approval_candidates, at_once_candidates, restore_gate
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
@@ -328,7 +328,7 @@ def _run_locked(
             actions=decision.actions,
             result=result,
         )
-    if config.approval.enabled and approval_candidates(state):
+    if config.approval.enabled and (approval_candidates(state) or at_once_candidates(state, config.approval)):
         from drainer.approve import approve  # noqa: PLC0415 - only while an event can be approved
 
         state = approve(
