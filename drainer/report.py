@@ -12,7 +12,7 @@ from drainer.config import Config
 from drainer.core import EventRecord, EventState, State
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.events import format_iso
-from drainer.runner import last_check
+from drainer.stamp import last_check
 from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
 from drainer.terminal import printable
 

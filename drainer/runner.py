@@ -14,9 +14,9 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from drainer import identity, metrics
 from drainer.config import Config
@@ -40,34 +40,14 @@ from drainer.decide_approval import approval_candidates, at_once_candidates, res
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
+from drainer.seams import BOOT_ID_PATH, Seams
+from drainer.stamp import touch_last_check
 from drainer.state import Retention, StateStore, open_store, set_aside
 
 if TYPE_CHECKING:
     from drainer.actuator import Actuator
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-LAST_CHECK_FILE = "last-check"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _no_checkpoint(_: str) -> None:
-    return None
-
-
-class Seams(NamedTuple):
-    """What a test may replace: the clock, the boot id source and a crash-injection checkpoint.
-
-    Production code uses the defaults; ``checkpoint`` is called with a step name at every step
-    boundary so tests can kill the process there.
-    """
-
-    now: Callable[[], datetime] = _utcnow
-    boot_id_path: str = BOOT_ID_PATH
-    checkpoint: Callable[[str], None] = _no_checkpoint
-    actuator: Actuator | None = None
+__all__ = ["BOOT_ID_PATH", "Seams", "run_once"]
 
 
 class RunResult:
@@ -85,26 +65,6 @@ def read_boot_id(path: str) -> str | None:
         return Path(path).read_text().strip() or None
     except OSError:
         return None  # not Linux, or no procfs: reboots are then not detected
-
-
-def touch_last_check(state_dir: str) -> None:
-    """Record a successful check as the mtime of a small file: no database write when idle. Never
-    through a planted symlink. Raises UnsafeFileError, OSError."""
-    from drainer.safefile import open_file  # noqa: PLC0415
-
-    descriptor = open_file(Path(state_dir) / LAST_CHECK_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.utime(descriptor if os.utime in os.supports_fd else Path(state_dir) / LAST_CHECK_FILE)
-    finally:
-        os.close(descriptor)
-
-
-def last_check(state_dir: str) -> datetime | None:
-    try:
-        mtime = (Path(state_dir) / LAST_CHECK_FILE).stat().st_mtime
-    except OSError:
-        return None
-    return datetime.fromtimestamp(mtime, timezone.utc)
 
 
 class _DryRunLog:

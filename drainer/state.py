@@ -209,7 +209,11 @@ class StateStore:
                 self._db = _memory_copy(self.path)
             else:
                 _private_files(self.dir, self.path)
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+                # Shared with the threads that write a VM's NICs at once (drainer.fanout), which
+                # serialise every call through one lock.
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=10, check_same_thread=False
+                )
                 # WAL + FULL: a committed run survives power loss, not only a process crash.
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
@@ -550,7 +554,7 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
     """An in-memory copy of the database at ``path`` (empty when there is none). The files are
     copied to a private temporary directory first: even a read-only open of a WAL database may write
     its ``-shm`` file, and a dry run writes nothing at all to the state directory."""
-    memory = sqlite3.connect(":memory:", isolation_level=None)
+    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)  # see drainer.fanout
     if not path.exists():
         return memory
     with tempfile.TemporaryDirectory(prefix="drainer-dry-run-") as scratch:

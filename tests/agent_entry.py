@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from drainer.cli import main
-from drainer.runner import BOOT_ID_PATH, Seams
+from drainer.cli import BEFORE_EXIT, main
+from drainer.seams import BOOT_ID_PATH, Seams
 
 CRASH_EXIT = 137
 
@@ -43,11 +43,16 @@ def entry(argv: Sequence[str]) -> int:
         boot_id_path=os.environ.get("TEST_BOOT_ID_FILE") or BOOT_ID_PATH,
         now=_shifted_now,
     )
+    BEFORE_EXIT[:] = [_modules_out]  # a one-shot action exits promptly, without returning here
     code = main(list(argv), seams=seams)
+    _modules_out()
+    return code
+
+
+def _modules_out() -> None:
     modules_out = os.environ.get("TEST_MODULES_OUT")
     if modules_out:
         Path(modules_out).write_text("\n".join(sorted(sys.modules)), encoding="utf-8")
-    return code
 
 
 if __name__ == "__main__":

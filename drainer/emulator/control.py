@@ -150,14 +150,27 @@ class EmulatorControl:
         return result
 
     def arm_settings(
-        self, *, lro_polls: int = 1, lro_retry_after: str | None = None, tag_policy: str | None = None
+        self,
+        *,
+        lro_polls: int = 1,
+        lro_retry_after: str | None = None,
+        tag_policy: str | None = None,
+        status_retry_after: str | None = None,
+        put_delay: float = 0.0,
     ) -> None:
-        """LRO polls before Succeeded, Retry-After on writes, and an Azure Policy on ``drainer*`` tags
+        """LRO polls before Succeeded, Retry-After on writes and on InProgress operation-status
+        answers, seconds each NIC PUT takes to answer, and an Azure Policy on ``drainer*`` tags
         (``"deny"``: 403 RequestDisallowedByPolicy; ``"strip"``: silently dropped)."""
         self._call(
             "POST",
             "arm/settings",
-            {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after, "tag_policy": tag_policy},
+            {
+                "lro_polls": lro_polls,
+                "lro_retry_after": lro_retry_after,
+                "tag_policy": tag_policy,
+                "status_retry_after": status_retry_after,
+                "put_delay": put_delay,
+            },
         )
 
     def lro_host(self, host: str | None) -> None:

@@ -37,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -59,6 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: EmulatorServer
     protocol_version = "HTTP/1.1"
     _log_path: str | None = None
+    # Headers and body go out in separate writes: with Nagle's algorithm the body waited for the
+    # client's delayed ACK (about 40 ms per answer on a kept-alive connection). Off, as on Azure's
+    # front ends, so benchmarks measure drainer rather than the emulator.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet; requests are recorded in the model instead
@@ -250,7 +255,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
         operation = _OPERATION.match(path)
         if operation:
-            return 200, arm.operation_status(operation.group(3)), {}
+            status = arm.operation_status(operation.group(3))
+            # Azure's Network RP answers an operation still InProgress with Retry-After (10 s in the
+            # public recordings); the SDK waits that long instead of its polling interval.
+            wait = arm.settings.status_retry_after
+            return 200, status, {"Retry-After": wait} if wait and status["status"] == "InProgress" else {}
         match = _RESOURCE.match(path)
         if not match:
             raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for {path}.")
@@ -269,7 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
             if name and method == "GET":
                 return 200, arm.get_nic(name), {}
             if name and method == "PUT":
-                answer, op = arm.put_nic(name, _json_body(body), if_match)
+                with self.server.in_flight(arm.settings.put_delay):
+                    answer, op = arm.put_nic(name, _json_body(body), if_match)
                 return 200, answer, self._async_headers(op, version)
             if name and method == "PATCH":
                 return 200, arm.patch_nic_tags(name, _json_body(body)), {}
@@ -314,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
         segments = route.split("/") if route else []
         try:
             if method == "GET" and route == "state":
-                self._send(200, model.snapshot())
+                self._send(200, {**model.snapshot(), "max_concurrent_puts": self.server.max_concurrent_puts})
             elif method == "GET" and route == "requests":
                 with model.lock:
                     self._send(200, list(model.requests))
@@ -444,6 +454,8 @@ class _Handler(BaseHTTPRequestHandler):
                 arm.settings = ArmSettings(
                     lro_polls=int(data.get("lro_polls", 1)),
                     lro_retry_after=data.get("lro_retry_after"),
+                    status_retry_after=data.get("status_retry_after"),
+                    put_delay=float(data.get("put_delay", 0.0)),
                     tag_policy=data.get("tag_policy"),
                 )
             self._send(200, {})
@@ -535,6 +547,24 @@ class EmulatorServer(ThreadingHTTPServer):
         self.model = model
         self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
         super().__init__((host, port), _Handler)
+        # NIC PUTs being answered right now, and the most seen at once (GET /_emulator/state).
+        self._puts = 0
+        self.max_concurrent_puts = 0
+        self._puts_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def in_flight(self, delay: float) -> Iterator[None]:
+        """Count one NIC PUT while it is answered (taking ``delay`` seconds)."""
+        with self._puts_lock:
+            self._puts += 1
+            self.max_concurrent_puts = max(self.max_concurrent_puts, self._puts)
+        try:
+            if delay > 0:
+                time.sleep(delay)
+            yield
+        finally:
+            with self._puts_lock:
+                self._puts -= 1
 
     @property
     def url(self) -> str:
