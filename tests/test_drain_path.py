@@ -65,3 +65,16 @@ def test_status_and_history_import_neither_requests_nor_the_sdk(
         modules = set(out.read_text().split())
         heavy = sorted(m for m in modules if m.split(".")[0] in {"requests", "urllib3", "azure"})
         assert heavy == [], f"{' '.join(command)} imported {heavy[:5]}"
+
+
+def test_the_operation_poll_honours_azures_retry_after(agent: Agent, pool: EmulatorControl) -> None:
+    """Azure's answer to an operation still InProgress says when to ask again (Retry-After); the SDK
+    waits that long instead of drainer's poll_interval (0.05 s here), and asks at once after the PUT."""
+    pool.arm_settings(lro_polls=2, status_retry_after="1")
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    done = agent.check()
+    assert done.returncode == 0, done.stderr
+    polls = [r["at"] for r in pool.requests() if "/operations/" in r["path"]]
+    assert len(polls) == 3  # InProgress, InProgress, Succeeded
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert all(gap >= 1.0 for gap in gaps), gaps
