@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -204,6 +205,7 @@ class StateStore:
         self.dir = Path(state_dir)
         self.path = self.dir / DB_NAME
         self.fresh = False
+        self._cacheable = not dry_run
         try:
             if dry_run:
                 self._db = _memory_copy(self.path)
@@ -265,7 +267,23 @@ class StateStore:
     def load(self, scope: str = "all", *, recent: int = 50) -> State:
         """The persisted state. ``scope``: "all" events; "open" (the hot path: events not cleared, and
         those the VM's drain state still names); "recent" (``status``: the open ones and the ``recent``
-        most recently cleared). Raises StateError on rows this version cannot read."""
+        most recently cleared). Raises StateError on rows this version cannot read.
+
+        "open" in a long-lived process (the daemon) reuses the state it saved or loaded last, as long
+        as no save happened since (the ``generation`` token in ``meta`` is unchanged): with a thousand
+        events of other VMs listed, reading them back every second would be most of the daemon's CPU."""
+        if scope == "open" and self._cacheable:
+            cached = _CACHE.get(str(self.path))
+            try:
+                generation = self.meta(GENERATION)
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: unreadable state: {exc}") from exc
+            if cached is not None and generation is not None and cached[0] == generation:
+                return cached[1]
+            state = self.load("all-open")
+            if generation is not None:
+                _CACHE[str(self.path)] = (generation, state)
+            return state
         try:
             row = self._db.execute(
                 "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
@@ -300,6 +318,7 @@ class StateStore:
         )
 
     def _events(self, scope: str, recent: int, held_by: list[str]) -> dict[str, EventRecord]:
+        # "all-open": what "open" reads from the database (without the cache).
         if scope == "all":
             rows = self._db.execute(_EVENT_SELECT).fetchall()
         else:
@@ -404,6 +423,8 @@ class StateStore:
                         ),
                     )
                 values = dict(meta or {})
+                # A new token per save: a process that loaded the state at this token may reuse it.
+                values[GENERATION] = uuid.uuid4().hex
                 if new.incarnation is not None and new.incarnation != old.incarnation:
                     values["incarnation"] = str(new.incarnation)
                 if new.boot_id is not None and new.boot_id != old.boot_id:
@@ -431,6 +452,8 @@ class StateStore:
                     _prune(db, retention, now, keep=new.vm.held_by)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+        if self._cacheable:
+            _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
 
     # -- the ledger of changes to undo --------------------------------------------------------
 
@@ -513,6 +536,18 @@ class StateStore:
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+
+GENERATION = "generation"
+# state.db path -> (generation token, its open state): see StateStore.load.
+_CACHE: dict[str, tuple[str, State]] = {}
+
+
+def _open_part(state: State) -> State:
+    """The state as ``load("open")`` would read it back: open events and those the VM names."""
+    keep = set(state.vm.held_by)
+    events = {k: r for k, r in state.events.items() if r.state is not EventState.CLEARED or k in keep}
+    return state if len(events) == len(state.events) else state._replace(events=events)
 
 
 class Retention(NamedTuple):
