@@ -26,6 +26,7 @@ from drainer.core import (
     Drain,
     DrainState,
     EventRecord,
+    EventState,
     Observation,
     Reconcile,
     Restore,
@@ -288,7 +289,9 @@ def _run_locked(
             actions=decision.actions,
             result=result,
         )
-    if config.approval.enabled and (approval_candidates(state) or at_once_candidates(state, config.approval)):
+    # Only this VM's events can be approved: other VMs' (possibly a thousand) are left out of the scan.
+    own = state._replace(events={k: r for k, r in state.events.items() if r.state is not EventState.OTHER_VM})
+    if config.approval.enabled and (approval_candidates(own) or at_once_candidates(own, config.approval)):
         from drainer.approve import approve  # noqa: PLC0415 - only while an event can be approved
 
         state = approve(
