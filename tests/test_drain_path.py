@@ -3,6 +3,7 @@ Retry-After, and `status` / `history` import neither `requests` nor the Azure SD
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from drainer.emulator.control import EmulatorControl
@@ -76,5 +77,5 @@ def test_the_operation_poll_honours_azures_retry_after(agent: Agent, pool: Emula
     assert done.returncode == 0, done.stderr
     polls = [r["at"] for r in pool.requests() if "/operations/" in r["path"]]
     assert len(polls) == 3  # InProgress, InProgress, Succeeded
-    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert all(gap >= 1.0 for gap in gaps), gaps

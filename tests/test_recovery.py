@@ -3,6 +3,7 @@ out again at once on a second impact, never back before the impact."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
@@ -237,3 +238,12 @@ def test_the_wall_clock_does_not_count() -> None:
     decision = step(vm.state, obs, T0 + timedelta(days=30), POLICY)
     assert decision.actions == ()
     assert decision.state.events["a"].state is EventState.ACTIVE
+
+
+def test_the_daemon_measures_a_stall_from_the_end_of_the_last_check() -> None:
+    from drainer.daemon import _stall
+
+    assert _stall([], 1.0) == 0.0, "no check ended yet: nothing known"
+    now = time.monotonic()
+    assert _stall([now - 0.5], 1.0) == 0.0, "within the poll interval"
+    assert _stall([now - 9.0], 1.0) >= 7.9, "eight seconds beyond the interval"
