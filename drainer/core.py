@@ -373,7 +373,14 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
     if any(w == "recovered" for w in policy.restore_when.values()):
         from drainer import recovery  # noqa: PLC0415 - only when the policy asks for it
 
-        recovery.apply(records, obs, rebooted=rebooted, policy=policy, transitions=transitions)
+        recovery.apply(
+            records,
+            obs,
+            rebooted=rebooted,
+            previous_boot=state.boot_id,
+            policy=policy,
+            transitions=transitions,
+        )
 
     active = sorted(
         (r for r in records.values() if r.state is EventState.ACTIVE),

@@ -9,8 +9,10 @@ shorter impact may follow, and that a VM scheduled for a Reboot may get a Freeze
 never guesses, it acts only on an impact it has seen end.
 
 When is an impact over (``impact_over``)?
-- Reboot, Redeploy: the boot id differs from the one of the boot in which the event started holding the
-  VM, and the event is Started.
+- Reboot, Redeploy: the event is Started and the boot id differs from the one of the boot in which the
+  event started holding the VM and from the one in which it was Started (an unrelated reboot while it
+  was still Scheduled does not count; first seen Started right after a reboot, it counts the boot
+  before).
 - Freeze: its ``DurationInSeconds`` has passed since it was first seen Started, on the monotonic clock of
   the same boot (immune to wall-clock steps); or the VM rebooted since (the freeze became a reboot).
 - Anything else (Preempt, Terminate, unknown, a Freeze of unknown duration): never; the event's removal
@@ -49,7 +51,13 @@ def impact_over(record: EventRecord, obs: Observation) -> str:
     event = record.event
     if event.status is not EventStatus.STARTED or obs.boot_id is None:
         return ""
-    rebooted = record.drain_boot is not None and obs.boot_id != record.drain_boot
+    # A reboot after the drain *and* after the event started: an unrelated reboot while it was still
+    # Scheduled must not count (the maintenance's own would still be ahead).
+    rebooted = (
+        record.drain_boot is not None
+        and record.started_boot is not None
+        and obs.boot_id not in (record.drain_boot, record.started_boot)
+    )
     if event.event_type in (EventType.REBOOT, EventType.REDEPLOY):
         return "the VM rebooted since the drain" if rebooted else ""
     if event.event_type is EventType.FREEZE:
@@ -83,6 +91,7 @@ def apply(
     obs: Observation,
     *,
     rebooted: bool,
+    previous_boot: str | None,
     policy: PolicyConfig,
     transitions: list[Transition],
 ) -> None:
@@ -97,8 +106,13 @@ def apply(
         new = record
         if new.drain_boot is None and new.state is EventState.ACTIVE:
             new = new._replace(drain_boot=obs.boot_id)
-        if event.status is EventStatus.STARTED and new.started_mono is None and obs.monotonic is not None:
-            new = new._replace(started_mono=obs.monotonic, started_boot=obs.boot_id)
+        if event.status is EventStatus.STARTED and new.started_boot is None:
+            if rebooted:
+                # First seen Started right after a reboot: it may have started before it (and the
+                # reboot be its impact). When it started is unknown: no monotonic start.
+                new = new._replace(started_boot=previous_boot)
+            else:
+                new = new._replace(started_mono=obs.monotonic, started_boot=obs.boot_id)
         second = (
             "the VM rebooted"
             if rebooted

@@ -247,3 +247,27 @@ def test_the_daemon_measures_a_stall_from_the_end_of_the_last_check() -> None:
     now = time.monotonic()
     assert _stall([now - 0.5], 1.0) == 0.0, "within the poll interval"
     assert _stall([now - 9.0], 1.0) >= 7.9, "eight seconds beyond the interval"
+
+
+def test_an_unrelated_reboot_while_scheduled_does_not_count() -> None:
+    """Drained, then the VM reboots for another reason while the event is still Scheduled: once it
+    Starts, the maintenance's own reboot is still ahead; the VM stays out."""
+    vm = Vm(POLICY._replace(recovered_grace_seconds=0))
+    vm.run(_event())
+    vm.reboot()
+    vm.run(_event())  # still Scheduled, in the new boot
+    for _ in range(3):
+        vm.run(_event("Started"), advance=60)
+        assert not vm.in_rotation
+    vm.reboot()  # now the maintenance's reboot
+    vm.run(_event("Started"))
+    assert vm.in_rotation
+
+
+def test_started_first_seen_right_after_the_reboot_counts() -> None:
+    """A one-shot run every minute may see the event Scheduled, then, after the reboot, Started."""
+    vm = Vm(POLICY._replace(recovered_grace_seconds=0))
+    vm.run(_event())
+    vm.reboot()
+    vm.run(_event("Started"))
+    assert vm.in_rotation
