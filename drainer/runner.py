@@ -220,7 +220,7 @@ def _run_locked(
     vm = identity.with_override(config, found)
     document = imds.scheduled_events()
     # Only the open events were loaded: an event listed again after it cleared is looked up by key.
-    missing = [e.key for e in document.events if e.key not in state.events]
+    missing = [key for key in (e.key for e in document.events) if key not in state.events]
     if missing:
         state = state._replace(events={**state.events, **store.records(missing)})
     if manual is not None:
