@@ -1,18 +1,24 @@
-"""Benchmark: how long one VM is out of rotation for the same maintenance, under three policies.
+"""Benchmark: one VM's maintenance window for the same Reboot, under four policies, with Azure's
+proportions compressed by SCALE.
 
-The emulator plays a Reboot for web-0 with compressed timing: NotBefore NOTICE seconds after it is
-scheduled (15 minutes on Azure), and MAINTENANCE seconds of impact once it starts (Azure starts it at
-NotBefore, or at once when approved). While web-0 is in its pool, a client keeps one connection to the
-service port open at any time, each lasting CONNECTION seconds. The agent runs `run_once` every
-POLL seconds (what `drainer check` from a fast timer, or the daemon, does).
+Microsoft's rough timeline of a typical maintenance (Scheduled Events for Linux VMs, "High level
+overview"): Scheduled to approval timeout 15 minutes, impact 7 seconds, Started to removed from the
+Events array 10 minutes; "while the event is still in Started state, there may be another impact of a
+shorter duration". Played here at 1/SCALE: notice 900 s, impact 7 s, the event lingering 600 s after
+the impact; the second-impact variant adds a 3 s impact 120 s after the first. Client connections to
+the service port last 60 s each (one open whenever the VM is in its pool); the agent runs every 5 s
+(all figures in Azure seconds, divided by SCALE when played). While the VM is inside an impact the agent
+does not run (the VM is down).
 
 Policies:
-  1. drain at once, never approve        (approval disabled)
-  2. drain near NotBefore, then approve  (lead time; no wait for connections: what existing tools do)
-  3. drainer's default                   (drain at once; approve once connections are gone)
+  1. drain at once, never approve        (approval disabled; back when the event clears)
+  2. drain near NotBefore, then approve  (lead time 60 s; no wait for connections: what existing tools do)
+  3. drainer, restore_when = cleared     (drain at once; approve once connections are gone)
+  4. drainer, restore_when = recovered   (as 3; back once rebooted and the gate held for 60 s)
 
-Reported per policy: time out of rotation (left rotation -> back), when the maintenance ended
-(from scheduling), and connections still open when the maintenance started (they would be cut).
+Reported per policy, in Azure seconds (the played time times SCALE): time out of rotation,
+time in rotation while impacted (serving while the VM is down), and connections open when an impact
+began (cut).
 
     .venv/bin/python bench/maintenance_window.py
 """
@@ -25,70 +31,103 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from drainer.config import ApprovalConfig, AzureConfig, Config, ImdsConfig, LoggingConfig, PolicyConfig
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
 from drainer.log import configure, get_logger
-from drainer.runner import run_once
-from drainer.state import StateStore
+from drainer.runner import Seams, run_once
 
-NOTICE = 8.0
-MAINTENANCE = 2.0
-CONNECTION = 1.5
-POLL = 0.25
-LEAD = 3.0
+SCALE = 50.0  # Azure seconds per played second
+NOTICE = 900.0
+IMPACT = 7.0
+LINGER = 600.0
+SECOND_AFTER = 120.0
+SECOND_IMPACT = 3.0
+CONNECTION = 60.0
+POLL = 5.0
+LEAD = 60.0
+GRACE = 60.0
+TICK = 0.01  # the traffic thread's sampling period (played seconds)
+
+
+def played(azure_seconds: float) -> float:
+    return azure_seconds / SCALE
 
 
 class Traffic:
-    """Keeps one connection to the service port open while the VM is in its pool."""
+    """Keeps one connection to the service port open while the VM is in its pool, and samples, every
+    TICK, whether the VM is in its pool and whether it is inside an impact."""
 
-    def __init__(self, control: EmulatorControl) -> None:
-        self.control = control
+    def __init__(self, emulator: RunningEmulator) -> None:
+        self.model = emulator.model
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(16)
         self.port = self.server.getsockname()[1]
         self.open: list[tuple[socket.socket, socket.socket, float]] = []
+        self.out = 0.0
+        self.serving_impacted = 0.0
+        self.cut = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def in_pool(self) -> bool:
-        return any("web-0-nic" in members for members in self.control.membership().values())
+        return any("web-0-nic" in members for members in self.model.arm.membership().values())
+
+    def impacted(self) -> bool:
+        return "web-0" in self.model.impacted()
 
     def _run(self) -> None:
+        last = time.monotonic()
+        was_impacted = False
         while not self.stop.is_set():
             now = time.monotonic()
-            for conn in [c for c in self.open if now - c[2] >= CONNECTION]:
-                conn[0].close()
-                conn[1].close()
-                self.open.remove(conn)
-            if not self.open and self.in_pool():
+            elapsed, last = now - last, now
+            in_pool, impacted = self.in_pool(), self.impacted()
+            if impacted and not was_impacted:
+                self.cut += len(self.open)
+            if impacted:
+                # The VM is down: its connections die with it.
+                self._close(self.open)
+            was_impacted = impacted
+            if not in_pool:
+                self.out += elapsed
+            elif impacted:
+                self.serving_impacted += elapsed
+            self._close([c for c in self.open if now - c[2] >= played(CONNECTION)])
+            if not self.open and in_pool and not impacted:
                 client = socket.create_connection(("127.0.0.1", self.port))
                 accepted, _ = self.server.accept()
                 self.open.append((client, accepted, now))
-            time.sleep(0.05)
+            time.sleep(TICK)
+
+    def _close(self, conns: list[tuple[socket.socket, socket.socket, float]]) -> None:
+        for conn in list(conns):
+            conn[0].close()
+            conn[1].close()
+            self.open.remove(conn)
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join()
-        for client, accepted, _ in self.open:
-            client.close()
-            accepted.close()
+        self._close(self.open)
         self.server.close()
 
 
-def play(name: str, policy: PolicyConfig, approval: ApprovalConfig) -> dict[str, Any]:
+def play(name: str, policy: PolicyConfig, approval: ApprovalConfig, *, second: bool) -> dict[str, Any]:
     configure(LoggingConfig(format="json", level="warning"), stream=io.StringIO())
     log = get_logger()
     with RunningEmulator(["web-0", "web-1", "web-2"]) as emulator, tempfile.TemporaryDirectory() as state_dir:
         control = EmulatorControl(emulator.url)
         control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
-        traffic = Traffic(control)
-        if approval.service_ports == (0,):
-            approval = approval._replace(service_ports=(traffic.port,))
+        boot_file = Path(state_dir) / "boot_id"
+        control.boot_id_file("web-0", str(boot_file))
+        seams = Seams(boot_id_path=str(boot_file))
         config = Config(
             state_dir=state_dir,
             imds=ImdsConfig(endpoint=emulator.vm_url("web-0"), deadline=5.0),
@@ -96,56 +135,82 @@ def play(name: str, policy: PolicyConfig, approval: ApprovalConfig) -> dict[str,
             policy=policy,
             approval=approval,
         )
-        run_once(config, log)  # identity cached, idle
+        run_once(config, log, seams)  # identity cached, idle
+        traffic = Traffic(emulator)
+        if approval.service_ports == (0,):  # 0: the benchmark's own service port
+            config = config._replace(approval=approval._replace(service_ports=(traffic.port,)))
+        traffic.out = 0.0  # count from the notice on
         scheduled = time.monotonic()
+        extra: dict[str, Any] = {}
+        if second:
+            extra = {
+                "second_impact_after": played(SECOND_AFTER),
+                "second_impact_seconds": played(SECOND_IMPACT),
+            }
         event_id = control.schedule(
-            "Reboot", ["web-0"], not_before_in=NOTICE, maintenance_seconds=MAINTENANCE
+            "Reboot",
+            ["web-0"],
+            not_before_in=played(NOTICE),
+            maintenance_seconds=played(IMPACT),
+            linger_seconds=played(LINGER),
+            **extra,
         )
-        cut: int | None = None
-        ended: float | None = None
-        while time.monotonic() - scheduled < NOTICE + MAINTENANCE + 10:
-            run_once(config, log)
-            events = {e["EventId"]: e for e in control.state()["events"]}
-            if cut is None and events.get(event_id, {}).get("EventStatus") == "Started":
-                cut = len(traffic.open)
-            if ended is None and event_id not in events:
-                ended = time.monotonic() - scheduled
-            store = StateStore(state_dir)
-            try:
-                record = store.load().events.get(event_id.casefold())
-            finally:
-                store.close()
-            if record is not None and record.returned_at is not None:
+        gone_at: float | None = None
+        limit = played(NOTICE + IMPACT + SECOND_AFTER + LINGER) + 20
+        while time.monotonic() - scheduled < limit:
+            if not traffic.impacted():  # a VM inside its impact runs nothing
+                run_once(config, log, seams)
+            listed = any(e["EventId"] == event_id for e in control.state()["events"])
+            if gone_at is None and not listed:
+                gone_at = time.monotonic() - scheduled
+            if gone_at is not None and traffic.in_pool():
                 break
-            time.sleep(POLL)
+            time.sleep(played(POLL))
         traffic.close()
-    assert record is not None and record.left_rotation_at is not None and record.returned_at is not None
     return {
         "policy": name,
-        "out": (record.returned_at - record.left_rotation_at).total_seconds(),
-        "ended": ended,
-        "cut": cut,
-        "approved": record.approved_at is not None,
+        "out": traffic.out * SCALE,
+        "serving_impacted": traffic.serving_impacted * SCALE,
+        "cut": traffic.cut,
+        "ended": None if gone_at is None else gone_at * SCALE,
     }
 
 
-def main() -> int:
-    results = [
-        play("1. drain at once, never approve", PolicyConfig(), ApprovalConfig(enabled=False)),
-        play(
+def policies() -> list[tuple[str, PolicyConfig, ApprovalConfig]]:
+    recovered = MappingProxyType({**PolicyConfig().restore_when, "Reboot": "recovered"})
+    return [
+        ("1. drain at once, never approve", PolicyConfig(), ApprovalConfig(enabled=False)),
+        (
             "2. drain near NotBefore + approve",
-            PolicyConfig(lead_time_seconds=int(LEAD)),
+            PolicyConfig(lead_time_seconds=max(1, round(played(LEAD)))),
             ApprovalConfig(near_seconds=3600),
         ),
-        play("3. drainer default", PolicyConfig(), ApprovalConfig(service_ports=(0,), drain_timeout=30)),
+        (
+            "3. drainer, restore_when=cleared",
+            PolicyConfig(),
+            ApprovalConfig(service_ports=(0,), drain_timeout=played(600)),
+        ),
+        (
+            "4. drainer, restore_when=recovered",
+            PolicyConfig(restore_when=recovered, recovered_grace_seconds=max(1, round(played(GRACE)))),
+            ApprovalConfig(service_ports=(0,), drain_timeout=played(600)),
+        ),
     ]
+
+
+def main() -> int:
     print(
-        f"compressed maintenance: notice {NOTICE:g}s, impact {MAINTENANCE:g}s, connections last "
-        f"{CONNECTION:g}s, agent every {POLL:g}s, lead time (policy 2) {LEAD:g}s"
+        f"Reboot at 1/{SCALE:g} of Azure's pace (figures in Azure seconds): notice {NOTICE:g}s, impact "
+        f"{IMPACT:g}s, lingering {LINGER:g}s after it; second-impact variant: {SECOND_IMPACT:g}s, "
+        f"{SECOND_AFTER:g}s after the first; connections last {CONNECTION:g}s; agent every {POLL:g}s"
     )
-    print(f"{'policy':<36} {'out of rotation':>16} {'maintenance done':>17} {'connections cut':>16}")
-    for r in results:
-        print(f"{r['policy']:<36} {r['out']:>15.2f}s {r['ended']:>16.2f}s {r['cut']!s:>16}")
+    for second in (False, True):
+        print()
+        print("with a second impact" if second else "one impact")
+        print(f"{'policy':<36} {'out of rotation':>16} {'serving impacted':>17} {'connections cut':>16}")
+        for name, policy, approval in policies():
+            r = play(name, policy, approval, second=second)
+            print(f"{r['policy']:<36} {r['out']:>15.0f}s {r['serving_impacted']:>16.1f}s {r['cut']!s:>16}")
     return 0
 
 

@@ -14,6 +14,7 @@ from drainer.core import Approve, DrainState, State
 from drainer.decide_approval import (
     ApprovalFacts,
     approval_candidates,
+    approve_at_once,
     decide_approvals,
     record_approval,
     turn,
@@ -58,7 +59,7 @@ def approve(
     if cfg.enabled and drained and listed and config.drain.method in ("nic", "admin-state"):
         facts = facts._replace(listed_in_pool=_listed_in_pool(config, log, vm, store, listed))
         now = seams.now()  # the reads took time: NotBefore may be near now
-    decision = decide_approvals(state, vm.name, now, cfg, facts)
+    decision = approve_at_once(decide_approvals(state, vm.name, now, cfg, facts), cfg)
     if decision.transitions:
         store.save(state, decision.state, decision.transitions, now)
     log_transitions(log, decision.transitions)

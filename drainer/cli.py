@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +169,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Called before a prompt exit (the tests' entry point records the imported modules here).
+BEFORE_EXIT: list[Callable[[], None]] = []
+
+
 def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = _dispatch(args, seams)
         sys.stdout.flush()  # here, where a closed pipe is handled, not at interpreter exit
+        if args.command in ("check", "drain", "restore") and "azure.core" in sys.modules:
+            _exit_now(code)
     except DrainerError as exc:
         from drainer.terminal import printable  # noqa: PLC0415
 
@@ -195,6 +201,20 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
         )
         return EXIT_BUG
     return code
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after a one-shot action: the interpreter's teardown of the Azure SDK's modules takes
+    0.2 to 0.85 s and does nothing for us. Everything is flushed first: the state database is closed and
+    the lock released by run_once; logs, stdout and stderr here."""
+    import logging  # noqa: PLC0415
+
+    for hook in BEFORE_EXIT:
+        hook()
+    logging.shutdown()  # the syslog and event-log handlers, when configured
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _load_config(args: argparse.Namespace) -> Config:

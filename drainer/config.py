@@ -51,12 +51,17 @@ SECTIONS = (
     "metrics",
     "probe",
     "logging",
+    "retention",
 )
 
 T = TypeVar("T")
 # An unknown event type always holds the VM (it is not configurable).
 _KNOWN_TYPES = tuple(t for t in EventType if t is not EventType.UNKNOWN)
 _DEFAULT_ACTIONS: Mapping[str, str] = MappingProxyType({t.value: "drain" for t in _KNOWN_TYPES})
+RESTORE_WHEN = ("cleared", "recovered")
+# Microsoft documents the event's removal as the signal to recover, and a second impact while it is
+# Started (README "restore_when"): "cleared" for every type unless the operator opts in.
+_DEFAULT_RESTORE_WHEN: Mapping[str, str] = MappingProxyType({t.value: "cleared" for t in _KNOWN_TYPES})
 
 
 class ImdsConfig(NamedTuple):
@@ -91,6 +96,13 @@ class PolicyConfig(NamedTuple):
     # Within this many seconds of NotBefore (or once the event Started), the impact comes whatever
     # drainer does: drain then even when that takes a pool below its floor (and say so).
     force_before_seconds: int = 120
+    # -- restore_when (issue 14): when a VM goes back after an event, per EventType --
+    # "cleared": once the event is no longer listed; "recovered": once its impact is over (see
+    # drainer/recovery.py) and the restore gate has passed for `recovered_grace_seconds`.
+    restore_when: Mapping[str, str] = _DEFAULT_RESTORE_WHEN
+    recovered_grace_seconds: int = 60
+    # The daemon saw no poll for this many seconds more than its interval: the VM stalled (an impact).
+    stall_seconds: float = 5.0
 
     def action_for(self, event_type: EventType) -> str:
         return self.actions.get(event_type.value, "drain")
@@ -98,8 +110,8 @@ class PolicyConfig(NamedTuple):
 
 class DrainConfig(NamedTuple):
     method: str = "nic"
-    # Before draining, at least this many other members of each pool must be in service; otherwise
-    # the drain is held (retried every run) unless the event is a Preempt or Terminate.
+    # Before an early drain, at least this many other members of each pool must stay in service (not
+    # counting those other VMs' claims take out); otherwise the drain is held until it is forced.
     min_in_service: int = 1
     # At most this many VMs of a pool out by drainer's choice at once (counted through the fleet's
     # lease, one claim per VM; 0: only min_in_service limits it).
@@ -122,22 +134,30 @@ class ApprovalConfig(NamedTuple):
     service_ports: tuple[int, ...] = ()
     # The longest wait for those connections, from the moment the VM left rotation.
     drain_timeout: float = 300.0
-    # Within this many seconds of NotBefore, approve without waiting for the other listed VMs.
+    # Within this many seconds of NotBefore nothing is approved: the maintenance starts then anyway.
     near_seconds: float = 60.0
     # Approve even when the drain failed or was held (the VM may still be serving).
     when_not_drained: bool = False
     # While waiting for the other listed VMs, read their pool membership at most this often.
     peer_check_interval: float = 30.0
-    # The listed VMs approve in turn (sorted by name): the k-th only once every listed VM has been
-    # out for k slots and the event is still Scheduled, so a dead first approver costs one slot.
+    # The listed VMs approve in turn (sorted by name), only the first three: the k-th k slots after it
+    # was out and knew of the event, if it is still Scheduled: a dead first approver costs one slot.
     slot_seconds: float = 20.0
+    # -- approve at once (issue 14) --
+    # Events drainer ignores (a Freeze shorter than freeze_min_duration_seconds, a type set to
+    # "ignore") and listing this VM alone: approved as soon as seen; it stays in rotation either way.
+    approve_ignored: bool = True
+    # EventSource "User" (an operator's restart or redeploy) listing this VM alone: approved once
+    # drained, without waiting for connections or NotBefore.
+    approve_user: bool = True
 
 
 class FleetConfig(NamedTuple):
     # Resource id of an application security group whose tags hold the fleet's claims (the floor
     # is then coordinated across VMs); empty: the floor is checked by each VM alone.
     lease: str = ""
-    # A claim's life; renewed while the VM is out, so a VM that dies holding one frees it after this.
+    # A claim's life; renewed at every reconcile while the VM is out (at least three reconcile
+    # intervals), so a VM that dies holding one frees it this long after its last renewal.
     claim_seconds: int = 900
     # Drains that are not forced, and restores, start after a random delay of up to this many
     # seconds, so VMs told at the same second do not write to ARM at the same second.
@@ -198,6 +218,14 @@ class AzureConfig(NamedTuple):
     max_calls_per_second: float = 5.0
 
 
+class RetentionConfig(NamedTuple):
+    # How much state.db keeps (issue 14), pruned in a run that writes anyway. Cleared events older than
+    # [policy] retention_days go too.
+    cleared_events: int = 1000  # the newest this many cleared events
+    history_days: int = 365  # history lines younger than this ...
+    history_rows: int = 20000  # ... and at most this many
+
+
 class LoggingConfig(NamedTuple):
     format: str = "auto"
     level: str = "info"
@@ -225,6 +253,7 @@ class Config(NamedTuple):
     # While this file exists, drainer does nothing (check and run exit or idle, saying so).
     disabled_file: str = DEFAULT_DISABLED_FILE
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 class _Section:
@@ -371,7 +400,8 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         reconcile_active_seconds=policy_s.number("reconcile_active_seconds", int, 300, low=0, high=86400),
         force_before_seconds=policy_s.number("force_before_seconds", int, 120, low=0, high=86400),
     )
-    policy_s.done(subtables=("actions",))
+    policy = _restore_when(path, policy_s, policy)
+    policy_s.done(subtables=("actions", "restore_when"))
 
     drain_s = _Section(path, "drain", raw.get("drain"))
     nics = drain_s.get("nics", list, [])
@@ -470,6 +500,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         peer_check_interval=approval_s.number("peer_check_interval", float, 30.0, low=0, high=3600),
         slot_seconds=approval_s.number("slot_seconds", float, 20.0, low=0, high=3600),
     )
+    approval = approval._replace(
+        approve_ignored=approval_s.get("approve_ignored", bool, True),
+        approve_user=approval_s.get("approve_user", bool, True),
+    )
     approval_s.done()
 
     restore_s = _Section(path, "restore", raw.get("restore"))
@@ -552,7 +586,38 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         logging=logging_cfg,
     )
     top.done(subtables=SECTIONS)
-    return config
+    return config._replace(retention=_retention(path, raw))
+
+
+def _retention(path: str, raw: Mapping[str, Any]) -> RetentionConfig:
+    """The [retention] table (issue 14), read on its own. Raises ConfigError."""
+    section = _Section(path, "retention", raw.get("retention"))
+    retention = RetentionConfig(
+        cleared_events=section.number("cleared_events", int, 1000, low=1, high=10_000_000),
+        history_days=section.number("history_days", int, 365, low=1, high=36500),
+        history_rows=section.number("history_rows", int, 20000, low=10, high=100_000_000),
+    )
+    section.done()
+    return retention
+
+
+def _restore_when(path: str, policy_s: _Section, policy: PolicyConfig) -> PolicyConfig:
+    """The [policy] keys of restore_when (issue 14), read on their own. Raises ConfigError."""
+    when_s = _Section(path, "policy.restore_when", policy_s.raw.get("restore_when"))
+    # Preempt and Terminate end the VM: only their removal ends them.
+    ends_vm = (EventType.PREEMPT, EventType.TERMINATE)
+    when = MappingProxyType(
+        {
+            t.value: when_s.choice(t.value, ("cleared",) if t in ends_vm else RESTORE_WHEN, "cleared")
+            for t in _KNOWN_TYPES
+        }
+    )
+    when_s.done()
+    return policy._replace(
+        restore_when=when,
+        recovered_grace_seconds=policy_s.number("recovered_grace_seconds", int, 60, low=0, high=86400),
+        stall_seconds=policy_s.number("stall_seconds", float, 5.0, low=0.5, high=3600),
+    )
 
 
 def _read_toml(path: Path, data: bytes) -> dict[str, Any]:

@@ -10,6 +10,8 @@ Event states (``EventState``):
 - ``pending``:  it will be acted on when NotBefore is within the configured lead time.
 - ``active``:   it holds this VM out of rotation.
 - ``cleared``:  it disappeared from IMDS (completed or cancelled).
+- ``recovered``: still listed, but its impact is over and it no longer holds the VM
+  (``restore_when = "recovered"``, see ``drainer.recovery``).
 
 VM drain states (``DrainState``): ``in_rotation`` → ``draining`` → ``drained`` → ``restoring`` →
 ``in_rotation``. ``draining`` and ``restoring`` are the intents, persisted before the action runs, so a
@@ -38,6 +40,8 @@ class EventState(str, enum.Enum):
     PENDING = "pending"
     ACTIVE = "active"
     CLEARED = "cleared"
+    # Still listed, but its impact is over and the VM is back (restore_when = "recovered").
+    RECOVERED = "recovered"
 
 
 class DrainState(str, enum.Enum):
@@ -52,7 +56,7 @@ class EventRecord(NamedTuple):
     state: EventState
     reason: str
     first_seen: datetime
-    last_seen: datetime
+    last_seen: datetime  # last seen with a change (not every poll: that would be a write per poll)
     updated_at: datetime  # when ``state`` or the event's status last changed
     started_at: datetime | None = None  # first seen with EventStatus Started
     cleared_at: datetime | None = None
@@ -61,6 +65,14 @@ class EventRecord(NamedTuple):
     approved_at: datetime | None = None  # this VM sent the approval (StartRequests)
     returned_at: datetime | None = None  # the VM was back in rotation after it
     approval: str = ""  # where the early approval stands, and why (shown by `status`)
+    # restore_when = "recovered" (drainer.recovery): the boot in which the event started holding the
+    # VM, the monotonic clock and boot when it was first seen Started, since when (monotonic) the
+    # restore gate has passed after the impact, and how many impacts were seen.
+    drain_boot: str | None = None
+    started_mono: float | None = None
+    started_boot: str | None = None
+    gate_since: float | None = None
+    impacts: int = 0
 
 
 class VmState(NamedTuple):
@@ -100,6 +112,12 @@ class Observation(NamedTuple):
     fresh: bool = False
     # What is on this VM disagrees with the state (the probe method's flag file): reconcile.
     drift: str = ""
+    # restore_when = "recovered": the monotonic clock now, the restore gate's answer (True also when
+    # there is no gate; None: not asked) and how long the daemon saw no poll beyond its interval (a
+    # stall: an impact).
+    monotonic: float | None = None
+    gate_ok: bool | None = None
+    stall_seconds: float = 0.0
 
 
 class Transition(NamedTuple):
@@ -186,6 +204,9 @@ def classify(
     if event.event_type is EventType.UNKNOWN or event.status is EventStatus.UNKNOWN:
         # Unknown is not gone: whatever it is, it holds the VM until it disappears.
         return EventState.ACTIVE, "unknown type or status: holds the VM until it disappears"
+    if previous is EventState.RECOVERED:
+        # Sticky too: only a second impact (drainer.recovery) makes it hold the VM again.
+        return EventState.RECOVERED, "impact over, back in rotation while still listed"
     if previous is EventState.ACTIVE:
         # Sticky: once out for an event, stay out until it clears (a moved NotBefore must not make
         # the VM flap in and out of rotation).
@@ -222,13 +243,23 @@ def _observe_events(
     seen: set[str] = set()
     # A duplicate id within one document: the first entry that lists this VM wins (an entry for
     # another VM must never hide this VM's), else the first entry.
-    mine = {e.key for e in obs.document.events if e.concerns(obs.vm_name)}
-    for event in obs.document.events:
-        key = event.key
-        if key in seen or (key in mine and not event.concerns(obs.vm_name)):
+    # (Only worked out when an id repeats: with a thousand events listed, every poll pays for it.)
+    not_mine = f"does not list {obs.vm_name}"  # classify's reason: the name it was decided for
+    keys = [e.key for e in obs.document.events]
+    repeated = len(set(keys)) != len(keys)
+    mine = {e.key for e in obs.document.events if e.concerns(obs.vm_name)} if repeated else set()
+    for key, event in zip(keys, obs.document.events, strict=True):
+        if key in seen or (repeated and key in mine and not event.concerns(obs.vm_name)):
             continue
         seen.add(key)
         old = records.get(key)
+        if (
+            old is not None
+            and old.state is EventState.OTHER_VM
+            and old.event == event
+            and old.reason == not_mine
+        ):
+            continue  # another VM's event (for this VM name), listed unchanged: nothing to decide
         previous = old.state if old else None
         new_state, reason = classify(event, obs.vm_name, previous, now, policy)
         if old is None:
@@ -253,14 +284,23 @@ def _observe_events(
                 event=event,
                 state=new_state,
                 reason=reason if changed else old.reason,
-                last_seen=now,
+                # Not bumped on every poll: an event listed unchanged must cost no write (issue 14).
+                last_seen=now if changed or event != old.event else old.last_seen,
                 updated_at=now if changed else old.updated_at,
                 started_at=started_at,
                 cleared_at=None,
             )
             if old.state is EventState.CLEARED:
                 reason = f"reappeared: {reason}"
-                record = record._replace(reason=reason, first_seen=now)
+                record = record._replace(
+                    reason=reason,
+                    first_seen=now,
+                    drain_boot=None,
+                    started_mono=None,
+                    started_boot=None,
+                    gate_since=None,
+                    impacts=0,
+                )
             if changed:
                 transitions.append(
                     _event_transition(
@@ -337,6 +377,17 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         )
     records, event_transitions = _observe_events(state, obs, now, policy)
     transitions.extend(event_transitions)
+    if any(w == "recovered" for w in policy.restore_when.values()):
+        from drainer import recovery  # noqa: PLC0415 - only when the policy asks for it
+
+        recovery.apply(
+            records,
+            obs,
+            rebooted=rebooted,
+            previous_boot=state.boot_id,
+            policy=policy,
+            transitions=transitions,
+        )
 
     active = sorted(
         (r for r in records.values() if r.state is EventState.ACTIVE),

@@ -163,6 +163,8 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
     idle = threading.Event()
     idle.set()
     disabled_said = False
+    # When the last check ended (monotonic): a much later start means the VM stalled (drainer.recovery).
+    last_end: list[float] = []
 
     def check() -> None:
         nonlocal disabled_said
@@ -180,7 +182,8 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
             if disabled_said:
                 log.info("enabled again: the kill-switch file is gone", file=config.disabled_file)
                 disabled_said = False
-            result = run_once(config, log, seams, imds=imds)
+            stall = _stall(last_end, config.daemon.poll_interval)
+            result = run_once(config, log, seams, imds=imds, stall_seconds=stall)
             status.last_ok = time.time()
             throttle.succeeded()
             _record_outcome(config, "; ".join(result.errors), "ActionError")
@@ -193,6 +196,7 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
             log.error("unexpected error in a check (a bug)", error=repr(exc), error_type=type(exc).__name__)
             _record_outcome(config, repr(exc), type(exc).__name__)
         finally:
+            last_end[:] = [time.monotonic()]
             idle.set()
 
     scheduler = BlockingScheduler(
@@ -240,3 +244,10 @@ def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
     imds.close()
     log.info("daemon stopped")
     return EXIT_OK
+
+
+def _stall(last_end: list[float], poll_interval: float) -> float:
+    """Seconds between the end of the last check and now beyond the poll interval (0: none known)."""
+    if not last_end:
+        return 0.0
+    return max(0.0, time.monotonic() - last_end[0] - poll_interval)

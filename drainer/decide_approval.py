@@ -160,3 +160,55 @@ def restore_gate(vm: VmState, now: datetime, cfg: RestoreConfig, healthy: bool |
     if waited >= cfg.health_timeout:
         return True, f"health check still failing after {cfg.health_timeout:g}s: restoring anyway"
     return False, f"waiting for the health check ({waited:.0f}s of {cfg.health_timeout:g}s)"
+
+
+def at_once_candidates(state: State, cfg: ApprovalConfig) -> list[EventRecord]:
+    """Events approved at once (issue 14): this VM's ignored events (``approve_ignored``), and its
+    ``User`` events once drained (``approve_user``); still Scheduled, not yet approved, of a type the
+    config approves, listing this VM alone."""
+    drained = state.vm.drain_state is DrainState.DRAINED
+    return [
+        r
+        for r in state.events.values()
+        if r.event.status is EventStatus.SCHEDULED
+        and r.approved_at is None
+        and r.event.event_type.value in cfg.types
+        # An approval starts the event for every VM it lists: only for events that list this VM alone
+        # (the others go through decide_approvals and its wait for the other listed VMs).
+        and len({v.casefold() for v in r.event.resources}) == 1
+        and (
+            (cfg.approve_ignored and r.state is EventState.IGNORED)
+            or (cfg.approve_user and drained and r.state is EventState.ACTIVE and r.event.source == "User")
+        )
+    ]
+
+
+def approve_at_once(decision: Decision, cfg: ApprovalConfig) -> Decision:
+    """``decision`` (from ``decide_approvals``) with the ``at_once_candidates`` approved too: the VM stays
+    in rotation for an ignored event anyway, and a user who restarts a VM wants it now (Microsoft:
+    "events with a user event source can be immediately approved")."""
+    if not cfg.enabled:
+        return decision
+    extra = at_once_candidates(decision.state, cfg)
+    first = tuple(i for a in decision.actions if isinstance(a, Approve) for i in a.event_ids)
+    approved = set(first)
+    extra = [r for r in extra if r.event.event_id not in approved]
+    if not extra:
+        return decision
+    records = dict(decision.state.events)
+    transitions = list(decision.transitions)
+    for record in extra:
+        status = (
+            "approving at once ("
+            + ("ignored by drainer" if record.state is EventState.IGNORED else "User")
+            + ")"
+        )
+        if status != record.approval:
+            records[record.event.key] = record._replace(approval=status)
+            transitions.append(_approval_transition(record.event, record.approval, status))
+    ids = first + tuple(r.event.event_id for r in extra)
+    actions: list[Action] = [a for a in decision.actions if not isinstance(a, Approve)]
+    actions.append(Approve(ids, "drained and ready, or approved at once"))
+    return Decision(
+        state=decision.state._replace(events=records), actions=tuple(actions), transitions=tuple(transitions)
+    )

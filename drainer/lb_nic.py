@@ -18,6 +18,7 @@ from drainer.actuator import ActionContext
 from drainer.arm import ArmError, Network
 from drainer.core import Drain, Restore
 from drainer.errors import ActionError
+from drainer.fanout import each_nic
 from drainer.floor import hold_floor
 from drainer.lb_common import (
     Presence,
@@ -147,7 +148,9 @@ class NicDrain:
         out = self._already_out(ctx, nics, planned)
         hold_floor(self.network, ctx, action, others, set(nic_ids), "pool", already_out=out)
         summary = summary_text(_why(ctx), ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
-        taken = [self._drain_nic(ctx, nic_id, nic, kinds, summary) for nic_id, nic in nics.items()]
+        taken = each_nic(
+            ctx, list(nics.items()), lambda c, n, _: self._drain_nic(c, n[0], n[1], kinds, summary)
+        )
         done = [t for t in taken if t]
         return (True, "; ".join(done)) if done else (False, "already out of every pool")
 
@@ -331,8 +334,9 @@ class NicDrain:
         )
         done: list[str] = []
         pending: list[str] = []
-        for nic_id in sorted(nic_ids.values()):
-            back, waiting = self._restore_nic(ctx, nic_id, presence, summary)
+        for back, waiting in each_nic(
+            ctx, sorted(nic_ids.values()), lambda c, n, g: self._restore_nic(c, n, g[0], summary), (presence,)
+        ):
             done.extend(back)
             pending.extend(waiting)
         if not pending:

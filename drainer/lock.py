@@ -38,8 +38,11 @@ class RunLock:
             raise LockedError(
                 f"another drainer run holds {self.path}{holder}; this run exits without acting"
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        mine = f"{os.getpid()}\n".encode()
+        if os.read(fd, 32) != mine:  # the daemon's every poll would rewrite the same pid
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, mine)
         self._fd = fd
 
     def release(self) -> None:

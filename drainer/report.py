@@ -12,9 +12,11 @@ from drainer.config import Config
 from drainer.core import EventRecord, EventState, State
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.events import format_iso
-from drainer.runner import last_check
+from drainer.stamp import last_check
 from drainer.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
 from drainer.terminal import printable
+
+STATUS_CLEARED = 50  # cleared events `status` lists, newest first
 
 
 def _say(line: str = "") -> None:
@@ -137,7 +139,9 @@ def status(config: Config, *, as_json: bool) -> int:
             vm_raw = store.meta("vm")
             checked = format_iso(last_check(config.state_dir)) or None
             data = status_json(
-                store.load(),
+                # The open events and the most recently cleared ones: the cost does not grow with
+                # history (`drainer history` has the rest).
+                store.load("recent", recent=STATUS_CLEARED),
                 json.loads(vm_raw) if vm_raw else {},
                 checked,
                 store.ledger(),

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from drainer import identity, metrics
 from drainer.config import Config
@@ -28,6 +27,7 @@ from drainer.core import (
     Drain,
     DrainState,
     EventRecord,
+    EventState,
     Observation,
     Reconcile,
     Restore,
@@ -38,45 +38,18 @@ from drainer.core import (
     set_manual,
     step,
 )
-from drainer.decide_approval import approval_candidates, restore_gate
+from drainer.decide_approval import approval_candidates, at_once_candidates, restore_gate
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
 from drainer.lock import RunLock
-from drainer.state import StateStore, open_store, set_aside
+from drainer.seams import BOOT_ID_PATH, Seams
+from drainer.stamp import touch_last_check
+from drainer.state import Retention, StateStore, open_store, set_aside
 
 if TYPE_CHECKING:
     from drainer.actuator import Actuator
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-LAST_CHECK_FILE = "last-check"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _no_checkpoint(_: str) -> None:
-    return None
-
-
-def _spread(seconds: float) -> None:
-    if seconds > 0:
-        time.sleep(random.uniform(0, seconds))  # noqa: S311  # nosec B311 - a delay, not a secret
-
-
-class Seams(NamedTuple):
-    """What a test may replace: the clock, the boot id source and a crash-injection checkpoint.
-
-    Production code uses the defaults; ``checkpoint`` is called with a step name at every step
-    boundary so tests can kill the process there.
-    """
-
-    now: Callable[[], datetime] = _utcnow
-    boot_id_path: str = BOOT_ID_PATH
-    checkpoint: Callable[[str], None] = _no_checkpoint
-    actuator: Actuator | None = None
-    # Sleeps a random time of up to the given seconds (the spread of drains and restores).
-    spread: Callable[[float], None] = _spread
+__all__ = ["BOOT_ID_PATH", "Seams", "run_once"]
 
 
 class RunResult:
@@ -94,26 +67,6 @@ def read_boot_id(path: str) -> str | None:
         return Path(path).read_text().strip() or None
     except OSError:
         return None  # not Linux, or no procfs: reboots are then not detected
-
-
-def touch_last_check(state_dir: str) -> None:
-    """Record a successful check as the mtime of a small file: no database write when idle. Never
-    through a planted symlink. Raises UnsafeFileError, OSError."""
-    from drainer.safefile import open_file  # noqa: PLC0415
-
-    descriptor = open_file(Path(state_dir) / LAST_CHECK_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.utime(descriptor if os.utime in os.supports_fd else Path(state_dir) / LAST_CHECK_FILE)
-    finally:
-        os.close(descriptor)
-
-
-def last_check(state_dir: str) -> datetime | None:
-    try:
-        mtime = (Path(state_dir) / LAST_CHECK_FILE).stat().st_mtime
-    except OSError:
-        return None
-    return datetime.fromtimestamp(mtime, timezone.utc)
 
 
 class _DryRunLog:
@@ -163,11 +116,13 @@ def run_once(
     *,
     manual: bool | None = None,
     imds: ImdsClient | None = None,
+    stall_seconds: float = 0.0,
 ) -> RunResult:
     """One complete run. Raises DrainerError subclasses for failures that stop the run early.
 
     ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
     ``imds``: a client kept across runs (the daemon: keep-alive and ETag); else one for this run.
+    ``stall_seconds``: how long the daemon saw no poll beyond its interval (a stall of the VM).
     A dry run takes no lock and works on an in-memory copy of the state: it writes nothing at all.
     """
     seams = seams or Seams()
@@ -192,6 +147,7 @@ def run_once(
                         imds=client,
                         result=result,
                         manual=manual,
+                        stall_seconds=stall_seconds,
                     )
                 finally:
                     store.close()
@@ -254,6 +210,7 @@ def _run_locked(
     imds: ImdsClient,
     result: RunResult,
     manual: bool | None,
+    stall_seconds: float = 0.0,
 ) -> bool:
     """Observe, decide, act, record. True when the run must start over (another VM's state was
     discarded)."""
@@ -263,6 +220,10 @@ def _run_locked(
         return not config.dry_run
     vm = identity.with_override(config, found)
     document = imds.scheduled_events()
+    # Only the open events were loaded: an event listed again after it cleared is looked up by key.
+    missing = [key for key in (e.key for e in document.events) if key not in state.events]
+    if missing:
+        state = state._replace(events={**state.events, **store.records(missing)})
     if manual is not None:
         by_hand = set_manual(state, manual, seams.now())
         _record(log, store, state, by_hand, seams.now(), result=result)
@@ -276,7 +237,14 @@ def _run_locked(
         )
     now = seams.now()
     observation = Observation(
-        document=document, vm_name=vm.name, boot_id=boot_id, fresh=store.fresh, drift=_drift(config, state)
+        document=document,
+        vm_name=vm.name,
+        boot_id=boot_id,
+        fresh=store.fresh,
+        drift=_drift(config, state),
+        monotonic=time.monotonic(),
+        gate_ok=_recovery_gate(config, log, state),
+        stall_seconds=stall_seconds,
     )
     decision = step(state, observation, now, config.policy)
     log.debug(
@@ -292,9 +260,10 @@ def _run_locked(
             _discard_other_vm(config, log, store, found, current)
             return not config.dry_run
     seams.checkpoint("decided")
-    # An idle run changes nothing: skip the transaction (and its fsync) entirely.
+    # An idle run changes nothing: skip the transaction (and its fsync) entirely. A run that writes
+    # anyway prunes the history and the cleared events in the same transaction.
     if decision.transitions or decision.state != state:
-        store.save(state, decision.state, decision.transitions, now)
+        store.save(state, decision.state, decision.transitions, now, retention=_retention(config, decision))
     if not config.dry_run:
         touch_last_check(config.state_dir)
     seams.checkpoint("saved")
@@ -321,7 +290,9 @@ def _run_locked(
             actions=decision.actions,
             result=result,
         )
-    if config.approval.enabled and approval_candidates(state):
+    # Only this VM's events can be approved: other VMs' (possibly a thousand) are left out of the scan.
+    own = state._replace(events={k: r for k, r in state.events.items() if r.state is not EventState.OTHER_VM})
+    if config.approval.enabled and (approval_candidates(own) or at_once_candidates(own, config.approval)):
         from drainer.approve import approve  # noqa: PLC0415 - only while an event can be approved
 
         state = approve(
@@ -330,9 +301,53 @@ def _run_locked(
     if state.vm.drain_state in (DrainState.DRAINING, DrainState.DRAINED):
         result.held_by = [state.events[k].event.event_id for k in state.vm.held_by if k in state.events]
     if earlier_failures not in (None, "", "[]"):
+        state = _with_records(store, state, earlier_failures)
         _retry_failed_hooks(config, log, store=store, vm=vm, state=state, earlier=earlier_failures)
     metrics.record_drain_state(state.vm.drain_state.value)
     return False
+
+
+def _recovery_gate(config: Config, log: Any, state: State) -> bool | None:
+    """The restore gate's answer for restore_when = "recovered": True without a gate; asked only while an
+    event under that rule is Started and holds the VM (None: not asked)."""
+    if not config.restore.health_url and not config.restore.health_command:
+        return True
+    if "recovered" not in config.policy.restore_when.values():
+        return None
+    from drainer.recovery import needs_gate  # noqa: PLC0415
+
+    if not needs_gate(state.events, config.policy):
+        return None
+    from drainer.health import healthy  # noqa: PLC0415
+
+    return healthy(config, log)
+
+
+def _retention(config: Config, decision: Decision) -> Retention | None:
+    """What to prune in a save that adds history lines (None: a save without any prunes nothing)."""
+    if not decision.transitions:
+        return None
+    return Retention(
+        cleared_days=config.policy.retention_days,
+        cleared_events=config.retention.cleared_events,
+        history_days=config.retention.history_days,
+        history_rows=config.retention.history_rows,
+    )
+
+
+def _with_records(store: StateStore, state: State, pending: str | None) -> State:
+    """The state with the (possibly cleared) events that failed hook phases name, looked up by key."""
+    import json  # noqa: PLC0415 - only with failed hooks to retry
+
+    try:
+        items = json.loads(pending or "[]")
+        keys = {str(i).casefold() for item in items for i in item.get("event_ids", [])}
+    except (ValueError, TypeError, AttributeError):
+        return state
+    missing = [k for k in keys if k not in state.events]
+    if not missing:
+        return state
+    return state._replace(events={**state.events, **store.records(missing)})
 
 
 def _drift(config: Config, state: State) -> str:
@@ -472,7 +487,9 @@ def _act(
             outcome = record_outcome(state, action, error, seams.now(), held=held)
         else:
             continue
-        store.save(state, outcome.state, outcome.transitions, seams.now())
+        store.save(
+            state, outcome.state, outcome.transitions, seams.now(), retention=_retention(config, outcome)
+        )
         if ctx.notes:
             store.set_meta({"floor_breach": json.dumps({"at": seams.now().isoformat(), "what": ctx.notes})})
         seams.checkpoint(f"recorded-{action.name}")

@@ -13,9 +13,10 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,7 +27,7 @@ from drainer.log import redact_text
 from drainer.safefile import UnsafeFileError, ensure_dir
 from drainer.safefile import open_file as safe_open
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_NAME = "state.db"
 
 _SCHEMA = """
@@ -52,7 +53,12 @@ CREATE TABLE IF NOT EXISTS events (
     left_rotation_at TEXT,
     approved_at TEXT,
     returned_at TEXT,
-    approval TEXT NOT NULL DEFAULT ''
+    approval TEXT NOT NULL DEFAULT '',
+    drain_boot TEXT,
+    started_mono REAL,
+    started_boot TEXT,
+    gate_since REAL,
+    impacts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS vm (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -92,6 +98,8 @@ CREATE TABLE IF NOT EXISTS history (
     to_state TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (at);
 """
 
 
@@ -117,6 +125,17 @@ _MIGRATIONS = {
         "CREATE TABLE IF NOT EXISTS absent (resource_id TEXT PRIMARY KEY, first_at TEXT NOT NULL, "
         "reads INTEGER NOT NULL)",
     ],
+    # restore_when = "recovered" (drainer.recovery).
+    5: [
+        "ALTER TABLE events ADD COLUMN drain_boot TEXT",
+        "ALTER TABLE events ADD COLUMN started_mono REAL",
+        "ALTER TABLE events ADD COLUMN started_boot TEXT",
+        "ALTER TABLE events ADD COLUMN gate_since REAL",
+        "ALTER TABLE events ADD COLUMN impacts INTEGER NOT NULL DEFAULT 0",
+        # The hot path loads open events only; retention prunes by age and count (issue 14).
+        "CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at)",
+        "CREATE INDEX IF NOT EXISTS history_by_time ON history (at)",
+    ],
 }
 
 
@@ -124,9 +143,11 @@ _MIGRATIONS = {
 _EVENT_COLUMNS = (
     "key, event_id, event_type, event_status, not_before, duration, resources, resource_type, source,"
     " description, state, reason, first_seen, last_seen, updated_at, started_at, cleared_at,"
-    " left_rotation_at, approved_at, returned_at, approval"
+    " left_rotation_at, approved_at, returned_at, approval, drain_boot, started_mono, started_boot,"
+    " gate_since, impacts"
 )
-_EVENT_PLACEHOLDERS = ",".join("?" * 21)
+_EVENT_PLACEHOLDERS = ",".join("?" * 26)
+_OPEN_STATES = ",".join(f"'{s.value}'" for s in EventState if s is not EventState.CLEARED)
 # Fixed column lists, no outside text in them.
 _EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608  # nosec B608
 _EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608  # nosec B608
@@ -184,12 +205,17 @@ class StateStore:
         self.dir = Path(state_dir)
         self.path = self.dir / DB_NAME
         self.fresh = False
+        self._cacheable = not dry_run
         try:
             if dry_run:
                 self._db = _memory_copy(self.path)
             else:
                 _private_files(self.dir, self.path)
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+                # Shared with the threads that write a VM's NICs at once (drainer.fanout), which
+                # serialise every call through one lock.
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=10, check_same_thread=False
+                )
                 # WAL + FULL: a committed run survives power loss, not only a process crash.
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
@@ -238,15 +264,33 @@ class StateStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def load(self) -> State:
-        """The persisted state. Raises StateError on rows this version cannot read."""
+    def load(self, scope: str = "all", *, recent: int = 50) -> State:
+        """The persisted state. ``scope``: "all" events; "open" (the hot path: events not cleared, and
+        those the VM's drain state still names); "recent" (``status``: the open ones and the ``recent``
+        most recently cleared). Raises StateError on rows this version cannot read.
+
+        "open" in a long-lived process (the daemon) reuses the state it saved or loaded last, as long
+        as no save happened since (the ``generation`` token in ``meta`` is unchanged): with a thousand
+        events of other VMs listed, reading them back every second would be most of the daemon's CPU."""
+        if scope == "open" and self._cacheable:
+            cached = _CACHE.get(str(self.path))
+            try:
+                generation = self.meta(GENERATION)
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: unreadable state: {exc}") from exc
+            if cached is not None and generation is not None and cached[0] == generation:
+                return cached[1]
+            state = self.load("all-open")
+            if generation is not None:
+                _CACHE[str(self.path)] = (generation, state)
+            return state
         try:
-            events = {row[0]: _record_from_row(row) for row in self._db.execute(_EVENT_SELECT)}
             row = self._db.execute(
                 "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
                 " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
             ).fetchone()
-        except (sqlite3.Error, ValueError, KeyError) as exc:
+            events = self._events(scope, recent, json.loads(row[2]) if row is not None else [])
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
         vm = VmState()
         if row is not None:
@@ -272,6 +316,30 @@ class StateStore:
             incarnation=None if incarnation is None else int(incarnation),
             boot_id=self.meta("boot_id"),
         )
+
+    def _events(self, scope: str, recent: int, held_by: list[str]) -> dict[str, EventRecord]:
+        # "all-open": what "open" reads from the database (without the cache).
+        if scope == "all":
+            rows = self._db.execute(_EVENT_SELECT).fetchall()
+        else:
+            # Through the (state, cleared_at) index: the cost does not grow with the cleared ones.
+            rows = self._db.execute(_EVENT_SELECT + f" WHERE state IN ({_OPEN_STATES})").fetchall()
+            if scope == "recent":
+                rows += self._db.execute(
+                    _EVENT_SELECT + " WHERE state = 'cleared' ORDER BY cleared_at DESC LIMIT ?", (recent,)
+                ).fetchall()
+        events = {row[0]: _record_from_row(row) for row in rows}
+        events.update(self.records([str(k) for k in held_by if k not in events]))
+        return events
+
+    def records(self, keys: Sequence[str]) -> dict[str, EventRecord]:
+        """The stored records of these event keys (cleared ones included), looked up by key."""
+        found: dict[str, EventRecord] = {}
+        for key in keys:
+            row = self._db.execute(_EVENT_SELECT + " WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                found[row[0]] = _record_from_row(row)
+        return found
 
     def holds_anything(self) -> bool:
         """Whether the database holds any event, drain state or record (else it is as good as new)."""
@@ -321,8 +389,10 @@ class StateStore:
         now: datetime,
         *,
         meta: dict[str, str] | None = None,
+        retention: Retention | None = None,
     ) -> None:
-        """Persist ``new`` (written as a diff against ``old``) and append ``transitions``, atomically."""
+        """Persist ``new`` (written as a diff against ``old``) and append ``transitions``, atomically.
+        ``retention``: prune old history and cleared events in the same transaction."""
         try:
             with self._transaction() as db:
                 for key, record in new.events.items():
@@ -353,6 +423,8 @@ class StateStore:
                         ),
                     )
                 values = dict(meta or {})
+                # A new token per save: a process that loaded the state at this token may reuse it.
+                values[GENERATION] = uuid.uuid4().hex
                 if new.incarnation is not None and new.incarnation != old.incarnation:
                     values["incarnation"] = str(new.incarnation)
                 if new.boot_id is not None and new.boot_id != old.boot_id:
@@ -376,8 +448,12 @@ class StateStore:
                         for t in transitions
                     ],
                 )
+                if retention is not None:
+                    _prune(db, retention, now, keep=new.vm.held_by)
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+        if self._cacheable:
+            _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
 
     # -- the ledger of changes to undo --------------------------------------------------------
 
@@ -462,6 +538,44 @@ class StateStore:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
 
 
+GENERATION = "generation"
+# state.db path -> (generation token, its open state): see StateStore.load.
+_CACHE: dict[str, tuple[str, State]] = {}
+
+
+def _open_part(state: State) -> State:
+    """The state as ``load("open")`` would read it back: open events and those the VM names."""
+    keep = set(state.vm.held_by)
+    events = {k: r for k, r in state.events.items() if r.state is not EventState.CLEARED or k in keep}
+    return state if len(events) == len(state.events) else state._replace(events=events)
+
+
+class Retention(NamedTuple):
+    """How much the database keeps (``[retention]`` and ``[policy] retention_days``)."""
+
+    cleared_days: int = 30
+    cleared_events: int = 1000
+    history_days: int = 365
+    history_rows: int = 20000
+
+
+def _prune(db: sqlite3.Connection, keep_what: Retention, now: datetime, *, keep: Sequence[str]) -> None:
+    """Delete cleared events and history beyond the retention (age and count); never an event the VM's
+    drain state still names (``keep``)."""
+    spare = json.dumps(list(keep))
+    cleared_before = _ts(now - timedelta(days=keep_what.cleared_days))
+    db.execute(
+        "DELETE FROM events WHERE state = 'cleared' AND key NOT IN (SELECT value FROM json_each(?))"
+        " AND (cleared_at < ? OR key NOT IN (SELECT key FROM events WHERE state = 'cleared'"
+        " ORDER BY cleared_at DESC LIMIT ?))",
+        (spare, cleared_before, keep_what.cleared_events),
+    )
+    db.execute("DELETE FROM history WHERE at < ?", (_ts(now - timedelta(days=keep_what.history_days)),))
+    db.execute(
+        "DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?", (keep_what.history_rows,)
+    )
+
+
 class StateRefusedError(StateError):
     """The state cannot be used as it is and must not be rebuilt (a planted symlink, a directory
     others can write to, a database of a newer drainer): the run stops, saying why."""
@@ -475,7 +589,7 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
     """An in-memory copy of the database at ``path`` (empty when there is none). The files are
     copied to a private temporary directory first: even a read-only open of a WAL database may write
     its ``-shm`` file, and a dry run writes nothing at all to the state directory."""
-    memory = sqlite3.connect(":memory:", isolation_level=None)
+    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)  # see drainer.fanout
     if not path.exists():
         return memory
     with tempfile.TemporaryDirectory(prefix="drainer-dry-run-") as scratch:
@@ -492,7 +606,8 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
 
 
 def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[StateStore, State, str]:
-    """Open the state and load it; a database that cannot be read is moved aside and rebuilt.
+    """Open the state and load it (its open events: cleared ones are looked up by key when needed); a
+    database that cannot be read is moved aside and rebuilt.
 
     Returns (store, state, note): ``note`` says what was moved aside, if anything (then the store is
     ``fresh``). Raises StateError when the directory itself is unusable or the database was written
@@ -510,7 +625,7 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
             note = _unreadable(Path(state_dir), str(exc))
             continue
         try:
-            return store, store.load(), note
+            return store, store.load("open"), note
         except StateError as exc:
             store.close()
             if attempt or dry_run:
@@ -563,6 +678,11 @@ def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
         _ts(record.approved_at),
         _ts(record.returned_at),
         record.approval,
+        record.drain_boot,
+        record.started_mono,
+        record.started_boot,
+        record.gate_since,
+        record.impacts,
     )
 
 
@@ -591,6 +711,11 @@ def _record_from_row(row: Sequence[Any]) -> EventRecord:
         approved_at=_dt(row[18]),
         returned_at=_dt(row[19]),
         approval=row[20],
+        drain_boot=row[21],
+        started_mono=row[22],
+        started_boot=row[23],
+        gate_since=row[24],
+        impacts=int(row[25]),
     )
 
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from drainer.cli import main
-from drainer.runner import BOOT_ID_PATH, Seams
+from drainer.cli import BEFORE_EXIT, main
+from drainer.seams import BOOT_ID_PATH, Seams
 
 CRASH_EXIT = 137
 
@@ -47,11 +47,16 @@ def entry(argv: Sequence[str]) -> int:
     )
     if os.environ.get("TEST_SPREAD") != "1":
         seams = seams._replace(spread=lambda _: None)
+    BEFORE_EXIT[:] = [_modules_out]  # a one-shot action exits promptly, without returning here
     code = main(list(argv), seams=seams)
+    _modules_out()
+    return code
+
+
+def _modules_out() -> None:
     modules_out = os.environ.get("TEST_MODULES_OUT")
     if modules_out:
         Path(modules_out).write_text("\n".join(sorted(sys.modules)), encoding="utf-8")
-    return code
 
 
 if __name__ == "__main__":

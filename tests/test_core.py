@@ -351,3 +351,14 @@ def test_held_drain_rechecks_every_quarter_of_the_cap() -> None:
         held, Observation(document_from_json(_doc(1, _event())), "web-0"), T0 + timedelta(seconds=15), policy
     )
     assert [type(a) for a in due.actions] == [Drain]
+
+
+def test_another_vms_event_listed_unchanged_is_decided_again_for_a_new_vm_name() -> None:
+    """The shortcut for unchanged events of other VMs holds only for the name they were decided for."""
+    doc = _doc(1, _event())  # lists web-0
+    state, _ = _run(State(), doc, vm="web-9")
+    assert state.events["a"].state is EventState.OTHER_VM
+    again, decision = _run(state, doc, vm="web-9")
+    assert decision.transitions == () and again == state
+    state, decision = _run(state, doc, vm="web-0")
+    assert [type(a) for a in decision.actions] == [Drain]

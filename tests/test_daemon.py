@@ -235,10 +235,11 @@ def test_probe_method_readiness(agent: Agent, control: EmulatorControl, daemon: 
     wait_until(lambda: fetch(ready)[0] == 200, what="ready")
     event_id = control.schedule("Reboot", ["web-0"])
     wait_until(lambda: fetch(ready)[0] == 503, what="not ready while drained")
-    assert flag.exists()
+    # The readiness follows the drain intent (saved first); the flag follows the action, a moment later.
+    wait_until(flag.exists, what="the flag while drained")
     control.remove(event_id)
     wait_until(lambda: fetch(ready)[0] == 200, what="ready again")
-    assert not flag.exists()
+    wait_until(lambda: not flag.exists(), what="no flag once back")
     assert daemon.stop() == 0
 
 

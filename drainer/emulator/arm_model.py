@@ -75,6 +75,8 @@ class Operation:
 class ArmSettings:
     lro_polls: int = 1  # polls answered InProgress before Succeeded
     lro_retry_after: str | None = None  # Retry-After on PUT answers (the recording has none)
+    status_retry_after: str | None = None  # Retry-After on InProgress operation-status answers
+    put_delay: float = 0.0  # seconds a NIC PUT takes to answer (to see writes overlap)
     # An organisation's Azure Policy on tags whose name starts with ``tag_policy_prefix``:
     # "deny" refuses the write (403 RequestDisallowedByPolicy), "strip" drops those tags silently
     # (a "modify" effect), None lets them through.

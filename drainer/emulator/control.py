@@ -55,6 +55,14 @@ class EmulatorControl:
     def set_incarnation(self, value: int) -> None:
         self._call("POST", "incarnation", {"value": value})
 
+    def boot_id_file(self, vm: str, path: str) -> None:
+        """Play ``vm``'s boot id in the file at ``path`` (a new one after each Reboot/Redeploy impact)."""
+        self._call("POST", f"vms/{vm}/boot-id-file", {"path": path})
+
+    def impacted(self) -> list[str]:
+        """The VMs inside a scripted impact right now."""
+        return list(self.state()["impacted"])
+
     def add_vm(self, name: str, scale_set: str = "", *, nic_resource_group: str | None = None) -> None:
         """A VM with one NIC ``<name>-nic`` (in another resource group when ``nic_resource_group``)."""
         self._call(
@@ -172,14 +180,27 @@ class EmulatorControl:
         return result
 
     def arm_settings(
-        self, *, lro_polls: int = 1, lro_retry_after: str | None = None, tag_policy: str | None = None
+        self,
+        *,
+        lro_polls: int = 1,
+        lro_retry_after: str | None = None,
+        tag_policy: str | None = None,
+        status_retry_after: str | None = None,
+        put_delay: float = 0.0,
     ) -> None:
-        """LRO polls before Succeeded, Retry-After on writes, and an Azure Policy on ``drainer*`` tags
+        """LRO polls before Succeeded, Retry-After on writes and on InProgress operation-status
+        answers, seconds each NIC PUT takes to answer, and an Azure Policy on ``drainer*`` tags
         (``"deny"``: 403 RequestDisallowedByPolicy; ``"strip"``: silently dropped)."""
         self._call(
             "POST",
             "arm/settings",
-            {"lro_polls": lro_polls, "lro_retry_after": lro_retry_after, "tag_policy": tag_policy},
+            {
+                "lro_polls": lro_polls,
+                "lro_retry_after": lro_retry_after,
+                "tag_policy": tag_policy,
+                "status_retry_after": status_retry_after,
+                "put_delay": put_delay,
+            },
         )
 
     def lro_host(self, host: str | None) -> None:

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 from drainer.emulator.arm_model import ArmModel
@@ -89,9 +90,32 @@ class EmulatedEvent:
     source: str = "Platform"
     duration: int = -1
     resource_type: str = "VirtualMachine"
-    # Scripted timing: the maintenance takes this long once Started, then the event disappears.
+    # Scripted timing: the impact takes this long once Started (the VM is down or paused), then the
+    # event lingers this long (Azure removes it minutes after the impact) and disappears. An optional
+    # second, shorter impact starts ``second_impact_after`` seconds after the first one ended (Microsoft:
+    # "while the event is still in Started state, there may be another impact"). A Reboot or Redeploy
+    # gives the VMs it lists a new boot id at the end of each impact.
     maintenance_seconds: float | None = None
     started_at: float | None = None  # time.monotonic() when it started
+    linger_seconds: float = 0.0
+    second_impact_after: float | None = None
+    second_impact_seconds: float = 0.0
+    impacts_done: int = 0  # impacts whose end has been applied (boot ids changed)
+
+    def impacts(self) -> list[tuple[float, float]]:
+        """The impact windows, as (start, end) on time.monotonic()."""
+        if self.maintenance_seconds is None or self.started_at is None:
+            return []
+        first_end = self.started_at + self.maintenance_seconds
+        windows = [(self.started_at, first_end)]
+        if self.second_impact_after is not None:
+            start = first_end + self.second_impact_after
+            windows.append((start, start + self.second_impact_seconds))
+        return windows
+
+    def removal_at(self) -> float | None:
+        windows = self.impacts()
+        return None if not windows else max(end for _, end in windows) + self.linger_seconds
 
     def to_json(self, api_version: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -137,6 +161,18 @@ class VmIdentity:
     location: str
     scale_set: str = ""
     uniform: bool = False  # a scale-set Uniform instance (its NICs are read-only to the network API)
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Where the VM's /proc/sys/kernel/random/boot_id is played (a test's or benchmark's file), if anywhere.
+    boot_id_file: str = ""
+
+    def reboot(self) -> None:
+        """The VM came back from a reboot: a new boot id (written to ``boot_id_file``)."""
+        self.boot_id = str(uuid.uuid4())
+        self.write_boot_id()
+
+    def write_boot_id(self) -> None:
+        if self.boot_id_file:
+            Path(self.boot_id_file).write_text(self.boot_id + "\n", encoding="utf-8")
 
     @property
     def vm_id(self) -> str:
@@ -285,6 +321,9 @@ class ImdsModel:
         maintenance_seconds: float | None = None,
         description: str = "",
         source: str = "Platform",
+        linger_seconds: float = 0.0,
+        second_impact_after: float | None = None,
+        second_impact_seconds: float = 0.0,
     ) -> EmulatedEvent:
         """Add an event (or update one with the same id). Raises ValueError on bad input."""
         if event_type not in EVENT_TYPES:
@@ -304,6 +343,9 @@ class ImdsModel:
                 duration=duration,
                 maintenance_seconds=maintenance_seconds,
                 started_at=time.monotonic() if status == "Started" else None,
+                linger_seconds=float(linger_seconds),
+                second_impact_after=second_impact_after,
+                second_impact_seconds=float(second_impact_seconds),
             )
             self.events[event.event_id.casefold()] = event
             self._bump()
@@ -353,13 +395,20 @@ class ImdsModel:
                 event.status = "Started"
                 event.started_at = time.monotonic()
                 changed = True
-        # A scripted maintenance ends: the event disappears, as a completed one does.
+        # A scripted impact ends: a Reboot or Redeploy gives its VMs a new boot id. Then, once it has
+        # lingered, the event disappears, as a completed one does.
+        clock = time.monotonic()
         for key, event in list(self.events.items()):
-            if (
-                event.maintenance_seconds is not None
-                and event.started_at is not None
-                and time.monotonic() - event.started_at >= event.maintenance_seconds
-            ):
+            ended = [end for _, end in event.impacts() if end <= clock]
+            while event.impacts_done < len(ended):
+                event.impacts_done += 1
+                if event.event_type in ("Reboot", "Redeploy"):
+                    for name in event.resources:
+                        vm = self.vms.get(name.casefold())
+                        if vm is not None:
+                            vm.reboot()
+            removal = event.removal_at()
+            if removal is not None and clock >= removal:
                 del self.events[key]
                 changed = True
         if changed:
@@ -435,8 +484,32 @@ class ImdsModel:
                     return fault
             return None
 
+    def impacted(self) -> list[str]:
+        """The VMs inside an impact window right now (down or paused)."""
+        with self.lock:
+            self._advance()
+            clock = time.monotonic()
+            names = {
+                name.casefold()
+                for event in self.events.values()
+                for start, end in event.impacts()
+                if start <= clock < end
+                for name in event.resources
+            }
+            return sorted(names)
+
+    def set_boot_id_file(self, vm_name: str, path: str) -> bool:
+        with self.lock:
+            vm = self.vms.get(vm_name.casefold())
+            if vm is None:
+                return False
+            vm.boot_id_file = path
+            vm.write_boot_id()
+            return True
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
+            self._advance()
             return {
                 "incarnation": self.incarnation,
                 "events": [e.to_json("2020-07-01") for e in self.events.values()],
@@ -444,6 +517,8 @@ class ImdsModel:
                 "vms": [vm.name for vm in self.vms.values()],
                 "faults": len(self.faults),
                 "tokens_issued": self.tokens_issued,
+                "impacted": self.impacted(),
+                "boot_ids": {vm.name: vm.boot_id for vm in self.vms.values()},
             }
 
 

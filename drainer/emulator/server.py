@@ -11,7 +11,9 @@ Control routes (JSON in, JSON out):
   GET    /_emulator/state                     incarnation, events, approvals, VMs
   GET    /_emulator/requests                  every request seen (method, path, headers of interest)
   POST   /_emulator/events                    {"type", "resources", "status"?, "not_before_in"?,
-                                               "duration"?, "event_id"?, "description"?}
+                                               "duration"?, "event_id"?, "description"?,
+                                               "maintenance_seconds"? (the impact), "linger_seconds"?,
+                                               "second_impact_after"?, "second_impact_seconds"?}
   POST   /_emulator/events/<id>/start         Scheduled -> Started
   DELETE /_emulator/events/<id>               complete or cancel (the event disappears)
   PUT    /_emulator/document                  serve this body verbatim (any bytes) until DELETE
@@ -21,6 +23,7 @@ Control routes (JSON in, JSON out):
   DELETE /_emulator/faults
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
+  POST   /_emulator/vms/<name>/boot-id-file   {"path"}: play the VM's boot id there (new at each reboot)
   POST   /_emulator/reset
 """
 
@@ -34,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -56,6 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: EmulatorServer
     protocol_version = "HTTP/1.1"
     _log_path: str | None = None
+    # Headers and body go out in separate writes: with Nagle's algorithm the body waited for the
+    # client's delayed ACK (about 40 ms per answer on a kept-alive connection). Off, as on Azure's
+    # front ends, so benchmarks measure drainer rather than the emulator.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet; requests are recorded in the model instead
@@ -259,7 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
         operation = _OPERATION.match(path)
         if operation:
-            return 200, arm.operation_status(operation.group(3)), {}
+            status = arm.operation_status(operation.group(3))
+            # Azure's Network RP answers an operation still InProgress with Retry-After (10 s in the
+            # public recordings); the SDK waits that long instead of its polling interval.
+            after = arm.settings.status_retry_after
+            in_progress = after and status["status"] == "InProgress"
+            return 200, status, {**limits, "Retry-After": after} if in_progress and after else limits
         listing = _SUBSCRIPTION_LIST.match(path)
         if listing and self.command == "GET":
             if listing.group(1).lower() != arm.subscription_id.lower():
@@ -293,7 +306,8 @@ class _Handler(BaseHTTPRequestHandler):
             if name and method == "GET":
                 return 200, arm.get_nic(name), {}
             if name and method == "PUT":
-                answer, op = arm.put_nic(name, _json_body(body), if_match)
+                with self.server.in_flight(arm.settings.put_delay):
+                    answer, op = arm.put_nic(name, _json_body(body), if_match)
                 return 200, answer, self._async_headers(op, version)
             if name and method == "PATCH":
                 return 200, arm.patch_nic_tags(name, _json_body(body)), {}
@@ -338,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         segments = route.split("/") if route else []
         try:
             if method == "GET" and route == "state":
-                self._send(200, model.snapshot())
+                self._send(200, {**model.snapshot(), "max_concurrent_puts": self.server.max_concurrent_puts})
             elif method == "GET" and route == "requests":
                 with model.lock:
                     self._send(200, list(model.requests))
@@ -353,6 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
                     description=data.get("description", ""),
                     source=data.get("source", "Platform"),
                     maintenance_seconds=data.get("maintenance_seconds"),
+                    linger_seconds=float(data.get("linger_seconds", 0.0)),
+                    second_impact_after=data.get("second_impact_after"),
+                    second_impact_seconds=float(data.get("second_impact_seconds", 0.0)),
                 )
                 self._send(201, event.to_json("2020-07-01"))
             elif (
@@ -381,6 +398,13 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "incarnation" and method == "POST":
                 model.set_incarnation(int(data["value"]))
                 self._send(200, {})
+            elif (
+                method == "POST"
+                and len(segments) == 3
+                and segments[0] == "vms"
+                and segments[2] == "boot-id-file"
+            ):
+                self._send(200 if model.set_boot_id_file(segments[1], str(data["path"])) else 404, {})
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(
                     data["name"],
@@ -486,6 +510,8 @@ class _Handler(BaseHTTPRequestHandler):
                 arm.settings = ArmSettings(
                     lro_polls=int(data.get("lro_polls", 1)),
                     lro_retry_after=data.get("lro_retry_after"),
+                    status_retry_after=data.get("status_retry_after"),
+                    put_delay=float(data.get("put_delay", 0.0)),
                     tag_policy=data.get("tag_policy"),
                 )
             self._send(200, {})
@@ -583,6 +609,24 @@ class EmulatorServer(ThreadingHTTPServer):
         self.model = model
         self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
         super().__init__((host, port), _Handler)
+        # NIC PUTs being answered right now, and the most seen at once (GET /_emulator/state).
+        self._puts = 0
+        self.max_concurrent_puts = 0
+        self._puts_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def in_flight(self, delay: float) -> Iterator[None]:
+        """Count one NIC PUT while it is answered (taking ``delay`` seconds)."""
+        with self._puts_lock:
+            self._puts += 1
+            self.max_concurrent_puts = max(self.max_concurrent_puts, self._puts)
+        try:
+            if delay > 0:
+                time.sleep(delay)
+            yield
+        finally:
+            with self._puts_lock:
+                self._puts -= 1
 
     @property
     def url(self) -> str:
