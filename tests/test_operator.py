@@ -129,11 +129,24 @@ def test_config_check_suggests_the_phase_a_misspelled_directory_meant(agent: Age
 
 def test_config_check_warns_about_a_missing_hooks_dir(agent: Agent) -> None:
     base = agent.tmp / "no-such-hooks.d"
-    agent.config_text = DEFAULT_CONFIG + f'\n[hooks]\ndir = "{base}"\n'
+    # (method "log": the floor's warning without a lease would be a second one)
+    agent.config_text = DEFAULT_CONFIG + f'\n[hooks]\ndir = "{base}"\n[drain]\nmethod = "log"\n'
     done = agent.run("config", "check")
     assert done.returncode == 0  # no hooks is a valid choice, but not an "OK" one to stay silent about
     assert f"warning: hooks dir {base} does not exist" in done.stderr
     assert "1 warning" in done.stdout
+
+
+def test_config_check_says_the_floor_is_not_coordinated_without_a_lease(agent: Agent) -> None:
+    agent.config_text = DEFAULT_CONFIG
+    done = agent.run("config", "check")
+    assert done.returncode == 0
+    assert "min_in_service is checked by each VM alone" in done.stderr
+    lease = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/applicationSecurityGroups/l"
+    agent.config_text = DEFAULT_CONFIG + f'\n[fleet]\nlease = "{lease}"\n'
+    done = agent.run("config", "check")
+    assert done.returncode == 0, done.stderr
+    assert "min_in_service" not in done.stderr
 
 
 def test_config_check_catches_an_option_without_effect(agent: Agent) -> None:
