@@ -598,6 +598,9 @@ _ERRORS = {
 class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A fleet connects at once (every VM's timer fires in the same second): socketserver's backlog
+    # of 5 would drop their SYNs and time the clients out, which Azure's endpoints do not do.
+    request_queue_size = 1024
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (timeout tests, injected resets) is expected; anything else is a bug.
