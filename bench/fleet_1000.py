@@ -16,6 +16,9 @@ Assumptions (stated in the output too):
   shared by hundreds of VMs. Tokens are fetched through one process-wide setting of azure-identity, so
   ARM's per-principal accounting is approximate; the subscription-wide limits are exact.
 - No lease (one lease holds at most 48 claims: README, fleet model); min_in_service = 1.
+- Each VM names its NIC ([drain] nics): without it every drain, restore and reconcile lists the
+  resource group's 1,000 NICs, which the emulator (one Python process on this machine) cannot serve
+  for 1,000 VMs.
 
     .venv/bin/python bench/fleet_1000.py [--vms 1000] [--scale 4]
 """
@@ -86,7 +89,8 @@ def agents(url: str, names: list[str], scale: float, root: str, stop: Any) -> No
             policy=PolicyConfig(
                 retry_max_seconds=int(60 / scale) or 1, force_before_seconds=int(120 / scale)
             ),
-            drain=DrainConfig(min_in_service=1),
+            # Named NICs: no resource-group NIC list per drain, restore and reconcile (1,000 NICs each).
+            drain=DrainConfig(min_in_service=1, nics=(f"{name}-nic",)),
             fleet=FleetConfig(spread_seconds=5.0),
             approval=ApprovalConfig(slot_seconds=20 / scale, peer_check_interval=30 / scale),
         )
