@@ -183,7 +183,7 @@ def policies() -> list[tuple[str, PolicyConfig, ApprovalConfig]]:
         (
             "2. drain near NotBefore + approve",
             PolicyConfig(lead_time_seconds=max(1, round(played(LEAD)))),
-            ApprovalConfig(near_seconds=3600),
+            ApprovalConfig(near_seconds=0),
         ),
         (
             "3. drainer, restore_when=cleared",
