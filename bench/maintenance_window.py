@@ -35,7 +35,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from drainer.config import ApprovalConfig, AzureConfig, Config, ImdsConfig, LoggingConfig, PolicyConfig
+from drainer.config import (
+    ApprovalConfig,
+    AzureConfig,
+    Config,
+    FleetConfig,
+    ImdsConfig,
+    LoggingConfig,
+    PolicyConfig,
+)
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
 from drainer.log import configure, get_logger
@@ -132,6 +140,8 @@ def play(name: str, policy: PolicyConfig, approval: ApprovalConfig, *, second: b
             state_dir=state_dir,
             imds=ImdsConfig(endpoint=emulator.vm_url("web-0"), deadline=5.0),
             azure=AzureConfig(arm_endpoint=emulator.url, poll_interval=0.05, deadline=30.0),
+            # drainer's spread before a drain or restore (5 s on Azure), at the benchmark's pace
+            fleet=FleetConfig(spread_seconds=played(5)),
             policy=policy,
             approval=approval,
         )
@@ -178,22 +188,24 @@ def play(name: str, policy: PolicyConfig, approval: ApprovalConfig, *, second: b
 
 def policies() -> list[tuple[str, PolicyConfig, ApprovalConfig]]:
     recovered = MappingProxyType({**PolicyConfig().restore_when, "Reboot": "recovered"})
+    # drainer's defaults in Azure seconds, at the benchmark's pace: force_before_seconds 120,
+    # near_seconds 60 (nothing is approved that close to NotBefore), slot_seconds 20.
+    policy = PolicyConfig(force_before_seconds=max(1, round(played(120))))
+    approval = ApprovalConfig(
+        service_ports=(0,), drain_timeout=played(600), near_seconds=played(60), slot_seconds=played(20)
+    )
     return [
-        ("1. drain at once, never approve", PolicyConfig(), ApprovalConfig(enabled=False)),
+        ("1. drain at once, never approve", policy, ApprovalConfig(enabled=False)),
         (
             "2. drain near NotBefore + approve",
-            PolicyConfig(lead_time_seconds=max(1, round(played(LEAD)))),
+            policy._replace(lead_time_seconds=max(1, round(played(LEAD)))),
             ApprovalConfig(near_seconds=0),
         ),
-        (
-            "3. drainer, restore_when=cleared",
-            PolicyConfig(),
-            ApprovalConfig(service_ports=(0,), drain_timeout=played(600)),
-        ),
+        ("3. drainer, restore_when=cleared", policy, approval),
         (
             "4. drainer, restore_when=recovered",
-            PolicyConfig(restore_when=recovered, recovered_grace_seconds=max(1, round(played(GRACE)))),
-            ApprovalConfig(service_ports=(0,), drain_timeout=played(600)),
+            policy._replace(restore_when=recovered, recovered_grace_seconds=max(1, round(played(GRACE)))),
+            approval,
         ),
     ]
 
