@@ -13,14 +13,12 @@ written (marked forced), so the other VMs count it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from azure.mgmt.network.models import ApplicationSecurityGroup
 
 from drainer import metrics
 from drainer.actuator import ActionContext
 from drainer.arm import Network
-from drainer.claims import PREFIX, Claim, admit, decode, key, live, with_claim, without_claim
+from drainer.claims import PREFIX, Claim, admit, decode, key, with_claim, without_claim
 from drainer.core import Drain
 from drainer.errors import ActionError, DrainHeldError
 from drainer.lb_common import ResourceId, read_modify_write
@@ -215,8 +213,3 @@ def _breach(ctx: ActionContext, forced: str, reason: str) -> None:
     ctx.log.warning("draining below the pool's floor: the platform forces it", forced_by=forced, pools=reason)
     metrics.current.inc("floor_breaches", {})
     ctx.notes.append(f"below the floor, forced ({forced}): {reason}")
-
-
-def describe(tags: Any, now: float) -> list[Claim]:
-    """The live claims in a lease's tags (for ``drainer fleet``)."""
-    return live(decode(tags)[0], now)
