@@ -51,7 +51,7 @@ def approve(
     listed = {
         r.casefold()
         for c in approval_candidates(state)
-        if not turn(c, vm.name, state.vm, now, cfg)
+        if c.event.event_type.value in cfg.types and not turn(c, vm.name, state.vm, now, cfg)
         for r in c.event.resources
     }
     if config.dry_run:
