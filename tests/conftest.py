@@ -100,6 +100,19 @@ def control(emulator: RunningEmulator) -> EmulatorControl:
 
 
 @pytest.fixture
+def five(emulator: RunningEmulator, control: EmulatorControl) -> str:
+    """web-0..web-4 in lb-web/web-pool, the pool's timeline cleared; returns the pool id (the fleet
+    tests)."""
+    for name in ("web-3", "web-4"):
+        control.add_vm(name)
+    lb = control.add_load_balancer("lb-web", pools=["web-pool"])
+    for name in [f"web-{i}" for i in range(5)]:
+        control.join(name, "lb-web", "web-pool")
+    control.reset_stats()
+    return f"{lb}/backendAddressPools/web-pool"
+
+
+@pytest.fixture
 def pool(control: EmulatorControl) -> EmulatorControl:
     """lb-web with one NIC-based pool, web-pool, holding web-0, web-1 and web-2."""
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])

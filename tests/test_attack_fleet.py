@@ -9,60 +9,12 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-import pytest
-
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from tests.conftest import DEFAULT_CONFIG, Agent, log_records
+from tests.conftest import DEFAULT_CONFIG, log_records
+from tests.fleet import APPROVING, VMS, fleet_agents, fleet_config, lowest_in_service
 from tests.test_daemon import Daemon
 from tests.zygote import Zygote
-
-VMS = [f"web-{i}" for i in range(5)]
-APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true\npeer_check_interval = 0")
-
-
-def _config(
-    lease: str,
-    *,
-    min_in_service: int = 1,
-    max_unavailable: int = 0,
-    base: str = DEFAULT_CONFIG,
-    drain: str = "",
-    extra: str = "",
-) -> str:
-    return (
-        base
-        + f"\n[drain]\nmin_in_service = {min_in_service}\nmax_unavailable = {max_unavailable}\n{drain}"
-        + (f'\n[fleet]\nlease = "{lease}"\nclaim_seconds = 900\n' if lease else "")
-        + extra
-    )
-
-
-def _fleet(
-    emulator: RunningEmulator, tmp: Path, names: list[str], config: str, zygote: Zygote | None
-) -> dict[str, Agent]:
-    agents = {}
-    for name in names:
-        (tmp / name).mkdir()
-        agents[name] = Agent(emulator=emulator, tmp=tmp / name, vm=name, config_text=config, zygote=zygote)
-    return agents
-
-
-def _lowest(control: EmulatorControl, pool_id: str) -> int:
-    counts = [c for _, p, c in control.stats()["timeline"] if p == pool_id.lower()]
-    return int(min([len(VMS), *counts]))
-
-
-@pytest.fixture
-def five(emulator: RunningEmulator, control: EmulatorControl) -> str:
-    """web-0..web-4 in lb-web/web-pool; returns the pool id."""
-    for name in VMS[3:]:
-        control.add_vm(name)
-    lb = control.add_load_balancer("lb-web", pools=["web-pool"])
-    for name in VMS:
-        control.join(name, "lb-web", "web-pool")
-    control.reset_stats()
-    return f"{lb}/backendAddressPools/web-pool"
 
 
 def test_a_held_drain_is_not_carried_out_by_the_next_reconcile(
@@ -74,8 +26,12 @@ def test_a_held_drain_is_not_carried_out_by_the_next_reconcile(
     # hold_floor treats as forced: no floor, no breach shown.
     base = DEFAULT_CONFIG.replace("retry_max_seconds = 0", "retry_max_seconds = 3600")
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(
-        emulator, tmp_path, VMS[:2], _config(lease, min_in_service=1, max_unavailable=1, base=base), zygote
+    agents = fleet_agents(
+        emulator,
+        tmp_path,
+        VMS[:2],
+        fleet_config(lease, min_in_service=1, max_unavailable=1, base=base),
+        zygote,
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -89,7 +45,7 @@ def test_a_held_drain_is_not_carried_out_by_the_next_reconcile(
     assert done.returncode == 0, done.stderr
     events = [r["event"] for r in log_records(done.stderr)]
     assert control.nic_pools("web-1-nic") != [], f"a held drain went ahead through a reconcile: {events}"
-    assert _lowest(control, five) >= len(VMS) - 1
+    assert lowest_in_service(control, five) >= len(VMS) - 1
 
 
 def test_a_listed_vm_seen_out_once_is_read_again_before_the_approval(
@@ -99,8 +55,8 @@ def test_a_listed_vm_seen_out_once_is_read_again_before_the_approval(
     # never reads them again. A listed VM that is put back into its pool meanwhile (an operator, a
     # deployment pipeline re-applying the pool) is then in service when the approval starts the
     # maintenance for every listed VM.
-    config = _config("", min_in_service=0, base=APPROVING)
-    agents = _fleet(emulator, tmp_path, VMS[:3], config, zygote)
+    config = fleet_config("", min_in_service=0, base=APPROVING)
+    agents = fleet_agents(emulator, tmp_path, VMS[:3], config, zygote)
     control.schedule("Reboot", VMS[:3], not_before_in=900)
     assert agents["web-1"].check().returncode == 0
     assert control.nic_pools("web-1-nic") == []
@@ -125,7 +81,9 @@ def test_a_listed_vm_in_an_ip_based_pool_of_another_load_balancer_blocks_the_app
     control.join("web-1", "lb-web", "web-pool")
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-1")
-    agents = _fleet(emulator, tmp_path, ["web-0"], _config("", min_in_service=0, base=APPROVING), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+    )
     control.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
     control.leave("web-1", "lb-web", "web-pool")  # out of the NIC pool, still in the IP pool
     assert agents["web-0"].check().returncode == 0
@@ -154,8 +112,8 @@ def test_the_floor_holds_in_application_gateway_pools(
     agw_pool = f"{rg}/providers/Microsoft.Network/applicationGateways/agw/backendAddressPools/agw-pool"
     for name in VMS[:2]:
         control.join_app_gateway(name, agw_pool)
-    config = _config(lease, min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
-    agents = _fleet(emulator, tmp_path, VMS[:2], config, zygote)
+    config = fleet_config(lease, min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     for name in VMS[:2]:
         control.schedule("Reboot", [name], not_before_in=3600)
     for name in VMS[:2]:
@@ -173,14 +131,14 @@ def test_a_vm_out_every_minute_keeps_its_claim_alive(
     # Now a claim must live at least three reconcile intervals (a shorter one is refused), and every
     # reconcile of a VM out renews it.
     lease = control.add_asg("drainer-lease")
-    short = _config(lease, min_in_service=1, max_unavailable=1).replace(
+    short = fleet_config(lease, min_in_service=1, max_unavailable=1).replace(
         "claim_seconds = 900", "claim_seconds = 300"
     )
-    refused = _fleet(emulator, tmp_path, ["web-2"], short, zygote)["web-2"].check()
+    refused = fleet_agents(emulator, tmp_path, ["web-2"], short, zygote)["web-2"].check()
     assert refused.returncode == 2
     assert "fleet.claim_seconds" in refused.stderr
     config = short.replace("retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 100")
-    agents = _fleet(emulator, tmp_path, VMS[:2], config, zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     for minute in range(8):  # cron: one run a minute, web-0 out the whole time
@@ -202,7 +160,9 @@ def test_one_failed_renewal_does_not_lose_a_live_vms_claim_for_good(
     # expired, and renew_claim never writes a claim that is not live: web-0 stays out without one,
     # and web-1 takes the only slot (max_unavailable = 1).
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=1, max_unavailable=1), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
+    )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     for minute in range(17):
@@ -224,11 +184,11 @@ def test_idle_runs_after_a_fleet_cycle_make_no_arm_call_and_import_no_sdk(
     # A whole cycle with the lease and approvals on (drain, claim, approval, restore, release),
     # then idle runs: no Azure SDK import, no ARM request.
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(
+    agents = fleet_agents(
         emulator,
         tmp_path,
         ["web-0"],
-        _config(lease, min_in_service=1, max_unavailable=1, base=APPROVING),
+        fleet_config(lease, min_in_service=1, max_unavailable=1, base=APPROVING),
         zygote,
     )
     event_id = control.schedule("Reboot", ["web-0"], not_before_in=900)
@@ -256,7 +216,7 @@ def test_a_forced_drain_below_the_floor_is_visible_when_the_lease_cannot_be_read
     # but the floor is then never evaluated, so a drain that takes the pool below min_in_service
     # leaves no floor_breach in status (nor drainer_floor_breaches_total, nor the warning).
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=4), zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=4), zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     control.schedule("Reboot", ["web-1"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
@@ -265,7 +225,7 @@ def test_a_forced_drain_below_the_floor_is_visible_when_the_lease_cannot_be_read
     done = agents["web-1"].check(TEST_CLOCK_OFFSET="840")  # NotBefore within force_before_seconds
     control.clear_faults()
     assert agents["web-1"].status()["vm"]["drain_state"] == "drained"
-    assert _lowest(control, five) == 3  # below min_in_service = 4
+    assert lowest_in_service(control, five) == 3  # below min_in_service = 4
     events = [r["event"] for r in log_records(done.stderr)]
     assert agents["web-1"].status().get("floor_breach"), events
 
@@ -279,7 +239,7 @@ def test_no_approval_lands_within_near_seconds_of_not_before(
     base = APPROVING.replace("deadline = 20.0", "deadline = 60.0").replace(
         "peer_check_interval = 0", "peer_check_interval = 0\nnear_seconds = 30"
     )
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config("", min_in_service=0, base=base), zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config("", min_in_service=0, base=base), zygote)
     event_id = control.schedule("Reboot", VMS[:2], not_before_in=50)
     scheduled = next(e for e in control.state()["events"] if e["EventId"] == event_id)
     not_before = parsedate_to_datetime(scheduled["NotBefore"]).timestamp()
@@ -305,7 +265,9 @@ def test_the_approver_itself_is_in_no_pool_when_it_approves(
     control.join("web-0", "lb-web", "web-pool")
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-0")
-    agents = _fleet(emulator, tmp_path, ["web-0"], _config("", min_in_service=0, base=APPROVING), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+    )
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
     assert control.nic_pools("web-0-nic") == []
@@ -321,8 +283,8 @@ def test_the_daemon_with_default_back_off_keeps_a_held_drain_held(
     # poll after the held drain reconciles, and the reconcile takes web-1 out.
     base = DEFAULT_CONFIG.replace("retry_max_seconds = 0", "retry_max_seconds = 60")
     lease = control.add_asg("drainer-lease")
-    config = _config(lease, min_in_service=1, max_unavailable=1, base=base)
-    agents = _fleet(emulator, tmp_path, VMS[:2], config, zygote)
+    config = fleet_config(lease, min_in_service=1, max_unavailable=1, base=base)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     agents["web-1"].config_text = config + "\n[daemon]\npoll_interval = 0.2\nstop_timeout = 20\n"
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -357,7 +319,9 @@ def test_max_unavailable_counts_vms_and_min_in_service_counts_members(
     control.join("web-0", "lb-web", "web-pool", nic="web-0-nic2")
     control.reset_stats()
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:3], _config(lease, min_in_service=1, max_unavailable=2), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, VMS[:3], fleet_config(lease, min_in_service=1, max_unavailable=2), zygote
+    )
     for name in VMS[:3]:
         control.schedule("Reboot", [name], not_before_in=3600)
     for name in VMS[:3]:
@@ -376,9 +340,13 @@ def test_a_lease_whose_claims_a_tag_policy_strips_does_not_hand_out_every_slot(
     # slot" and the slots never run out: two VMs out with max_unavailable = 1.
     control.arm_settings(tag_policy="strip")
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=1, max_unavailable=1), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
+    )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     for name in VMS[:2]:
         assert agents[name].check().returncode == 0
-    assert _lowest(control, five) >= len(VMS) - 1, {n: a.status()["vm"]["held"] for n, a in agents.items()}
+    assert lowest_in_service(control, five) >= len(VMS) - 1, {
+        n: a.status()["vm"]["held"] for n, a in agents.items()
+    }

@@ -8,37 +8,10 @@ from pathlib import Path
 
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from tests.conftest import DEFAULT_CONFIG, Agent, log_records
+from tests.agent_entry import CRASH_EXIT
+from tests.conftest import log_records
+from tests.fleet import APPROVING, fleet_agents, fleet_config
 from tests.zygote import Zygote
-
-CRASH_EXIT = 137
-APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true\npeer_check_interval = 0")
-
-
-def _config(
-    lease: str,
-    *,
-    min_in_service: int = 1,
-    max_unavailable: int = 0,
-    extra: str = "",
-    base: str = DEFAULT_CONFIG,
-) -> str:
-    return (
-        base
-        + f"\n[drain]\nmin_in_service = {min_in_service}\nmax_unavailable = {max_unavailable}\n"
-        + (f'\n[fleet]\nlease = "{lease}"\nclaim_seconds = 900\n' if lease else "")
-        + extra
-    )
-
-
-def _fleet(
-    emulator: RunningEmulator, tmp: Path, names: list[str], config: str, zygote: Zygote | None
-) -> dict[str, Agent]:
-    agents = {}
-    for name in names:
-        (tmp / name).mkdir()
-        agents[name] = Agent(emulator=emulator, tmp=tmp / name, vm=name, config_text=config, zygote=zygote)
-    return agents
 
 
 def _out_of(control: EmulatorControl, vms: list[str], nics: dict[str, list[str]], pool: str) -> list[str]:
@@ -78,8 +51,8 @@ def test_a_crash_between_the_nic_writes_of_a_multi_nic_vm_does_not_drop_a_pool_f
     # claimed, so a second VM takes it as a free slot while web-0 is still out of it.
     _two_pools(control)
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(
-        emulator, tmp_path, ["web-0", "web-1", "web-2"], _config(lease, max_unavailable=1), zygote
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0", "web-1", "web-2"], fleet_config(lease, max_unavailable=1), zygote
     )
     for name in ("web-0", "web-1", "web-2"):
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -111,10 +84,10 @@ def test_a_reconcile_taking_a_vm_out_of_one_pool_again_keeps_its_claim_on_the_ot
     for name in ("web-0", "web-2", "web-4"):
         control.join(name, "lb-b", "pool-b")
     lease = control.add_asg("drainer-lease")
-    config = _config(lease, max_unavailable=1).replace(
+    config = fleet_config(lease, max_unavailable=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
-    agents = _fleet(emulator, tmp_path, ["web-0", "web-1"], config, zygote)
+    agents = fleet_agents(emulator, tmp_path, ["web-0", "web-1"], config, zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     assert agents["web-0"].check().returncode == 0
@@ -138,8 +111,8 @@ def test_the_second_approver_waits_its_slot_even_when_it_was_out_before_the_even
     # in the same minute ("one normally") and the stagger that protects against double approvals is
     # gone.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
-    agents = _fleet(
-        emulator, tmp_path, ["web-0", "web-1"], _config("", min_in_service=0, base=APPROVING), zygote
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0", "web-1"], fleet_config("", min_in_service=0, base=APPROVING), zygote
     )
     for name in ("web-0", "web-1"):
         done = agents[name].run("drain", TEST_CLOCK_OFFSET="-3600")
@@ -159,10 +132,10 @@ def test_a_vm_put_back_into_its_pool_is_taken_out_again_once_the_platform_forces
     # reconcile that should take web-0 out again is never forced (action None) and is held by the
     # floor, so web-0 serves through its own reboot, and nothing reports a breach.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
-    config = _config("", min_in_service=1).replace(
+    config = fleet_config("", min_in_service=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
-    agent = _fleet(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
+    agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
     event = control.schedule("Reboot", ["web-0"], not_before_in=3600)
     assert agent.check().returncode == 0
     assert control.nic_pools("web-0-nic") == []
@@ -184,7 +157,9 @@ def test_a_vm_whose_drain_is_held_after_a_crash_leaves_no_claim_behind(
     # web-0 as leaving, and made web-1's forced drain report a breach that did not happen.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, ["web-0", "web-1"], _config(lease, max_unavailable=1), zygote)
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0", "web-1"], fleet_config(lease, max_unavailable=1), zygote
+    )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     crashed = agents["web-0"].check(TEST_CRASH_AT="nic-recorded")
     assert crashed.returncode == CRASH_EXIT, crashed.stderr
@@ -211,8 +186,8 @@ def test_admin_state_takes_the_vm_out_of_ip_pools_of_load_balancers_in_other_res
     for name in ("web-0", "web-1"):
         control.add_ip_member("lb-web", "web-pool", name)
         control.add_ip_member("lb-api", "api-pool", name)
-    config = _config("", min_in_service=0, extra='method = "admin-state"\n')
-    agent = _fleet(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
+    config = fleet_config("", min_in_service=0, extra='method = "admin-state"\n')
+    agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
     control.schedule("Reboot", ["web-0"], not_before_in=60)
     done = agent.check()
     assert done.returncode == 0, done.stderr

@@ -5,73 +5,14 @@ claims of a VM that died. Every VM runs the real CLI in its own process against 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from tests.conftest import DEFAULT_CONFIG, Agent, log_records
-
-VMS = [f"web-{i}" for i in range(5)]
-
-
-APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true\npeer_check_interval = 0")
-
-
-def _config(lease: str, *, min_in_service: int = 1, max_unavailable: int = 0, extra: str = "") -> str:
-    return (
-        DEFAULT_CONFIG
-        + f"\n[drain]\nmin_in_service = {min_in_service}\nmax_unavailable = {max_unavailable}\n"
-        + (f'\n[fleet]\nlease = "{lease}"\nclaim_seconds = 900\n' if lease else "")
-        + extra
-    )
-
-
-def _fleet(emulator: RunningEmulator, tmp: Path, names: list[str], config: str) -> dict[str, Agent]:
-    agents = {}
-    for name in names:
-        (tmp / name).mkdir()
-        # Fresh interpreters, not the fork server: the runs really overlap.
-        agents[name] = Agent(emulator=emulator, tmp=tmp / name, vm=name, config_text=config)
-    return agents
-
-
-def _together(agents: list[Agent], *args: str, **env: str) -> list[Any]:
-    """Run ``drainer ARGS`` for every agent at once; their results in order."""
-    results: list[Any] = [None] * len(agents)
-    barrier = threading.Barrier(len(agents))
-
-    def one(i: int) -> None:
-        barrier.wait()
-        results[i] = agents[i].run(*args, **env)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(agents))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def _lowest(control: EmulatorControl, pool_id: str) -> int:
-    """The fewest members the pool had in service since the fixture set it up (with all five)."""
-    counts = [c for _, p, c in control.stats()["timeline"] if p == pool_id.lower()]
-    return min([len(VMS), *counts])
-
-
-@pytest.fixture
-def five(emulator: RunningEmulator, control: EmulatorControl) -> str:
-    """web-0..web-4 in lb-web/web-pool; returns the pool id."""
-    for name in VMS[3:]:
-        control.add_vm(name)
-    lb = control.add_load_balancer("lb-web", pools=["web-pool"])
-    for name in VMS:
-        control.join(name, "lb-web", "web-pool")
-    control.reset_stats()
-    return f"{lb}/backendAddressPools/web-pool"
+from tests.conftest import DEFAULT_CONFIG, log_records
+from tests.fleet import APPROVING, VMS, fleet_agents, fleet_config, lowest_in_service, together
 
 
 @pytest.mark.parametrize(("min_in_service", "max_unavailable", "drained"), [(1, 0, 4), (3, 0, 2), (1, 1, 1)])
@@ -86,26 +27,26 @@ def test_the_race_never_takes_the_pool_below_its_floor(  # noqa: PLR0917 - fixtu
 ) -> None:
     # Five VMs, each with its own Reboot at the same moment, all deciding in the same second.
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(
+    agents = fleet_agents(
         emulator,
         tmp_path,
         VMS,
-        _config(lease, min_in_service=min_in_service, max_unavailable=max_unavailable),
+        fleet_config(lease, min_in_service=min_in_service, max_unavailable=max_unavailable),
     )
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
-    results = _together(list(agents.values()), "check")
+    results = together(list(agents.values()), "check")
     assert all(r.returncode == 0 for r in results), [r.stderr[-400:] for r in results]
     states = {n: a.status()["vm"]["drain_state"] for n, a in agents.items()}
     assert sorted(states.values()).count("drained") == drained, states
-    assert _lowest(control, five) == len(VMS) - drained >= min_in_service
+    assert lowest_in_service(control, five) == len(VMS) - drained >= min_in_service
     # The held ones keep serving and say why.
     for name, state in states.items():
         if state != "drained":
             assert "no slot" in agents[name].status()["vm"]["held"]
     # Running everyone again changes nothing: the slots are still taken.
-    assert all(r.returncode == 0 for r in _together(list(agents.values()), "check"))
-    assert _lowest(control, five) >= min_in_service
+    assert all(r.returncode == 0 for r in together(list(agents.values()), "check"))
+    assert lowest_in_service(control, five) >= min_in_service
 
 
 def test_without_a_lease_the_floor_is_only_checked_alone(
@@ -113,19 +54,19 @@ def test_without_a_lease_the_floor_is_only_checked_alone(
 ) -> None:
     # Sequential runs: each sees the others' drains in the pool, so the floor holds even without a
     # lease (only VMs deciding in the same second can pass it together: README, fleet model).
-    agents = _fleet(emulator, tmp_path, VMS, _config("", min_in_service=2))
+    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config("", min_in_service=2))
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
     for agent in agents.values():
         assert agent.check().returncode == 0
-    assert _lowest(control, five) == 2
+    assert lowest_in_service(control, five) == 2
 
 
 def test_near_not_before_the_platform_forces_the_drain_and_the_breach_is_visible(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS, _config(lease, min_in_service=1, max_unavailable=1))
+    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config(lease, min_in_service=1, max_unavailable=1))
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
     for agent in agents.values():
@@ -139,14 +80,14 @@ def test_near_not_before_the_platform_forces_the_drain_and_the_breach_is_visible
         assert agents[name].status()["vm"]["drain_state"] == "drained"
         assert any("below the pool's floor" in r["event"] for r in log_records(done.stderr))
         assert "below the floor, forced" in agents[name].status()["floor_breach"]["what"][0]
-    assert _lowest(control, five) == 0
+    assert lowest_in_service(control, five) == 0
 
 
 def test_a_dead_first_approver_costs_one_slot(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
-    config = _config("", min_in_service=0).replace(DEFAULT_CONFIG, APPROVING)
-    agents = _fleet(emulator, tmp_path, VMS[:3], config)
+    config = fleet_config("", min_in_service=0).replace(DEFAULT_CONFIG, APPROVING)
+    agents = fleet_agents(emulator, tmp_path, VMS[:3], config)
     event_id = control.schedule("Reboot", VMS[:3], not_before_in=900)
     # web-0 drains and dies before anyone else is out: it never approves.
     assert agents["web-0"].check().returncode == 0
@@ -172,7 +113,7 @@ def test_listed_vms_in_two_pools_and_another_resource_group(
     control.add_load_balancer("lb-api", pools=["api-pool"], resource_group="rg-net")
     control.join("web-3", "lb-api", "api-pool")
     config = APPROVING + "\n[drain]\nmin_in_service = 0\n"
-    agents = _fleet(emulator, tmp_path, ["web-0", "web-3"], config)
+    agents = fleet_agents(emulator, tmp_path, ["web-0", "web-3"], config)
     nic = control.nic("web-3-nic")["id"]
     agents["web-3"].config_text = config.replace(
         "min_in_service = 0", f'min_in_service = 0\nnics = ["{nic}"]'
@@ -198,7 +139,9 @@ def test_the_claim_of_a_vm_that_died_expires(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=0, max_unavailable=1))
+    agents = fleet_agents(
+        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=0, max_unavailable=1)
+    )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     assert agents["web-0"].check().returncode == 0  # takes the one slot, drains, then dies
@@ -214,7 +157,9 @@ def test_a_restore_releases_the_slot(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=0, max_unavailable=1))
+    agents = fleet_agents(
+        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=0, max_unavailable=1)
+    )
     first = control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     assert agents["web-0"].check().returncode == 0
@@ -234,8 +179,8 @@ def test_throttled_arm_is_waited_out_with_retry_after(
     # A write bucket of one token refilled every two seconds: the drain's second write is throttled
     # (429 with Retry-After) and goes through once the token is back.
     control.throttle(enabled=True, arm_write=[1, 0.5])
-    agents = _fleet(
-        emulator, tmp_path, ["web-0"], _config(control.add_asg("drainer-lease"), min_in_service=0)
+    agents = fleet_agents(
+        emulator, tmp_path, ["web-0"], fleet_config(control.add_asg("drainer-lease"), min_in_service=0)
     )
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     done = agents["web-0"].check()
@@ -251,7 +196,7 @@ def test_fleet_shows_every_vm_of_the_pool_in_or_out_with_its_claim(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = _fleet(emulator, tmp_path, VMS[:2], _config(lease, min_in_service=1))
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1))
     event_id = control.schedule("Reboot", ["web-1"], not_before_in=900)
     assert agents["web-1"].check().returncode == 0
     done = agents["web-0"].run("fleet", "--json")

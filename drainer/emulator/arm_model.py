@@ -707,16 +707,19 @@ class ArmModel:
             for pool in lb["properties"]["backendAddressPools"]:
                 if "loadBalancerBackendAddresses" in pool["properties"]:
                     continue
-                pool["properties"]["backendIPConfigurations"] = [
-                    {"id": c["id"]}
-                    for n in self.nics.values()
-                    for c in n["properties"]["ipConfigurations"]
-                    if any(
-                        r["id"].lower() == pool["id"].lower()
-                        for r in c["properties"].get("loadBalancerBackendAddressPools") or []
-                    )
-                ]
+                pool["properties"]["backendIPConfigurations"] = self._members(
+                    pool["id"], "loadBalancerBackendAddressPools"
+                )
             return lb
+
+    def _members(self, pool_id: str, key: str) -> list[dict[str, str]]:
+        """A pool's ``backendIPConfigurations``: the NIC ipConfigurations whose ``key`` names it."""
+        return [
+            {"id": c["id"]}
+            for n in self.nics.values()
+            for c in n["properties"]["ipConfigurations"]
+            if any(r["id"].lower() == pool_id.lower() for r in c["properties"].get(key) or [])
+        ]
 
     def list_lbs(self, group: str | None = None) -> dict[str, Any]:
         with self.lock:
@@ -754,13 +757,7 @@ class ArmModel:
         with self.lock:
             gateway = copy.deepcopy(self._resource(self.appgws, "applicationGateways", name))
             for pool in gateway["properties"]["backendAddressPools"]:
-                pool["properties"]["backendIPConfigurations"] = [
-                    {"id": c["id"]}
-                    for n in self.nics.values()
-                    for c in n["properties"]["ipConfigurations"]
-                    if any(
-                        r["id"].lower() == pool["id"].lower()
-                        for r in c["properties"].get("applicationGatewayBackendAddressPools") or []
-                    )
-                ]
+                pool["properties"]["backendIPConfigurations"] = self._members(
+                    pool["id"], "applicationGatewayBackendAddressPools"
+                )
             return gateway
