@@ -68,6 +68,22 @@ def wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def start_daemon(emulator: RunningEmulator, tmp: Path) -> subprocess.Popen[bytes]:
+    """``drainer run`` against the emulator, returned once its first check is recorded."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "drainer", "run"],
+        env=environment(emulator, tmp),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(tmp / "state" / "last-check")
+    except BaseException:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        raise
+    return daemon
+
+
 def daemon_cpu(others: int, seconds: float) -> float:
     """CPU % of `drainer run` over ``seconds`` with ``others`` events for other VMs listed."""
     with RunningEmulator(["web-0", "web-1"]) as emulator, tempfile.TemporaryDirectory() as tmp_name:
@@ -75,13 +91,8 @@ def daemon_cpu(others: int, seconds: float) -> float:
         control = EmulatorControl(emulator.url)
         for _ in range(others):
             control.schedule("Freeze", ["web-1"], not_before_in=86400, duration=5)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "drainer", "run"],
-            env=environment(emulator, tmp),
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(emulator, tmp)
         try:
-            wait_for(tmp / "state" / "last-check")
             time.sleep(3)  # past start-up and the first (recording) poll
             cpu0, wall0 = cpu_seconds(daemon.pid), time.monotonic()
             time.sleep(seconds)
@@ -99,13 +110,8 @@ def fsyncs_per_hour(seconds: float) -> float | None:
         tmp = Path(tmp_name)
         control = EmulatorControl(emulator.url)
         control.schedule("Reboot", ["web-1"], not_before_in=86400)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "drainer", "run"],
-            env=environment(emulator, tmp),
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(emulator, tmp)
         try:
-            wait_for(tmp / "state" / "last-check")
             time.sleep(2)
             out = tmp / "strace.txt"
             tracer = subprocess.Popen(
