@@ -221,8 +221,9 @@ def test_status_answers_is_it_working(agent: Agent, control: EmulatorControl) ->
 
 
 def test_a_failed_drain_is_a_failed_check(agent: Agent, control: EmulatorControl) -> None:
-    # IMDS answers; ARM fails every request: the drain itself fails.
-    control.fault(match="/networkInterfaces", status=500, count=10_000)
+    # IMDS answers; ARM fails every request: the drain itself fails. Retry-After (2 s) makes the next
+    # retry pass the 1 s deadline whatever the retries' jitter draws.
+    control.fault(match="/networkInterfaces", status=500, count=10_000, retry_after="2")
     agent.config_text = DEFAULT_CONFIG.replace("deadline = 20.0", "deadline = 1.0")
     control.schedule("Reboot", ["web-0"])
     assert agent.check().returncode == 1
