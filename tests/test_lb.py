@@ -118,7 +118,7 @@ def test_412_is_re_read_and_retried_keeping_the_other_writer(agent: Agent, topol
 
 def test_429_with_retry_after_is_honoured(agent: Agent, topology: EmulatorControl) -> None:
     topology.fault(
-        match="networkInterfaces/web-0-nic",
+        match="networkInterfaces/web-0-nic$",
         method="PUT",
         status=429,
         count=1,
@@ -138,7 +138,7 @@ def test_retry_after_beyond_the_deadline_fails_fast_and_is_retried_next_run(
     agent: Agent, topology: EmulatorControl
 ) -> None:
     agent.config_text = DEFAULT_CONFIG.replace("deadline = 20.0", "deadline = 3.0")
-    topology.fault(match="networkInterfaces/web-0-nic", method="PUT", status=429, count=1, retry_after="600")
+    topology.fault(match="networkInterfaces/web-0-nic$", method="PUT", status=429, count=1, retry_after="600")
     topology.schedule("Reboot", ["web-0"])
     done = agent.check()
     assert done.returncode == 1
@@ -149,7 +149,8 @@ def test_retry_after_beyond_the_deadline_fails_fast_and_is_retried_next_run(
 
 
 def test_lro_failure_then_success_on_the_next_run(agent: Agent, topology: EmulatorControl) -> None:
-    topology.fail_next_lro(1)
+    # web-0 has two NICs written concurrently: name the one that fails, or either may.
+    topology.fail_next_lro(1, nic="web-0-nic")
     topology.schedule("Reboot", ["web-0"])
     done = agent.check()
     assert done.returncode == 1
@@ -344,7 +345,7 @@ def test_arm_errors_surface_their_text(agent: Agent, topology: EmulatorControl) 
         "'Microsoft.Network/loadBalancers/backendAddressPools/join/action' on the linked scope(s)."
     )
     topology.fault(
-        match="networkInterfaces/web-0-nic",
+        match="networkInterfaces/web-0-nic$",
         method="PUT",
         status=403,
         count=1,
@@ -425,7 +426,7 @@ def test_retryable_error_due_to_another_operation_waits_as_told(
         '[{"code": "RetryableErrorDueToAnotherOperation", "message": "Operation X is updating resource Y. '
         'The call can be retried in 1 seconds."}]}}'
     )
-    topology.fault(match="networkInterfaces/web-0-nic", method="PUT", status=429, count=1, body=body)
+    topology.fault(match="networkInterfaces/web-0-nic$", method="PUT", status=429, count=1, body=body)
     topology.schedule("Reboot", ["web-0"])
     assert agent.check().returncode == 0
     puts = [r for r in _arm_requests(topology) if r["method"] == "PUT" and r["path"].endswith("web-0-nic")]

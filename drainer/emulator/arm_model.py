@@ -147,6 +147,7 @@ class ArmModel:
     operations: dict[str, Operation] = field(default_factory=dict)
     settings: ArmSettings = field(default_factory=ArmSettings)
     fail_next_lro: int = 0
+    fail_lro_nic: str | None = None  # only writes of this NIC (lower-case) fail; None: any NIC
     mutations: list[Mutation] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
     asgs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -645,7 +646,7 @@ class ArmModel:
             for config in updated["properties"]["ipConfigurations"]:
                 config["etag"] = etag
             operation = str(uuid.uuid4())
-            fail = self.fail_next_lro > 0
+            fail = self.fail_next_lro > 0 and self.fail_lro_nic in (None, name.lower())
             if fail:
                 self.fail_next_lro -= 1
             else:

@@ -47,6 +47,7 @@ class EmulatorControl:
         self._call("DELETE", "document")
 
     def fault(self, **fields: Any) -> None:
+        """Fail matching requests: ``match`` is a substring of the path, or its end if it ends with $."""
         self._call("POST", "faults", fields)
 
     def clear_faults(self) -> None:
@@ -207,8 +208,9 @@ class EmulatorControl:
         """Answer long-running writes with an ``Azure-AsyncOperation`` URL on ``host`` (host:port)."""
         self._call("POST", "arm/lro-host", {"host": host})
 
-    def fail_next_lro(self, count: int = 1) -> None:
-        self._call("POST", "arm/fail-lro", {"count": count})
+    def fail_next_lro(self, count: int = 1, *, nic: str | None = None) -> None:
+        """The next ``count`` NIC writes (of ``nic`` only, if named) end Failed and change nothing."""
+        self._call("POST", "arm/fail-lro", {"count": count, "nic": nic})
 
     def concurrent_change(
         self, nic: str, *, tag: tuple[str, str] | None = None, add_pool: tuple[str, str] | None = None

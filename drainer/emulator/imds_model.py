@@ -477,7 +477,12 @@ class ImdsModel:
             for fault in self.faults:
                 if fault.method not in (None, method):
                     continue
-                if fault.match in path and fault.count > 0:
+                # "...$": the path must end there (web-0-nic, not web-0-nic2); otherwise a substring.
+                if fault.match.endswith("$"):
+                    matched = path.endswith(fault.match[:-1])
+                else:
+                    matched = fault.match in path
+                if matched and fault.count > 0:
                     fault.count -= 1
                     if fault.count == 0:
                         self.faults.remove(fault)

@@ -19,7 +19,8 @@ Control routes (JSON in, JSON out):
   PUT    /_emulator/document                  serve this body verbatim (any bytes) until DELETE
   DELETE /_emulator/document
   POST   /_emulator/faults                    {"match", "status", "count", "body", "delay",
-                                               "retry_after", "reset"}
+                                               "retry_after", "reset"}  (match: a substring of
+                                               the path, or its end when it ends with "$")
   DELETE /_emulator/faults
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
@@ -521,6 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "POST" and route == "fail-lro":
             with arm.lock:
                 arm.fail_next_lro = int(data.get("count", 1))
+                nic = data.get("nic")
+                arm.fail_lro_nic = str(nic).lower() if nic else None
             self._send(200, {})
         elif method == "POST" and route == "mutate":
             with arm.lock:
