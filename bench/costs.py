@@ -1,6 +1,8 @@
 """Benchmark: drainer's running costs side by side, in one run, against the emulator (issue 14).
 
-1. Daemon CPU (1 s polling) with 0, 100 and 1,000 events for other VMs listed (goal: within 1.2x of 0).
+1. Daemon CPU (1 s polling) with 0, 100 and 1,000 events for other VMs listed (goal: within 1.2x of 0),
+   with IMDS answering with an ETag (304 while unchanged) and without one (IMDS is not documented to
+   send ETags: the case to plan for).
 2. fsync calls per hour of the daemon with one event for another VM listed, unchanged (goal: 0):
    `strace -c -f -e trace=fsync,fdatasync` attached to the running daemon (root), extrapolated.
 3. Idle `drainer check` and `drainer status --json` with 0 and 10,000 past (cleared) events and their
@@ -8,7 +10,7 @@
 4. A drain of a VM with 4 NICs versus 1 NIC (goal: within 1.3x): the drain action's own duration as
    drainer logs it, default [azure] poll_interval (1 s), the emulator answering InProgress once.
 
-    .venv/bin/python bench/costs.py [--seconds 20] [--runs 15] [--drains 5]
+    .venv/bin/python bench/costs.py [--seconds 20] [--runs 15] [--drains 5] [--only-cpu]
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ def start_daemon(emulator: RunningEmulator, tmp: Path) -> subprocess.Popen[bytes
     return daemon
 
 
-def daemon_cpu(others: int, seconds: float) -> float:
-    """CPU % of `drainer run` over ``seconds`` with ``others`` events for other VMs listed."""
+def daemon_cpu(others: int, seconds: float, *, etags: bool = True) -> float:
+    """CPU % of `drainer run` over ``seconds`` with ``others`` events for other VMs listed; ``etags``:
+    whether IMDS answers carry an ETag (and 304 when unchanged; not documented for IMDS)."""
     with RunningEmulator(["web-0", "web-1"]) as emulator, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         control = EmulatorControl(emulator.url)
+        control.imds_etags(etags)
         for _ in range(others):
             control.schedule("Freeze", ["web-1"], not_before_in=86400, duration=5)
         daemon = start_daemon(emulator, tmp)
@@ -250,14 +254,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--drains", type=int, default=5)
+    parser.add_argument("--only-cpu", action="store_true", help="measure the daemon's CPU only")
     args = parser.parse_args()
-    cpu = {n: daemon_cpu(n, args.seconds) for n in (0, 100, 1000)}
+    cpu = {
+        (n, etags): daemon_cpu(n, args.seconds, etags=etags)
+        for etags in (True, False)
+        for n in (0, 100, 1000)
+    }
+    print(f"{'measure':<58} {'value':>12} {'ratio':>8}")
+    for etags in (True, False):
+        how = "IMDS sends ETags" if etags else "IMDS sends no ETag"
+        for n in (0, 100, 1000):
+            value, ratio = cpu[(n, etags)], cpu[(n, etags)] / cpu[(0, etags)]
+            print(f"{f'daemon CPU, {n} events for other VMs ({how})':<58} {value:>11.2f}% {ratio:>7.2f}x")
+    if args.only_cpu:
+        return 0
     fsyncs = fsyncs_per_hour(args.seconds)
     idle = idle_costs(args.runs)
     drains = {n: drain_seconds(n, args.drains) for n in (1, 4)}
-    print(f"{'measure':<58} {'value':>12} {'ratio':>8}")
-    for n in (0, 100, 1000):
-        print(f"{f'daemon CPU, {n} events for other VMs':<58} {cpu[n]:>11.2f}% {cpu[n] / cpu[0]:>7.2f}x")
     shown = "n/a (no strace)" if fsyncs is None else f"{fsyncs:.0f}"
     print(f"{'fsync+fdatasync per hour, an event for another VM listed':<58} {shown:>12}")
     for name in ("check", "status --json"):

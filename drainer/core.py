@@ -189,6 +189,9 @@ class Decision(NamedTuple):
     state: State
     actions: tuple[Action, ...] = ()
     transitions: tuple[Transition, ...] = ()
+    # ``step`` only: the keys of the events that concern this VM (every record but ``other-vm``), so
+    # that the caller need not scan a thousand other VMs' records to find them. None: not worked out.
+    own: tuple[str, ...] | None = None
 
 
 def classify(
@@ -237,98 +240,115 @@ def classify(
 
 def _observe_events(
     state: State, obs: Observation, now: datetime, policy: PolicyConfig
-) -> tuple[dict[str, EventRecord], list[Transition]]:
-    records: dict[str, EventRecord] = dict(state.events)
+) -> tuple[dict[str, EventRecord], list[Transition], list[str]]:
+    """The records after folding in the document, the transitions, and the keys of the records that
+    concern this VM (all but ``other-vm``: the only ones any later decision looks at).
+
+    With a thousand events of other VMs listed unchanged (the daemon polls every second), the cost
+    must be that of the few that concern this VM: those are skipped by identity, set operations
+    stand in for loops, and nothing later scans every record.
+    """
+    previous = state.events
+    records: dict[str, EventRecord] = dict(previous)
     transitions: list[Transition] = []
-    seen: set[str] = set()
+    own: list[str] = []
+    document = obs.document
+    keys = document.keys_of()
+    listed = set(keys)
     # A duplicate id within one document: the first entry that lists this VM wins (an entry for
     # another VM must never hide this VM's), else the first entry.
     # (Only worked out when an id repeats: with a thousand events listed, every poll pays for it.)
+    repeated = len(listed) != len(keys)
+    mine = {e.key for e in document.events if e.concerns(obs.vm_name)} if repeated else set()
+    seen: set[str] = set()
     not_mine = f"does not list {obs.vm_name}"  # classify's reason: the name it was decided for
-    keys = [e.key for e in obs.document.events]
-    repeated = len(set(keys)) != len(keys)
-    mine = {e.key for e in obs.document.events if e.concerns(obs.vm_name)} if repeated else set()
-    for key, event in zip(keys, obs.document.events, strict=True):
-        if key in seen or (repeated and key in mine and not event.concerns(obs.vm_name)):
-            continue
-        seen.add(key)
-        old = records.get(key)
+    other_vm = EventState.OTHER_VM
+    get = previous.get
+    for key, event in zip(keys, document.events, strict=True):
+        old = get(key)
+        if repeated:
+            if key in seen or (key in mine and not event.concerns(obs.vm_name)):
+                continue
+            seen.add(key)
         if (
             old is not None
-            and old.state is EventState.OTHER_VM
-            and old.event == event
+            and (old.event is event or old.event == event)
+            and old.state is other_vm
             and old.reason == not_mine
         ):
             continue  # another VM's event (for this VM name), listed unchanged: nothing to decide
-        previous = old.state if old else None
-        new_state, reason = classify(event, obs.vm_name, previous, now, policy)
-        if old is None:
-            record = EventRecord(
-                event=event,
-                state=new_state,
-                reason=reason,
-                first_seen=now,
-                last_seen=now,
-                updated_at=now,
-                started_at=now if event.status is EventStatus.STARTED else None,
-            )
-            transitions.append(_event_transition(event, "new", new_state.value, reason))
-        else:
-            changed = new_state is not old.state or event.status is not old.event.status
-            started_at = old.started_at
-            if event.status is EventStatus.STARTED and (
-                started_at is None or old.state is EventState.CLEARED
-            ):
-                started_at = now
-            record = old._replace(
-                event=event,
-                state=new_state,
-                reason=reason if changed else old.reason,
-                # Not bumped on every poll: an event listed unchanged must cost no write (issue 14).
-                last_seen=now if changed or event != old.event else old.last_seen,
-                updated_at=now if changed else old.updated_at,
-                started_at=started_at,
-                cleared_at=None,
-            )
-            if old.state is EventState.CLEARED:
-                reason = f"reappeared: {reason}"
-                record = record._replace(
-                    reason=reason,
-                    first_seen=now,
-                    drain_boot=None,
-                    started_mono=None,
-                    started_boot=None,
-                    gate_since=None,
-                    impacts=0,
-                )
-            if changed:
-                transitions.append(
-                    _event_transition(
-                        event,
-                        _event_label(old.state, old.event.status),
-                        _event_label(new_state, event.status),
-                        reason,
-                    )
-                )
+        record, transition = _fold_event(old, event, obs.vm_name, now, policy)
+        if transition is not None:
+            transitions.append(transition)
         records[key] = record
-    for key, old in state.events.items():
-        if key in seen or old.state is EventState.CLEARED:
-            continue
-        what = "completed" if old.event.status is EventStatus.STARTED else "cancelled"
-        reason = f"no longer listed ({what})"
-        records[key] = old._replace(state=EventState.CLEARED, reason=reason, updated_at=now, cleared_at=now)
-        transitions.append(
-            _event_transition(old.event, _event_label(old.state, old.event.status), "cleared", reason)
-        )
-    # Forget long-cleared events so the database stays small.
+        if record.state is not other_vm:
+            own.append(key)
+    # Whatever is no longer listed: cleared now (or earlier), never another VM's any more.
     horizon = now - timedelta(days=policy.retention_days)
-    for key in [
-        k
-        for k, r in records.items()
-        if r.state is EventState.CLEARED and r.cleared_at is not None and r.cleared_at < horizon
-    ]:
-        del records[key]
-    return records, transitions
+    for key in previous.keys() - listed:
+        old = previous[key]
+        if old.state is not EventState.CLEARED:
+            what = "completed" if old.event.status is EventStatus.STARTED else "cancelled"
+            reason = f"no longer listed ({what})"
+            records[key] = old._replace(
+                state=EventState.CLEARED, reason=reason, updated_at=now, cleared_at=now
+            )
+            transitions.append(
+                _event_transition(old.event, _event_label(old.state, old.event.status), "cleared", reason)
+            )
+        elif old.cleared_at is not None and old.cleared_at < horizon:
+            del records[key]  # forget long-cleared events so the database stays small
+            continue
+        own.append(key)
+    return records, transitions, own
+
+
+def _fold_event(
+    old: EventRecord | None, event: ScheduledEvent, vm_name: str, now: datetime, policy: PolicyConfig
+) -> tuple[EventRecord, Transition | None]:
+    """One listed event folded into its record (``old``: None when first seen)."""
+    new_state, reason = classify(event, vm_name, old.state if old else None, now, policy)
+    if old is None:
+        record = EventRecord(
+            event=event,
+            state=new_state,
+            reason=reason,
+            first_seen=now,
+            last_seen=now,
+            updated_at=now,
+            started_at=now if event.status is EventStatus.STARTED else None,
+        )
+        return record, _event_transition(event, "new", new_state.value, reason)
+    changed = new_state is not old.state or event.status is not old.event.status
+    started_at = old.started_at
+    if event.status is EventStatus.STARTED and (started_at is None or old.state is EventState.CLEARED):
+        started_at = now
+    record = old._replace(
+        event=event,
+        state=new_state,
+        reason=reason if changed else old.reason,
+        # Not bumped on every poll: an event listed unchanged must cost no write (issue 14).
+        last_seen=now if changed or event != old.event else old.last_seen,
+        updated_at=now if changed else old.updated_at,
+        started_at=started_at,
+        cleared_at=None,
+    )
+    if old.state is EventState.CLEARED:
+        reason = f"reappeared: {reason}"
+        record = record._replace(
+            reason=reason,
+            first_seen=now,
+            drain_boot=None,
+            started_mono=None,
+            started_boot=None,
+            gate_since=None,
+            impacts=0,
+        )
+    if not changed:
+        return record, None
+    return record, _event_transition(
+        event, _event_label(old.state, old.event.status), _event_label(new_state, event.status), reason
+    )
 
 
 def _event_label(state: EventState, status: EventStatus) -> str:
@@ -375,13 +395,14 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                 reason="the VM rebooted since the last run",
             )
         )
-    records, event_transitions = _observe_events(state, obs, now, policy)
+    records, event_transitions, own = _observe_events(state, obs, now, policy)
     transitions.extend(event_transitions)
     if any(w == "recovered" for w in policy.restore_when.values()):
         from drainer import recovery  # noqa: PLC0415 - only when the policy asks for it
 
         recovery.apply(
             records,
+            own,
             obs,
             rebooted=rebooted,
             previous_boot=state.boot_id,
@@ -389,8 +410,9 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
             transitions=transitions,
         )
 
+    mine = [records[k] for k in own]  # other VMs' events never weigh in on a decision
     active = sorted(
-        (r for r in records.values() if r.state is EventState.ACTIVE),
+        (r for r in mine if r.state is EventState.ACTIVE),
         key=lambda r: (r.first_seen, r.event.event_id),
     )
     vm = state.vm
@@ -457,7 +479,7 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
     # While a drain is pending (held by the floor, or failed and backing off), its retry is the one
     # way out: a reconcile taking the VM out would pass the floor's hold and the back-off.
     if not actions and vm.drain_state is not DrainState.DRAINING:
-        why = obs.drift or _reconcile_due(vm, records, now, policy, fresh=obs.fresh, rebooted=rebooted)
+        why = obs.drift or _reconcile_due(vm, mine, now, policy, fresh=obs.fresh, rebooted=rebooted)
         if why:
             out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
             forced = forced_by(active, now, policy) if out else ""
@@ -468,12 +490,21 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
         incarnation=incarnation if incarnation is not None else state.incarnation,
         boot_id=obs.boot_id if obs.boot_id is not None else state.boot_id,
     )
-    return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions))
+    return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions), own=tuple(own))
+
+
+def own_events(state: State, own: tuple[str, ...] | None = None) -> State:
+    """``state`` with only the events that concern this VM (``own``: their keys, when known)."""
+    if own is None:
+        return state._replace(
+            events={k: r for k, r in state.events.items() if r.state is not EventState.OTHER_VM}
+        )
+    return state._replace(events={k: state.events[k] for k in own if k in state.events})
 
 
 def _reconcile_due(
     vm: VmState,
-    records: Mapping[str, EventRecord],
+    records: list[EventRecord],
     now: datetime,
     policy: PolicyConfig,
     *,
@@ -485,9 +516,7 @@ def _reconcile_due(
         return "the local state was missing or unreadable"
     if rebooted:
         return "the VM rebooted"
-    busy = not vm.in_rotation or any(
-        r.state in (EventState.ACTIVE, EventState.PENDING) for r in records.values()
-    )
+    busy = not vm.in_rotation or any(r.state in (EventState.ACTIVE, EventState.PENDING) for r in records)
     failed = vm.last_reconcile.startswith("failed")
     if failed:
         # A reconcile that failed may be all that stands between a VM and its pools (its state was

@@ -90,6 +90,15 @@ class EventsDocument(NamedTuple):
     incarnation: int | None  # None: absent or not a usable integer
     events: tuple[ScheduledEvent, ...]
     warnings: tuple[ParseWarning, ...] = ()
+    # The events' keys, in order (worked out once per document: the daemon reuses an unchanged
+    # document every poll, and a thousand ``key`` calls per poll are measurable). See ``keys_of``.
+    event_keys: tuple[str, ...] = ()
+
+    def keys_of(self) -> tuple[str, ...]:
+        """The events' keys in document order (``event_keys`` when it was filled in)."""
+        if len(self.event_keys) == len(self.events):
+            return self.event_keys
+        return tuple(e.key for e in self.events)
 
 
 def format_iso(value: datetime | None) -> str:
@@ -290,4 +299,9 @@ def document_from_json(raw: object, *, source: str = "IMDS") -> EventsDocument:
             warnings.append(ParseWarning("", "an event is not an object"))
             continue
         events.append(_one_event(item, warnings))
-    return EventsDocument(incarnation=incarnation, events=tuple(events), warnings=tuple(warnings))
+    return EventsDocument(
+        incarnation=incarnation,
+        events=tuple(events),
+        warnings=tuple(warnings),
+        event_keys=tuple(e.key for e in events),
+    )

@@ -88,6 +88,7 @@ def needs_gate(records: Mapping[str, EventRecord], policy: PolicyConfig) -> bool
 
 def apply(
     records: dict[str, EventRecord],
+    keys: list[str],
     obs: Observation,
     *,
     rebooted: bool,
@@ -95,11 +96,13 @@ def apply(
     policy: PolicyConfig,
     transitions: list[Transition],
 ) -> None:
-    """Move events under the rule between ``active`` and ``recovered`` (in place), noting transitions."""
+    """Move events under the rule between ``active`` and ``recovered`` (in place), noting transitions.
+    ``keys``: the records to look at (this VM's: another VM's event is never under the rule)."""
     from drainer.core import EventState, _event_label, _event_transition  # noqa: PLC0415
 
     stalled = obs.stall_seconds >= policy.stall_seconds
-    for key, record in list(records.items()):
+    for key in keys:
+        record = records[key]
         if record.state not in (EventState.ACTIVE, EventState.RECOVERED) or not applies(record, policy):
             continue
         event = record.event

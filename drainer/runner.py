@@ -27,12 +27,12 @@ from drainer.core import (
     Drain,
     DrainState,
     EventRecord,
-    EventState,
     Observation,
     Reconcile,
     Restore,
     State,
     Transition,
+    own_events,
     record_outcome,
     record_reconcile,
     set_manual,
@@ -221,7 +221,7 @@ def _run_locked(
     vm = identity.with_override(config, found)
     document = imds.scheduled_events()
     # Only the open events were loaded: an event listed again after it cleared is looked up by key.
-    missing = [key for key in (e.key for e in document.events) if key not in state.events]
+    missing = sorted(set(document.keys_of()).difference(state.events))
     if missing:
         state = state._replace(events={**state.events, **store.records(missing)})
     if manual is not None:
@@ -291,7 +291,7 @@ def _run_locked(
             result=result,
         )
     # Only this VM's events can be approved: other VMs' (possibly a thousand) are left out of the scan.
-    own = state._replace(events={k: r for k, r in state.events.items() if r.state is not EventState.OTHER_VM})
+    own = own_events(state, decision.own)
     if config.approval.enabled and (approval_candidates(own) or at_once_candidates(own, config.approval)):
         from drainer.approve import approve  # noqa: PLC0415 - only while an event can be approved
 

@@ -362,3 +362,62 @@ def test_another_vms_event_listed_unchanged_is_decided_again_for_a_new_vm_name()
     assert decision.transitions == () and again == state
     state, decision = _run(state, doc, vm="web-0")
     assert [type(a) for a in decision.actions] == [Drain]
+
+
+def _crowd(count: int, *mine: dict[str, Any], status: str = "Scheduled") -> dict[str, Any]:
+    """A document with ``count`` events for other VMs, then ``mine``."""
+    others = [_event(f"other-{n}", Resources=[f"web-{n + 10}"], EventStatus=status) for n in range(count)]
+    return _doc(1, *others, *mine)
+
+
+def _scan_own(state: State) -> set[str]:
+    return {k for k, r in state.events.items() if r.state is not EventState.OTHER_VM}
+
+
+def test_a_reused_document_decides_exactly_as_a_freshly_parsed_one() -> None:
+    """The daemon passes the very same document object while IMDS answers the same bytes: the skip by
+    identity must decide what comparing by value decides, as time passes and events change."""
+    policy = policy_of(retry_max_seconds=0, lead_time_seconds=600)
+    raw = _crowd(50, _event("mine", NotBefore="Tue, 24 Nov 2026 09:20:00 GMT"))
+    reused = document_from_json(raw)
+    by_identity = by_value = State()
+    for minute in range(15):
+        now = T0 + timedelta(minutes=minute)
+        one = step(by_identity, Observation(reused, "web-0", "boot-1"), now, policy)
+        two = step(by_value, Observation(document_from_json(raw), "web-0", "boot-1"), now, policy)
+        assert one.state == two.state and one.actions == two.actions and one.transitions == two.transitions
+        assert set(one.own or ()) == _scan_own(one.state)
+        by_identity = by_value = one.state
+    # The own event went from pending to active on time, with the document unchanged all along.
+    assert by_identity.events["mine"].state is EventState.ACTIVE
+    assert by_identity.vm.drain_state is DrainState.DRAINING
+
+
+def test_other_vms_events_that_change_or_go_are_still_recorded_among_a_thousand_unchanged() -> None:
+    state, _ = _run(State(), _crowd(1000))
+    assert len(state.events) == 1000 and _scan_own(state) == set()
+    unchanged, decision = _run(state, _crowd(1000))
+    assert decision.transitions == () and unchanged == state and decision.own == ()
+    changed = _crowd(1000)
+    changed["Events"][500]["EventStatus"] = "Started"
+    del changed["Events"][900]
+    state, decision = _run(state, changed)
+    moves = {(t.event_id, t.from_state, t.to_state) for t in decision.transitions}
+    assert moves == {
+        ("other-500", "other-vm/Scheduled", "other-vm/Started"),
+        ("other-900", "other-vm/Scheduled", "cleared"),
+    }
+    assert set(decision.own or ()) == _scan_own(state) == {"other-900"}  # cleared: no other VM's now
+    assert state.events["other-500"].event.status.value == "Started"
+
+
+def test_a_duplicate_id_among_a_crowd_still_lets_this_vms_entry_win() -> None:
+    raw = _crowd(100)
+    raw["Events"].insert(0, _event("other-7", Resources=["web-99"]))  # the same id, another VM
+    raw["Events"].append(_event("other-7"))  # and once more, for this VM
+    state, decision = _run(State(), raw)
+    assert state.events["other-7"].state is EventState.ACTIVE
+    assert [type(a) for a in decision.actions] == [Drain]
+    again, decision = _run(state, raw)
+    assert decision.transitions == () and again == state
+    assert set(decision.own or ()) == _scan_own(state) == {"other-7"}

@@ -164,3 +164,37 @@ def test_emulator_rejects_requests_without_the_metadata_header(emulator: Running
     answer = session.get(f"{emulator.url}/metadata/scheduledevents", headers={"Metadata": "true"})
     assert answer.status_code == 400
     assert "newest-versions" in answer.json()
+
+
+def test_without_etags_the_same_bytes_are_parsed_once_and_any_other_bytes_again(
+    emulator: RunningEmulator, control: EmulatorControl
+) -> None:
+    """IMDS is not documented to send ETags: a body byte for byte the same as the last one is the same
+    document (no parse), and a body that differs in a single byte is parsed anew."""
+    control.imds_etags(False)
+    body = json.dumps(
+        {
+            "DocumentIncarnation": 3,
+            "Events": [
+                {
+                    "EventId": "E1",
+                    "EventType": "Reboot",
+                    "ResourceType": "VirtualMachine",
+                    "Resources": ["web-0"],
+                    "EventStatus": "Scheduled",
+                    "NotBefore": "Mon, 30 Nov 2026 10:00:00 GMT",
+                }
+            ],
+        }
+    )
+    control.set_document(body)
+    client = _client(emulator)
+    first = client.scheduled_events()
+    assert client.scheduled_events() is first
+    assert [r["status"] for r in _event_requests(control)] == [200, 200]  # full answers, no 304
+    control.set_document(body.replace("10:00:00", "10:00:01"))  # same length, one byte
+    moved = client.scheduled_events()
+    assert moved is not first
+    assert moved.events[0].not_before is not None and moved.events[0].not_before.second == 1
+    control.set_document(body)
+    assert client.scheduled_events() == first  # back to the first bytes: parsed again, equal

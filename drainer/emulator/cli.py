@@ -25,6 +25,7 @@ control API (JSON in, JSON out, under <url>/_emulator/):
   DELETE events/<id>                complete or cancel: the event disappears, as on Azure
   PUT    document / DELETE document serve this body verbatim (any bytes) / stop doing so
   POST   faults / DELETE faults     {"match", "status", "count", "body", "delay", "retry_after", "reset"}
+  POST   etags                      {"on": bool}  ETag and 304 on scheduled events (default on)
   POST   incarnation                {"value": N}  (the service was re-enabled)
   POST   vms                        {"name", "scale_set"?, "uniform"?}
   POST   reset                      {"incarnation"?}  forget every event, document and fault

@@ -53,6 +53,11 @@ class EmulatorControl:
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")
 
+    def imds_etags(self, on: bool) -> None:
+        """Whether scheduled events answers carry an ETag and honour If-None-Match (undocumented for
+        IMDS: the emulator's default is on)."""
+        self._call("POST", "etags", {"on": on})
+
     def set_incarnation(self, value: int) -> None:
         self._call("POST", "incarnation", {"value": value})
 

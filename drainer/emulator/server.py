@@ -22,6 +22,7 @@ Control routes (JSON in, JSON out):
                                                "retry_after", "reset"}  (match: a substring of
                                                the path, or its end when it ends with "$")
   DELETE /_emulator/faults
+  POST   /_emulator/etags                     {"on": bool}  ETag/304 on scheduled events (default on)
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
   POST   /_emulator/vms/<name>/boot-id-file   {"path"}: play the VM's boot id there (new at each reboot)
@@ -395,6 +396,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "faults" and method == "DELETE":
                 with model.lock:
                     model.faults.clear()
+                self._send(200, {})
+            elif route == "etags" and method == "POST":
+                with model.lock:
+                    model.etags = bool(data["on"])
                 self._send(200, {})
             elif route == "incarnation" and method == "POST":
                 model.set_incarnation(int(data["value"]))
