@@ -155,10 +155,10 @@ _LIMITERS: dict[tuple[float, float], RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def rate_limiter(rate: float) -> RateLimiter:
-    """The process-wide limiter for ``rate`` calls per second (bursts of twice that, at least 1)."""
+def rate_limiter(rate: float, burst: int) -> RateLimiter:
+    """The process-wide limiter for ``rate`` calls per second in bursts of ``burst`` (at least 1)."""
     with _LIMITERS_LOCK:
-        key = (rate, max(1.0, 2 * rate))
+        key = (rate, max(1.0, float(burst)))
         if key not in _LIMITERS:
             _LIMITERS[key] = RateLimiter(*key)
         return _LIMITERS[key]
@@ -255,7 +255,9 @@ class ArmNetwork:
             base_url=cfg.arm_endpoint,
             credential_scopes=[cfg.arm_endpoint.rstrip("/") + "/.default"],
             retry_policy=self._retry,
-            per_retry_policies=[_RateLimitPolicy(rate_limiter(cfg.max_calls_per_second), self._retry)]
+            per_retry_policies=[
+                _RateLimitPolicy(rate_limiter(cfg.max_calls_per_second, cfg.max_call_burst), self._retry)
+            ]
             if cfg.max_calls_per_second > 0
             else [],
             custom_hook_policy=ArmOnlyPolicy(cfg.arm_endpoint),

@@ -214,8 +214,11 @@ class AzureConfig(NamedTuple):
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     # Every HTTP request to ARM (retries and operation polls included) takes a token from one
-    # bucket per process: at most this many per second, in bursts of twice that (0: no limit).
+    # bucket per process: at most this many per second (0: no limit), in bursts of at most
+    # ``max_call_burst``: a drain of a VM with a few NICs (about 6 requests each) is one burst and
+    # is never slowed down; a retry loop or a long series of actions is.
     max_calls_per_second: float = 5.0
+    max_call_burst: int = 40
 
 
 class RetentionConfig(NamedTuple):
@@ -430,6 +433,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         connect_timeout=azure_s.number("connect_timeout", float, 5.0, low=0.1, high=120),
         read_timeout=azure_s.number("read_timeout", float, 30.0, low=0.1, high=600),
         max_calls_per_second=azure_s.number("max_calls_per_second", float, 5.0, low=0, high=1000),
+        max_call_burst=azure_s.number("max_call_burst", int, 40, low=1, high=100_000),
     )
     azure_s.done()
 

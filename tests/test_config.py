@@ -60,6 +60,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("[imds]\ntimeout = 1\n", "imds.timeout", "unknown key"),
         ("[imds]\ndeadline = 'soon'\n", "imds.deadline", "must be a float, not str"),
         ("[imds]\ndeadline = 0\n", "imds.deadline", "between"),
+        ("[azure]\nmax_call_burst = 0\n", "azure.max_call_burst", "between"),
         ("[imds]\nendpoint = 'not a url'\n", "imds.endpoint", "http(s) URL"),
         ("[imds]\nconnect_timeout = 50.0\ndeadline = 10.0\n", "imds.deadline", "at least"),
         ("[policy]\nlead_time_seconds = -5\n", "policy.lead_time_seconds", "between"),

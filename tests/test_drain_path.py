@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 
 from drainer.emulator.control import EmulatorControl
-from tests.conftest import Agent
+from tests.conftest import DEFAULT_CONFIG, Agent
 
 NICS = ("web-0-nic", "web-0-nic2", "web-0-nic3", "web-0-nic4")
 
@@ -79,3 +79,23 @@ def test_the_operation_poll_honours_azures_retry_after(agent: Agent, pool: Emula
     assert len(polls) == 3  # InProgress, InProgress, Succeeded
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert all(gap >= 1.0 for gap in gaps), gaps
+
+
+def test_the_process_wide_arm_limit_holds_across_concurrent_nic_writes(
+    agent: Agent, control: EmulatorControl
+) -> None:
+    """Every ARM request (reads, writes, operation polls, from any of the concurrent NIC writers) takes
+    a token: in any stretch of t seconds at most burst + rate x t requests reach ARM."""
+    rate, burst = 4.0, 3
+    agent.config_text = DEFAULT_CONFIG.replace(
+        "[azure]\n", f"[azure]\nmax_calls_per_second = {rate}\nmax_call_burst = {burst}\n"
+    )
+    _four_nics(control)
+    control.schedule("Reboot", ["web-0"], not_before_in=900)
+    done = agent.check()
+    assert done.returncode == 0, done.stderr
+    times = sorted(r["at"] for r in control.requests() if str(r["path"]).startswith("/subscriptions/"))
+    assert len(times) > 4 * burst  # enough requests that the limit must have spread them
+    for i, j in itertools.combinations(range(len(times)), 2):
+        # 50 ms of slack: the emulator stamps a request when it has read it, not when it was sent.
+        assert j - i + 1 <= burst + rate * (times[j] - times[i] + 0.05), (i, j, times[j] - times[i])
