@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from procstat import cpu_seconds
+
 from drainer.core import EventRecord, EventState, Transition
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
@@ -44,11 +46,6 @@ enabled = false
 [logging]
 level = "warning"
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def environment(emulator: RunningEmulator, tmp: Path, config: str = CONFIG) -> dict[str, str]:

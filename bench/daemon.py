@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from procstat import cpu_seconds
+
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
 
@@ -36,11 +38,6 @@ enabled = false
 [logging]
 level = "warning"
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:

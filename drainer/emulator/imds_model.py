@@ -274,6 +274,8 @@ class ImdsModel:
         # Whether scheduled events answers carry an ETag (and honour If-None-Match with 304). Not
         # documented for IMDS: on by default here so the daemon's conditional GET is exercised.
         self.etags = True
+        # (api-version, body, ETag) of the last rendered document; None after any change.
+        self._rendered: tuple[str, str, str] | None = None
 
     # -- scripting ---------------------------------------------------------------------------
 
@@ -308,6 +310,7 @@ class ImdsModel:
 
     def _bump(self) -> None:
         self.incarnation += 1
+        self._rendered = None
 
     def schedule(
         self,
@@ -378,11 +381,13 @@ class ImdsModel:
             self.approvals.clear()
             self.requests.clear()
             self.incarnation = incarnation
+            self._rendered = None
 
     def set_incarnation(self, value: int) -> None:
         """Simulate the service being re-enabled: its counter restarts."""
         with self.lock:
             self.incarnation = value
+            self._rendered = None
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -415,16 +420,27 @@ class ImdsModel:
             self._bump()
 
     def document(self, api_version: str) -> str:
+        return self.document_and_etag(api_version)[0]
+
+    def document_and_etag(self, api_version: str) -> tuple[str, str]:
+        """The scheduled events document and its ETag. Rendered again only after a change (every
+        change of an event bumps the incarnation): with a thousand events listed, rendering and
+        hashing on every GET made the emulator, not drainer, the cost a benchmark measured."""
         with self.lock:
             if self.raw_document is not None:
-                return self.raw_document
+                return self.raw_document, _etag(self.raw_document)
             self._advance()
-            return json.dumps(
+            rendered = self._rendered
+            if rendered is not None and rendered[0] == api_version:
+                return rendered[1], rendered[2]
+            body = json.dumps(
                 {
                     "DocumentIncarnation": self.incarnation,
                     "Events": [e.to_json(api_version) for e in self.events.values()],
                 }
             )
+            self._rendered = (api_version, body, _etag(body))
+            return body, self._rendered[2]
 
     def approve(self, body: bytes, vm: str) -> tuple[int, dict[str, Any]]:
         """POST StartRequests. Returns (status, body)."""
@@ -534,3 +550,7 @@ _DESCRIPTIONS = {
     "Preempt": "Virtual machine is going to be evicted (Spot).",
     "Terminate": "Virtual machine is going to be deleted.",
 }
+
+
+def _etag(body: str) -> str:
+    return '"' + hashlib.sha256(body.encode()).hexdigest()[:20] + '"'

@@ -32,7 +32,6 @@ Control routes (JSON in, JSON out):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import socket
@@ -183,8 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, MISSING_API_VERSION)
                 return 400
             if self.command == "GET":
-                document = model.document(version)
-                etag = '"' + hashlib.sha256(document.encode()).hexdigest()[:20] + '"'
+                document, etag = model.document_and_etag(version)
                 if model.etags and self.headers.get("If-None-Match") == etag:
                     self._send(304, b"", {"ETag": etag})
                     return 304
