@@ -41,6 +41,7 @@ from drainer.core import (
 from drainer.decide_approval import approval_candidates, at_once_candidates, restore_gate
 from drainer.errors import EXIT_ACTION_FAILED, EXIT_OK, DrainerError, DrainHeldError
 from drainer.imds import ImdsClient, InstanceInfo
+from drainer.inert import split_remembered
 from drainer.lock import RunLock
 from drainer.seams import BOOT_ID_PATH, Seams
 from drainer.stamp import touch_last_check
@@ -220,8 +221,10 @@ def _run_locked(
         return not config.dry_run
     vm = identity.with_override(config, found)
     document = imds.scheduled_events()
+    # Other VMs' events listed unchanged are set aside (drainer.inert): they are all in the state.
+    view = split_remembered(document, state, vm.name)
     # Only the open events were loaded: an event listed again after it cleared is looked up by key.
-    missing = sorted(set(document.keys_of()).difference(state.events))
+    missing = sorted(set((view.document if view else document).keys_of()).difference(state.events))
     if missing:
         state = state._replace(events={**state.events, **store.records(missing)})
     if manual is not None:
@@ -236,17 +239,22 @@ def _run_locked(
             ignored=warning.ignored,
         )
     now = seams.now()
+    view = split_remembered(document, state, vm.name)  # the same one unless the state changed above
+    core_state, core_document = (view.state, view.document) if view else (state, document)
     observation = Observation(
-        document=document,
+        document=core_document,
         vm_name=vm.name,
         boot_id=boot_id,
         fresh=store.fresh,
-        drift=_drift(config, state),
+        drift=_drift(config, core_state),
         monotonic=time.monotonic(),
-        gate_ok=_recovery_gate(config, log, state),
+        gate_ok=_recovery_gate(config, log, core_state),
         stall_seconds=stall_seconds,
     )
-    decision = step(state, observation, now, config.policy)
+    decision = step(core_state, observation, now, config.policy)
+    changed = bool(decision.transitions) or decision.state != core_state
+    if view:
+        decision = view.merge(decision)
     log.debug(
         "scheduled events",
         incarnation=document.incarnation,
@@ -262,7 +270,7 @@ def _run_locked(
     seams.checkpoint("decided")
     # An idle run changes nothing: skip the transaction (and its fsync) entirely. A run that writes
     # anyway prunes the history and the cleared events in the same transaction.
-    if decision.transitions or decision.state != state:
+    if changed:
         store.save(state, decision.state, decision.transitions, now, retention=_retention(config, decision))
     if not config.dry_run:
         touch_last_check(config.state_dir)

@@ -275,3 +275,41 @@ def test_kill_switch(agent: Agent, control: EmulatorControl, tmp_path: Path) -> 
     switch.unlink()
     assert agent.check().returncode == 0
     assert agent.status()["vm"]["in_rotation"] is False
+
+
+def test_the_daemon_notices_every_change_among_many_other_vms_events(
+    agent: Agent, daemon: Daemon, control: EmulatorControl
+) -> None:
+    """The daemon reuses the document and the state while IMDS answers the same bytes (no ETags here);
+    a change to any one of 300 other VMs' events, and an event for this VM, are each seen."""
+    port = free_port()
+    daemon_config(agent, port)
+    control.imds_etags(False)
+    others = [control.schedule("Freeze", ["web-1"], not_before_in=86400, duration=5) for _ in range(300)]
+    daemon.start()
+
+    def seen(event_id: str, to_state: str) -> bool:
+        return any(h.get("event_id") == event_id and h.get("to_state") == to_state for h in agent.history())
+
+    def quiet_polls() -> None:
+        """Two more polls of an unchanged document: the daemon now reuses its document and state."""
+        polls = sum(1 for r in control.requests() if r["path"] == "/metadata/scheduledevents")
+        wait_until(
+            lambda: (
+                sum(1 for r in control.requests() if r["path"] == "/metadata/scheduledevents") >= polls + 2
+            ),
+            what="two quiet polls",
+        )
+
+    wait_until(lambda: seen(others[-1], "other-vm"), what="the other VMs' events recorded")
+    quiet_polls()
+    control.start(others[150])
+    wait_until(lambda: seen(others[150], "other-vm/Started"), what="one of 300 started")
+    quiet_polls()
+    control.remove(others[7])
+    wait_until(lambda: seen(others[7], "cleared"), what="one of 300 gone")
+    quiet_polls()
+    mine = control.schedule("Reboot", ["web-0"], not_before_in=900)
+    wait_until(lambda: agent.status()["vm"]["drain_state"] == "drained", what="the drain for this VM")
+    assert seen(mine, "active")
+    assert daemon.stop() == 0
