@@ -285,7 +285,7 @@ def _observe_events(
             own.append(key)
     # Whatever is no longer listed: cleared now (or earlier), never another VM's any more.
     horizon = now - timedelta(days=policy.retention_days)
-    for key in previous.keys() - listed:
+    for key in sorted(previous.keys() - listed):  # sorted: the same order however it was split
         old = previous[key]
         if old.state is not EventState.CLEARED:
             what = "completed" if old.event.status is EventStatus.STARTED else "cancelled"
@@ -326,7 +326,9 @@ def _fold_event(
     record = old._replace(
         event=event,
         state=new_state,
-        reason=reason if changed else old.reason,
+        # Another VM's event always carries the reason it was last decided with ("does not list
+        # <name>"): the skip of unchanged other-VM events trusts it to name the VM it was decided for.
+        reason=reason if changed or new_state is EventState.OTHER_VM else old.reason,
         # Not bumped on every poll: an event listed unchanged must cost no write (issue 14).
         last_seen=now if changed or event != old.event else old.last_seen,
         updated_at=now if changed else old.updated_at,

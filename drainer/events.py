@@ -90,14 +90,9 @@ class EventsDocument(NamedTuple):
     incarnation: int | None  # None: absent or not a usable integer
     events: tuple[ScheduledEvent, ...]
     warnings: tuple[ParseWarning, ...] = ()
-    # The events' keys, in order (worked out once per document: the daemon reuses an unchanged
-    # document every poll, and a thousand ``key`` calls per poll are measurable). See ``keys_of``.
-    event_keys: tuple[str, ...] = ()
 
     def keys_of(self) -> tuple[str, ...]:
-        """The events' keys in document order (``event_keys`` when it was filled in)."""
-        if len(self.event_keys) == len(self.events):
-            return self.event_keys
+        """The events' keys, in document order."""
         return tuple(e.key for e in self.events)
 
 
@@ -299,9 +294,4 @@ def document_from_json(raw: object, *, source: str = "IMDS") -> EventsDocument:
             warnings.append(ParseWarning("", "an event is not an object"))
             continue
         events.append(_one_event(item, warnings))
-    return EventsDocument(
-        incarnation=incarnation,
-        events=tuple(events),
-        warnings=tuple(warnings),
-        event_keys=tuple(e.key for e in events),
-    )
+    return EventsDocument(incarnation=incarnation, events=tuple(events), warnings=tuple(warnings))

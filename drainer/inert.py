@@ -56,9 +56,7 @@ def split(document: EventsDocument, state: State, vm_name: str) -> Split | None:
             kept.append(index)
     if not inert:
         return None
-    reduced = document._replace(
-        events=tuple(document.events[i] for i in kept), event_keys=tuple(keys[i] for i in kept)
-    )
+    reduced = document._replace(events=tuple(document.events[i] for i in kept))
     rest = {k: r for k, r in state.events.items() if k not in inert}
     return Split(document=reduced, state=state._replace(events=rest), inert=inert)
 
