@@ -139,7 +139,17 @@ class Agent:
         return self.tmp / "config.toml"
 
     def env(self, **overrides: str) -> dict[str, str]:
-        self.config_path.write_text(self.config_text or DEFAULT_CONFIG)
+        # Written only when it changed, and by rename: a daemon starting while a test runs `status`
+        # must never read a half-written (empty) file, which is a valid config of all defaults.
+        text = self.config_text or DEFAULT_CONFIG
+        try:
+            current = self.config_path.read_text()
+        except FileNotFoundError:
+            current = None
+        if current != text:
+            fresh = self.config_path.with_name(self.config_path.name + ".new")
+            fresh.write_text(text)
+            fresh.replace(self.config_path)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.tmp),
