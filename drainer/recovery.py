@@ -30,10 +30,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from drainer.events import EventStatus, EventType
+from drainer.model import EventState
+from drainer.observe import event_label, event_transition
 
 if TYPE_CHECKING:
     from drainer.config import PolicyConfig
-    from drainer.core import EventRecord, Observation, Transition
+    from drainer.model import EventRecord, Observation, Transition
 
 RECOVERED_TYPES = (EventType.REBOOT, EventType.REDEPLOY, EventType.FREEZE)
 
@@ -78,7 +80,6 @@ def impact_over(record: EventRecord, obs: Observation) -> str:
 
 def needs_gate(records: Mapping[str, EventRecord], policy: PolicyConfig) -> bool:
     """Whether this run must ask the restore gate (an event under the rule is Started and holds the VM)."""
-    from drainer.core import EventState  # noqa: PLC0415 - the core imports this module
 
     return any(
         r.state is EventState.ACTIVE and r.event.status is EventStatus.STARTED and applies(r, policy)
@@ -98,7 +99,6 @@ def apply(
 ) -> None:
     """Move events under the rule between ``active`` and ``recovered`` (in place), noting transitions.
     ``keys``: the records to look at (this VM's: another VM's event is never under the rule)."""
-    from drainer.core import EventState, _event_label, _event_transition  # noqa: PLC0415
 
     stalled = obs.stall_seconds >= policy.stall_seconds
     for key in keys:
@@ -130,9 +130,7 @@ def apply(
                     state=EventState.ACTIVE, reason=reason, gate_since=since, impacts=new.impacts + 1
                 )
                 transitions.append(
-                    _event_transition(
-                        event, _event_label(record.state, event.status), "active/Started", reason
-                    )
+                    event_transition(event, event_label(record.state, event.status), "active/Started", reason)
                 )
         else:
             why = impact_over(new, obs)
@@ -147,9 +145,9 @@ def apply(
                     reason = f"impact over ({why}), restore gate passed for {waited:.0f}s: back while listed"
                     new = new._replace(state=EventState.RECOVERED, reason=reason)
                     transitions.append(
-                        _event_transition(
+                        event_transition(
                             event,
-                            _event_label(record.state, event.status),
+                            event_label(record.state, event.status),
                             f"recovered/{event.status.value}",
                             reason,
                         )
