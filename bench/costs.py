@@ -214,14 +214,8 @@ def drain_seconds(nics: int, drains: int) -> float:
     with RunningEmulator(["web-0", "web-1", "web-2"]) as emulator, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         control = EmulatorControl(emulator.url)
-        control.add_load_balancer("lb-web", pools=["web-pool"])
-        names = ["web-0-nic"] + [f"web-0-nic{n}" for n in range(2, nics + 1)]
-        for name in names[1:]:
-            control.add_nic("web-0", name)
-        for name in names:
-            control.join("web-0", "lb-web", "web-pool", nic=name)
-        for vm in ("web-1", "web-2"):
-            control.join(vm, "lb-web", "web-pool")
+        control.load_balancer_with("lb-web", "web-pool", ["web-1", "web-2"])
+        control.nics_in_pool("web-0", nics, "lb-web", "web-pool")
         env = environment(emulator, tmp, "[imds]\ndeadline = 5.0\n[approval]\nenabled = false\n")
         subprocess.run([sys.executable, "-m", "drainer", "check"], env=env, check=True, capture_output=True)
         seconds = []

@@ -13,13 +13,8 @@ NICS = ("web-0-nic", "web-0-nic2", "web-0-nic3", "web-0-nic4")
 
 
 def _four_nics(control: EmulatorControl) -> None:
-    control.add_load_balancer("lb-web", pools=["web-pool"])
-    for nic in NICS[1:]:
-        control.add_nic("web-0", nic)
-    for nic in NICS:
-        control.join("web-0", "lb-web", "web-pool", nic=nic)
-    for vm in ("web-1", "web-2"):
-        control.join(vm, "lb-web", "web-pool")
+    control.load_balancer_with("lb-web", "web-pool", ["web-1", "web-2"])
+    assert control.nics_in_pool("web-0", len(NICS), "lb-web", "web-pool") == list(NICS)
 
 
 def _pools(control: EmulatorControl) -> dict[str, list[str]]:

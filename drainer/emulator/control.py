@@ -125,6 +125,16 @@ class EmulatorControl:
         for vm in vms:
             self.join(vm, lb, pool)
 
+    def nics_in_pool(self, vm: str, count: int, lb: str, pool: str) -> list[str]:
+        """``vm`` with ``count`` NICs (``<vm>-nic``, then ``<vm>-nic2`` ...), each in ``lb``'s ``pool``
+        (which must exist). Returns the NIC names."""
+        names = [f"{vm}-nic"] + [f"{vm}-nic{n}" for n in range(2, count + 1)]
+        for name in names[1:]:
+            self.add_nic(vm, name)
+        for name in names:
+            self.join(vm, lb, pool, nic=name)
+        return names
+
     def join(
         self, vm: str, lb: str, pool: str, *, nic: str | None = None, ipconfig: str = "ipconfig1"
     ) -> None:
