@@ -186,11 +186,11 @@ class ImdsClient:
         self._session.mount("https://", adapter)
         self.requests_made = 0
         self.last_etag: str | None = None
-        self._events_cache: tuple[str, EventsDocument] | None = None
-        # The last 200 answer and its document: IMDS is not documented to send an ETag, and a body
-        # byte for byte the same as the last one is the same document (parsing a thousand events
-        # costs ~50 ms; comparing the bytes, microseconds).
-        self._last_body: tuple[bytes, EventsDocument] | None = None
+        # The last scheduled events answer (its ETag, if any; its body; its document). Where IMDS
+        # offers an ETag, a long-lived client (the daemon) asks If-None-Match with it; IMDS is not
+        # documented to send one, so a body byte for byte the same as the last one is taken for the
+        # same document too (parsing a thousand events costs ~50 ms; comparing the bytes, microseconds).
+        self._last_answer: tuple[str | None, bytes, EventsDocument] | None = None
 
     def close(self) -> None:
         self._session.close()
@@ -277,24 +277,18 @@ class ImdsClient:
         Raises ImdsUnavailableError, ImdsHttpError, MalformedDocumentError.
         """
         url = self.events_url
-        cached = self._events_cache
+        last = self._last_answer
         body = self._request(
             "GET",
             url,
             params={"api-version": self.config.api_version},
-            if_none_match=cached[0] if cached else None,
+            if_none_match=last[0] if last else None,
         )
-        if body is None and cached is not None:
-            return cached[1]  # 304: unchanged since the last answer
+        if body is None and last is not None:
+            return last[2]  # 304: unchanged since the last answer
         body = body or b""
-        last = self._last_body
-        if last is not None and last[0] == body:
-            document = last[1]
-        else:
-            document = parse_document(body, source=url)
-            self._last_body = (body, document)
-        # Where IMDS offers an ETag, a long-lived client (the daemon) asks If-None-Match next time.
-        self._events_cache = (self.last_etag, document) if self.last_etag else None
+        document = last[2] if last is not None and last[1] == body else parse_document(body, source=url)
+        self._last_answer = (self.last_etag, body, document)
         return document
 
     def approve(self, event_ids: Sequence[str]) -> None:
