@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from drainer.core import Decision, EventRecord, EventState, State
 from drainer.events import EventsDocument
+from drainer.model import Decision, EventRecord, State
+from drainer.observe import not_listing, unchanged_other_vm
 
 
 class Split(NamedTuple):
@@ -38,19 +39,13 @@ def split(document: EventsDocument, state: State, vm_name: str) -> Split | None:
     keys = document.keys_of()
     if len(set(keys)) != len(keys):
         return None
-    not_mine = f"does not list {vm_name}"  # the reason classify gives, for this VM's name
-    other_vm = EventState.OTHER_VM
+    not_mine = not_listing(vm_name)
     get = state.events.get
     inert: dict[str, EventRecord] = {}
     kept: list[int] = []
     for index, (key, event) in enumerate(zip(keys, document.events, strict=True)):
         old = get(key)
-        if (
-            old is not None
-            and (old.event is event or old.event == event)
-            and old.state is other_vm
-            and old.reason == not_mine
-        ):
+        if old is not None and unchanged_other_vm(old, event, not_mine):
             inert[key] = old
         else:
             kept.append(index)

@@ -21,7 +21,7 @@ def classify(
 ) -> tuple[EventState, str]:
     """What an observed event means for this VM, and why."""
     if not event.concerns(vm_name):
-        return EventState.OTHER_VM, f"does not list {vm_name}"
+        return EventState.OTHER_VM, not_listing(vm_name)
     if event.event_type is EventType.UNKNOWN or event.status is EventStatus.UNKNOWN:
         # Unknown is not gone: whatever it is, it holds the VM until it disappears.
         return EventState.ACTIVE, "unknown type or status: holds the VM until it disappears"
@@ -56,6 +56,22 @@ def classify(
     return EventState.ACTIVE, "Scheduled"
 
 
+def not_listing(vm_name: str) -> str:
+    """``classify``'s reason for another VM's event: it names the VM it was decided for."""
+    return f"does not list {vm_name}"
+
+
+def unchanged_other_vm(old: EventRecord | None, event: ScheduledEvent, not_mine: str) -> bool:
+    """Whether ``event`` is another VM's, recorded as listed now and decided for this VM's name
+    (``not_mine``: ``not_listing(name)``): folding it again would change nothing."""
+    return (
+        old is not None
+        and (old.event is event or old.event == event)
+        and old.state is EventState.OTHER_VM
+        and old.reason == not_mine
+    )
+
+
 def observe_events(
     state: State, obs: Observation, now: datetime, policy: PolicyConfig
 ) -> tuple[dict[str, EventRecord], list[Transition], list[str]]:
@@ -79,7 +95,7 @@ def observe_events(
     repeated = len(listed) != len(keys)
     mine = {e.key for e in document.events if e.concerns(obs.vm_name)} if repeated else set()
     seen: set[str] = set()
-    not_mine = f"does not list {obs.vm_name}"  # classify's reason: the name it was decided for
+    not_mine = not_listing(obs.vm_name)
     other_vm = EventState.OTHER_VM
     get = previous.get
     for key, event in zip(keys, document.events, strict=True):
@@ -88,12 +104,7 @@ def observe_events(
             if key in seen or (key in mine and not event.concerns(obs.vm_name)):
                 continue
             seen.add(key)
-        if (
-            old is not None
-            and (old.event is event or old.event == event)
-            and old.state is other_vm
-            and old.reason == not_mine
-        ):
+        if unchanged_other_vm(old, event, not_mine):
             continue  # another VM's event (for this VM name), listed unchanged: nothing to decide
         record, transition = _fold_event(old, event, obs.vm_name, now, policy)
         if transition is not None:
