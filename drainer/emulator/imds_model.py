@@ -419,9 +419,6 @@ class ImdsModel:
         if changed:
             self._bump()
 
-    def document(self, api_version: str) -> str:
-        return self.document_and_etag(api_version)[0]
-
     def document_and_etag(self, api_version: str) -> tuple[str, str]:
         """The scheduled events document and its ETag. Rendered again only after a change (every
         change of an event bumps the incarnation): with a thousand events listed, rendering and
