@@ -75,7 +75,7 @@ def test_the_daemon_follows_byte_identical_bodies_going_back_and_an_operator_mea
     back to byte-identical earlier bodies (this VM's event listed, gone, listed again), another VM's
     event gains this VM's name in upper case, and an operator's `drainer drain`/`restore` change the
     state under the daemon: the daemon follows each, and history records each transition."""
-    from tests.test_daemon import Daemon, _in_pool, daemon_config, free_port, wait_until
+    from tests.test_daemon import Daemon, _in_pool, daemon_config, free_port, more_polls, wait_until
 
     daemon_config(agent, free_port())
     pool.imds_etags(False)
@@ -87,12 +87,8 @@ def test_the_daemon_follows_byte_identical_bodies_going_back_and_an_operator_mea
     daemon.start()
     try:
 
-        def polls() -> int:
-            return sum(1 for r in pool.requests() if r["path"] == "/metadata/scheduledevents")
-
         def quiet() -> None:
-            n = polls()
-            wait_until(lambda: polls() >= n + 3, what="three quiet polls")
+            more_polls(pool, 3)
 
         def states(event_id: str) -> list[str]:
             return [h["to_state"] for h in agent.history() if h.get("event_id") == event_id]

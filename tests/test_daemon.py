@@ -47,6 +47,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def more_polls(control: EmulatorControl, count: int) -> None:
+    """Wait until the daemon has asked IMDS for the scheduled events ``count`` more times."""
+
+    def polls() -> int:
+        return sum(1 for r in control.requests() if r["path"] == "/metadata/scheduledevents")
+
+    seen = polls()
+    wait_until(lambda: polls() >= seen + count, what=f"{count} more polls")
+
+
 def fetch(url: str) -> tuple[int, str]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -291,24 +301,14 @@ def test_the_daemon_notices_every_change_among_many_other_vms_events(
     def seen(event_id: str, to_state: str) -> bool:
         return any(h.get("event_id") == event_id and h.get("to_state") == to_state for h in agent.history())
 
-    def quiet_polls() -> None:
-        """Two more polls of an unchanged document: the daemon now reuses its document and state."""
-        polls = sum(1 for r in control.requests() if r["path"] == "/metadata/scheduledevents")
-        wait_until(
-            lambda: (
-                sum(1 for r in control.requests() if r["path"] == "/metadata/scheduledevents") >= polls + 2
-            ),
-            what="two quiet polls",
-        )
-
     wait_until(lambda: seen(others[-1], "other-vm"), what="the other VMs' events recorded")
-    quiet_polls()
+    more_polls(control, 2)  # of an unchanged document: the daemon reuses its document and state
     control.start(others[150])
     wait_until(lambda: seen(others[150], "other-vm/Started"), what="one of 300 started")
-    quiet_polls()
+    more_polls(control, 2)
     control.remove(others[7])
     wait_until(lambda: seen(others[7], "cleared"), what="one of 300 gone")
-    quiet_polls()
+    more_polls(control, 2)
     mine = control.schedule("Reboot", ["web-0"], not_before_in=900)
     wait_until(lambda: agent.status()["vm"]["drain_state"] == "drained", what="the drain for this VM")
     assert seen(mine, "active")
