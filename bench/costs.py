@@ -30,11 +30,11 @@ from pathlib import Path
 
 from procstat import cpu_seconds
 
-from drainer.core import EventRecord, EventState, Transition
+from drainer.base.events import EventStatus, EventType, ScheduledEvent
+from drainer.decide.core import EventRecord, EventState, Transition
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from drainer.events import EventStatus, EventType, ScheduledEvent
-from drainer.state import StateStore
+from drainer.store.state import StateStore
 
 CONFIG = """
 [daemon]

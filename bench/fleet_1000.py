@@ -63,6 +63,7 @@ def serve(names: list[str], port_out: Any, stop: Any) -> None:
 
 def agents(url: str, names: list[str], scale: float, root: str, stop: Any) -> None:
     """Run drainer's one-shot for each VM every 60 s / scale, in threads, until ``stop``."""
+    from drainer.app.runner import run_once
     from drainer.config import (
         ApprovalConfig,
         AzureConfig,
@@ -73,8 +74,7 @@ def agents(url: str, names: list[str], scale: float, root: str, stop: Any) -> No
         LoggingConfig,
         PolicyConfig,
     )
-    from drainer.log import configure, get_logger
-    from drainer.runner import run_once
+    from drainer.io.log import configure, get_logger
 
     configure(LoggingConfig(format="json", level="error"), stream=io.StringIO())
     log = get_logger()

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from drainer.app.runner import Seams, run_once
 from drainer.config import (
     ApprovalConfig,
     AzureConfig,
@@ -46,8 +47,7 @@ from drainer.config import (
 )
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from drainer.log import configure, get_logger
-from drainer.runner import Seams, run_once
+from drainer.io.log import configure, get_logger
 
 SCALE = 50.0  # Azure seconds per played second
 NOTICE = 900.0

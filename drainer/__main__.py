@@ -2,6 +2,6 @@
 
 import sys
 
-from drainer.cli import main
+from drainer.app.cli import main
 
 sys.exit(main())

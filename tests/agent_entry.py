@@ -1,6 +1,6 @@
 """Test-only entry point: runs the real CLI with test seams taken from the environment.
 
-TEST_CRASH_AT=<step>     os._exit(137) at that step boundary (see drainer.runner)
+TEST_CRASH_AT=<step>     os._exit(137) at that step boundary (see drainer.app.runner)
 TEST_RAISE_AT=<step>     raise an unexpected RuntimeError there (a bug, as the CLI sees it)
 TEST_BOOT_ID_FILE=<path> read the boot id from this file instead of /proc
 TEST_MODULES_OUT=<path>  write the names of every imported module there at exit
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from drainer.cli import BEFORE_EXIT, main
-from drainer.seams import BOOT_ID_PATH, Seams
+from drainer.act.seams import BOOT_ID_PATH, Seams
+from drainer.app.cli import BEFORE_EXIT, main
 
 CRASH_EXIT = 137
 

@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from drainer.base.events import document_from_json
 from drainer.config import ApprovalConfig, PolicyConfig
-from drainer.core import Approve, Observation, State, record_outcome, step
-from drainer.decide_approval import ApprovalFacts, approve_at_once, decide_approvals
+from drainer.decide.approval import ApprovalFacts, approve_at_once, decide_approvals
+from drainer.decide.core import Approve, Observation, State, record_outcome, step
 from drainer.emulator.control import EmulatorControl
-from drainer.events import document_from_json
 from tests.conftest import DEFAULT_CONFIG, Agent
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)

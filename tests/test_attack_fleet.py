@@ -203,7 +203,7 @@ def test_idle_runs_after_a_fleet_cycle_make_no_arm_call_and_import_no_sdk(
     done = agents["web-0"].check(TEST_MODULES_OUT=str(modules_file))
     assert done.returncode == 0, done.stderr
     modules = set(modules_file.read_text().split())
-    assert "drainer.runner" in modules
+    assert "drainer.app.runner" in modules
     assert {m for m in modules if m.split(".")[0] == "azure"} == set()
     after = [r for r in control.requests() if "/metadata/" not in r["path"]]
     assert after[before:] == []

@@ -1,4 +1,4 @@
-"""Attacks on the daemon's shortcuts for other VMs' events (drainer/inert.py, the core's skip of
+"""Attacks on the daemon's shortcuts for other VMs' events (drainer/decide/inert.py, the core's skip of
 unchanged other-VM events, the IMDS body cache, the state cache, the emulator's rendered document).
 Each test plays a scenario through real drainer processes against the emulator, over HTTP."""
 
@@ -176,9 +176,9 @@ def test_the_emulators_rendered_document_shows_every_change_at_the_next_get(
 
 
 def test_keys_of_follows_the_events_of_a_replaced_document() -> None:
-    """A document whose events were replaced (``_replace(events=...)``, as drainer.inert does) reports
+    """A document whose events were replaced (``_replace(events=...)``, as drainer.decide.inert does) reports
     the new events' keys (a cached key field once reported the old ones; found by review)."""
-    from drainer.events import document_from_json
+    from drainer.base.events import document_from_json
 
     raw = {"DocumentIncarnation": 1, "Events": [_raw_event("AAAA", ["web-1"])]}
     document = document_from_json(raw)

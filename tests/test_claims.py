@@ -1,10 +1,10 @@
-"""The fleet's claims and the floor rule, pure (drainer/claims.py)."""
+"""The fleet's claims and the floor rule, pure (drainer/decide/claims.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from drainer.claims import PREFIX, Claim, admit, decode, encode, key, with_claim, without_claim
+from drainer.decide.claims import PREFIX, Claim, admit, decode, encode, key, with_claim, without_claim
 
 POOL = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/loadBalancers/lb/backendAddressPools/p"
 OTHER_POOL = POOL.replace("/p", "/q")

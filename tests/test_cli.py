@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from drainer.emulator.control import EmulatorControl
-from drainer.lock import RunLock
+from drainer.io.lock import RunLock
 from tests.conftest import EXAMPLES, Agent, load_scenarios, log_records
 
 
@@ -259,7 +259,7 @@ def test_idle_run_imports_nothing_heavy_and_writes_no_transaction(agent: Agent, 
     done = agent.check(TEST_MODULES_OUT=str(modules_file))
     assert done.returncode == 0, done.stderr
     modules = set(modules_file.read_text().split())
-    assert "drainer.runner" in modules  # the check really ran in this process
+    assert "drainer.app.runner" in modules  # the check really ran in this process
     heavy = {m for m in modules if m.split(".")[0] in {"azure", "apscheduler", "prometheus_client"}}
     assert heavy == set()
     # Nothing is logged at the default level on an idle run, so structlog is never even imported.

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from drainer.config import Config, from_mapping, load
-from drainer.errors import ConfigError
+from drainer.base.errors import ConfigError
+from drainer.config import Config, from_mapping
+from drainer.io.configfile import load
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "config.example.toml"

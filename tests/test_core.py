@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from drainer.base.events import document_from_json
 from drainer.config import PolicyConfig
-from drainer.core import (
+from drainer.decide.core import (
     Decision,
     Drain,
     DrainState,
@@ -21,7 +22,6 @@ from drainer.core import (
     record_reconcile,
     step,
 )
-from drainer.events import document_from_json
 from tests.conftest import load_scenarios
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from drainer.config import LoggingConfig
-from drainer.log import REDACTED, configure, get_logger
+from drainer.io.log import REDACTED, configure, get_logger
 from tests.conftest import ROOT
 
 

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from drainer.errors import MalformedDocumentError
-from drainer.events import EventStatus, EventType, parse_document, parse_not_before
+from drainer.base.errors import MalformedDocumentError
+from drainer.base.events import EventStatus, EventType, parse_document, parse_not_before
 from tests.conftest import EXAMPLES
 
 

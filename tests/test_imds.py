@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from drainer.base.errors import ImdsHttpError, ImdsUnavailableError, MalformedDocumentError
 from drainer.config import ImdsConfig
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from drainer.errors import ImdsHttpError, ImdsUnavailableError, MalformedDocumentError
-from drainer.imds import ImdsClient
+from drainer.io.imds import ImdsClient
 from tests.conftest import EXAMPLES
 
 
@@ -134,7 +134,7 @@ def test_instance_metadata_identity(emulator: RunningEmulator) -> None:
 
 
 def test_instance_metadata_from_the_spec_example() -> None:
-    from drainer.imds import InstanceInfo
+    from drainer.io.imds import InstanceInfo
 
     spec = json.loads(
         (EXAMPLES / "imds_spec_2018-10-01_getInstanceMetadata_with_error_examples.json").read_text()

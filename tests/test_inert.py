@@ -1,4 +1,4 @@
-"""Other VMs' events listed unchanged are set aside before the core folds a document (drainer.inert):
+"""Other VMs' events listed unchanged are set aside before the core folds a document (drainer.decide.inert):
 what may be set aside. (That it decides what folding everything decides: tests/test_properties.py;
 that the daemon still sees every change: tests/test_daemon.py.)"""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from drainer.base.events import document_from_json
 from drainer.config import PolicyConfig
-from drainer.core import EventState, Observation, State, step
-from drainer.events import document_from_json
-from drainer.inert import split, split_remembered
+from drainer.decide.core import EventState, Observation, State, step
+from drainer.decide.inert import split, split_remembered
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
 POLICY = PolicyConfig(reconcile_interval_seconds=0, reconcile_active_seconds=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drainer.nicrecord import (
+from drainer.decide.nicrecord import (
     MAX_TAGS,
     AdminRecord,
     NicView,

@@ -196,7 +196,7 @@ def test_maintainer_scripts_pass_shellcheck() -> None:
 
 ROLE_KEYS = ["Name", "IsCustom", "Description", "Actions", "NotActions", "DataActions", "NotDataActions",
              "AssignableScopes"]  # fmt: skip
-# What each method's code calls (drainer/lb.py, drainer/arm.py), and what ARM checks with it.
+# What each method's code calls (drainer/act/lb.py, drainer/io/arm.py), and what ARM checks with it.
 ROLES = {
     "drainer-role-nic.json": {
         "Microsoft.Network/networkInterfaces/read",  # list_nics, get_nic

@@ -10,7 +10,7 @@ documents), failing actions, crashes between steps and reboots. After every step
 - no approval is decided before the drain completed;
 - running again on the same document, with nothing failing, decides nothing;
 - once no event lists the VM and nothing fails, it is back in rotation within two runs;
-- setting aside other VMs' events listed unchanged (drainer.inert) decides exactly the same.
+- setting aside other VMs' events listed unchanged (drainer.decide.inert) decides exactly the same.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from drainer.base.errors import ConfigError, MalformedDocumentError
+from drainer.base.events import document_from_json, parse_document
 from drainer.config import SECTIONS, ApprovalConfig, PolicyConfig, from_mapping
-from drainer.core import (
+from drainer.decide.approval import ApprovalFacts, decide_approvals, record_approval
+from drainer.decide.core import (
     Approve,
     Drain,
     DrainState,
@@ -39,10 +42,7 @@ from drainer.core import (
     record_reconcile,
     step,
 )
-from drainer.decide_approval import ApprovalFacts, decide_approvals, record_approval
-from drainer.errors import ConfigError, MalformedDocumentError
-from drainer.events import document_from_json, parse_document
-from drainer.inert import split
+from drainer.decide.inert import split
 
 ME = "web-0"
 VMS = ["web-0", "WEB-0", "web-1", "web-2"]
@@ -141,7 +141,7 @@ class CoreMachine(RuleBasedStateMachine):
         raw = document if document is not None else self.document()
         observation = Observation(document_from_json(raw), ME, self.boot)
         decision = step(self.state, observation, self.now, POLICY)
-        # The runner folds the document without other VMs' events listed unchanged (drainer.inert):
+        # The runner folds the document without other VMs' events listed unchanged (drainer.decide.inert):
         # that must decide exactly what folding all of them decides.
         view = split(observation.document, self.state, ME)
         if view is not None:

@@ -20,12 +20,12 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from drainer.app.runner import Seams, run_once
+from drainer.base.errors import DrainerError
 from drainer.config import ApprovalConfig, AzureConfig, Config, ImdsConfig, LoggingConfig
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
-from drainer.errors import DrainerError
-from drainer.log import configure, get_logger
-from drainer.runner import Seams, run_once
+from drainer.io.log import configure, get_logger
 
 POINTS = [
     "decided",

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from drainer.base.events import document_from_json
 from drainer.config import PolicyConfig
-from drainer.core import Decision, Drain, EventState, Observation, Restore, State, record_outcome, step
-from drainer.events import document_from_json
+from drainer.decide.core import Decision, Drain, EventState, Observation, Restore, State, record_outcome, step
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
 WHEN = MappingProxyType(
@@ -241,7 +241,7 @@ def test_the_wall_clock_does_not_count() -> None:
 
 
 def test_the_daemon_measures_a_stall_from_the_end_of_the_last_check() -> None:
-    from drainer.daemon import _stall
+    from drainer.app.daemon import _stall
 
     assert _stall([], 1.0) == 0.0, "no check ended yet: nothing known"
     now = time.monotonic()

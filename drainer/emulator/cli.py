@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from drainer.errors import EXIT_OK, EXIT_USAGE, DrainerError
+from drainer.base.errors import EXIT_OK, EXIT_USAGE, DrainerError
 
 DEFAULT_URL = "http://127.0.0.1:8169"
 

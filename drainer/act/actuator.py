@@ -1,0 +1,55 @@
+"""The seam between the runner and the drain methods: what an action is given, and what a drain
+method implements. Imported by the runner and by every drain method (no method imports another)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from drainer.config import Config
+from drainer.decide.core import Drain, EventRecord, Restore
+from drainer.io.imds import InstanceInfo
+from drainer.store.ledger import Absence, Ledger, MemoryAbsence
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    config: Config
+    vm: InstanceInfo
+    events: tuple[EventRecord, ...]  # the events the action is for (empty for a restore)
+    log: Any
+    # Local records: for a NIC whose tags cannot hold drainer's record, and a cache for `status`.
+    ledger: Ledger
+    # Which resources answered 404, since when: a resource is dropped only once confirmed gone.
+    absence: Absence = field(default_factory=MemoryAbsence)
+    # Crash-injection seam between the steps of an action (see drainer.app.runner.Seams).
+    checkpoint: Callable[[str], None] = lambda _: None
+    now: Callable[[], datetime] = _utcnow
+    # Why the platform forces taking the VM out now ("" when it does not), for a reconcile (a drain
+    # carries its own): the floor then does not hold it.
+    forced: str = ""
+    # Lines for `status` the action leaves behind (e.g. a drain forced below the pool's floor).
+    notes: list[str] = field(default_factory=list)
+
+
+class Actuator(Protocol):
+    """A drain method. Every call is idempotent and raises ActionError on failure.
+
+    ``reconcile`` converges what is (in Azure, or on this VM) with what should be (``out``: the VM
+    out of rotation) whatever the local state says, and returns (whether it changed anything, one
+    line saying what it found).
+    """
+
+    name: str
+
+    def drain(self, action: Drain, ctx: ActionContext) -> None: ...
+
+    def restore(self, action: Restore, ctx: ActionContext) -> None: ...
+
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]: ...

@@ -1,0 +1,61 @@
+"""The load-balancer drain methods (``nic``, ``admin-state``) over the ARM client.
+
+Imported only when there is something to drain, restore or reconcile: it imports the Azure SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drainer.act.actuator import ActionContext, Actuator
+from drainer.act.floor import release_claim, renew_claim
+from drainer.act.lb_admin import AdminStateDrain
+from drainer.act.lb_nic import NicDrain
+from drainer.config import Config
+from drainer.decide.core import Drain, Restore
+from drainer.io.imds import InstanceInfo
+
+
+def make_lb_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
+    """The actuator for ``[drain] method`` nic or admin-state, over a (dry-run wrapped) ARM client."""
+    from drainer.io.arm import ArmNetwork, DryRunNetwork, Network  # noqa: PLC0415
+
+    network: Network = ArmNetwork(
+        config.azure, subscription_id=vm.subscription_id, imds_endpoint=config.imds.endpoint
+    )
+    if config.dry_run:
+        network = DryRunNetwork(network, log)
+    nic, admin = NicDrain(network), AdminStateDrain(network)
+    return _Restoring(admin, nic) if config.drain.method == "admin-state" else _Restoring(nic, admin)
+
+
+class _Restoring:
+    """The configured method, whose restores also put back what the *other* load-balancer method
+    recorded (the method may have changed while the VM was out: its records must still be read)."""
+
+    def __init__(self, method: NicDrain | AdminStateDrain, other: NicDrain | AdminStateDrain) -> None:
+        self.method = method
+        self.other = other
+        self.name = method.name
+        self.network = method.network
+
+    def drain(self, action: Drain, ctx: ActionContext) -> None:
+        self.method.drain(action, ctx)
+
+    def restore(self, action: Restore, ctx: ActionContext) -> None:
+        self.method.restore(action, ctx)
+        self.other.reconcile(False, ctx)
+        release_claim(self.network, ctx)
+
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        changed, found = self.method.reconcile(out, ctx)
+        if out:
+            renew_claim(self.network, ctx)
+            return changed, found
+        also, other = self.other.reconcile(False, ctx)
+        if changed or also:
+            release_claim(self.network, ctx)
+        return changed or also, f"{found}; {other}" if also else found
+
+
+__all__ = ["AdminStateDrain", "NicDrain", "make_lb_actuator"]

@@ -1,0 +1,38 @@
+"""``drainer config check``: every path drainer would trust, checked as it will be when used
+(``drainer.io.trust``), each refusal with the exact path and the reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from drainer.config import Config
+from drainer.io.trust import TrustError, check, check_dir, find_program
+
+
+def refusals(config: Config) -> list[str]:
+    """One line per refused path: what it is for, the component that fails, and why."""
+    from drainer.act.hooks import DEFAULT_PATH, problems  # noqa: PLC0415
+
+    found: list[str] = []
+    if Path(config.hooks.dir).exists():
+        try:
+            check(config.hooks.dir, strict_leaf=True)
+        except TrustError as exc:
+            found.append(f"hooks dir {config.hooks.dir}: {exc}")
+    found += [f"hook {problem}" for problem in problems(config)]
+    if config.restore.health_command:
+        name = config.restore.health_command[0]
+        try:
+            check(find_program(name, os.environ.get("PATH", DEFAULT_PATH)))
+        except TrustError as exc:
+            found.append(f"restore.health_command {name}: {exc}")
+    reason = check_dir(config.state_dir)
+    if reason:
+        found.append(f"state_dir {config.state_dir}: {reason}")
+    if config.drain.method == "probe":
+        flag_dir = str(Path(config.probe.flag_file).parent)
+        reason = check_dir(flag_dir)
+        if reason:
+            found.append(f"probe.flag_file directory {flag_dir}: {reason}")
+    return found

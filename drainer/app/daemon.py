@@ -1,0 +1,253 @@
+"""``drainer run``: the daemon. APScheduler 3.x runs the very same ``run_once`` as ``drainer check``
+every ``[daemon] poll_interval`` seconds (one at a time, missed runs coalesced).
+
+- SIGTERM / SIGINT: no new check starts; the running one gets ``stop_timeout`` seconds to finish, else
+  it is abandoned (every step is crash-safe: the next start completes it). The run lock is the kernel's
+  and goes with the process.
+- The same error is logged once, then at most every ``error_log_interval`` seconds with a count, and
+  once more when checks succeed again.
+- ``[metrics] enabled``: ``/metrics`` (Prometheus) and ``/healthz`` on ``[metrics] address`` (loopback
+  by default), and only there.
+- ``[drain] method = "probe"``: the readiness URL on ``[probe] address`` answers 200 in rotation and
+  503 while drained; that address serves nothing else.
+- Both servers bound their connections and time them out (``drainer.io.httpserve``): idle or slow
+  clients cannot take the descriptors or threads a drain needs. An address that cannot be bound is
+  one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drainer.act.probe import out_of_rotation
+from drainer.app import outcome
+from drainer.app.runner import Seams, run_once
+from drainer.base.errors import EXIT_OK, ConfigError, DrainerError, LockedError
+from drainer.config import Config, parse_address
+from drainer.io.httpserve import QuietHandler, serve
+from drainer.io.imds import ImdsClient
+
+
+class ErrorThrottle:
+    """Logs an error the first time, then the same error at most every ``interval`` seconds."""
+
+    def __init__(self, log: Any, interval: float) -> None:
+        self.log = log
+        self.interval = interval
+        self.key: str | None = None
+        self.count = 0
+        self.last_logged = 0.0
+
+    def failed(self, error: str, kind: str) -> None:
+        now = time.monotonic()
+        if error != self.key:
+            self.key, self.count, self.last_logged = error, 1, now
+            self.log.error("check failed; retrying every poll", error=error, error_type=kind)
+            return
+        self.count += 1
+        if now - self.last_logged >= self.interval:
+            self.last_logged = now
+            self.log.error("check still failing", error=error, error_type=kind, failures=self.count)
+
+    def succeeded(self) -> None:
+        if self.key is not None:
+            self.log.info("checks succeed again", failures=self.count)
+        self.key, self.count = None, 0
+
+
+class _Status:
+    """What the HTTP endpoints report."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.last_ok: float | None = None
+        self.recorder: Any = None
+
+    def healthy(self) -> tuple[bool, str]:
+        limit = max(3 * self.config.daemon.poll_interval, 30.0)
+        if self.last_ok is None:
+            return False, "no successful check yet"
+        age = time.time() - self.last_ok
+        return (age <= limit), f"last successful check {age:.1f}s ago"
+
+
+class _MetricsHandler(QuietHandler):
+    """``[metrics] address``: /metrics and /healthz, nothing else."""
+
+    def get(self, path: str) -> None:
+        status: _Status = self.server.status  # type: ignore[attr-defined]
+        if path == "/metrics" and status.recorder is not None:
+            self.answer(200, status.recorder.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/healthz":
+            ok, why = status.healthy()
+            self.answer(200 if ok else 503, f"{'ok' if ok else 'unhealthy'}: {why}\n".encode())
+        else:
+            self.answer(404, b"not found\n")
+
+
+class _ProbeHandler(QuietHandler):
+    """``[probe] address``, reachable by the load balancer: the readiness path only."""
+
+    def get(self, path: str) -> None:
+        status: _Status = self.server.status  # type: ignore[attr-defined]
+        if path == status.config.probe.path:
+            # From the persisted drain state: a restart or an emptied /run never answers 200 early.
+            out = out_of_rotation(status.config.state_dir, status.config.probe.flag_file)
+            self.answer(503 if out else 200, b"out of rotation\n" if out else b"in rotation\n")
+        else:
+            self.answer(404, b"not found\n")
+
+
+def _listen(config: Config, key: str, address: str, handler: type[QuietHandler], status: _Status) -> Any:
+    """Serve ``handler`` on ``address``. Raises ConfigError (one line, exit 2) when it cannot listen."""
+    try:
+        return serve(parse_address(address), handler, status=status)
+    except OSError as exc:
+        raise ConfigError(config.source, key, f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+def _record_outcome(config: Config, error: str, error_type: str) -> None:
+    """For ``drainer status``: a failure is written, a success costs a failed rename (see outcome)."""
+    if config.dry_run:
+        return
+    if error:
+        outcome.failed(config.state_dir, error, error_type)
+    else:
+        outcome.succeeded(config.state_dir)
+
+
+def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
+    """Serve until SIGTERM or SIGINT. Returns the exit code."""
+    from apscheduler.executors.pool import ThreadPoolExecutor  # noqa: PLC0415 - the daemon only
+    from apscheduler.schedulers.blocking import BlockingScheduler  # noqa: PLC0415
+
+    # APScheduler warns when a run is skipped because the previous one still runs: that is the point
+    # of max_instances=1 here, not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    status = _Status(config)
+    probe = config.drain.method == "probe"
+    if probe and config.metrics.enabled and config.probe.address == config.metrics.address:
+        raise ConfigError(
+            config.source, "probe.address", "must differ from metrics.address (it serves readiness only)"
+        )
+    servers: list[Any] = []
+    try:
+        if config.metrics.enabled:
+            from drainer.io.prom import enable  # noqa: PLC0415
+
+            status.recorder = enable()
+            address = config.metrics.address
+            try:
+                servers.append(_listen(config, "metrics.address", address, _MetricsHandler, status))
+            except ConfigError as exc:
+                # /metrics is for people; the drain is the job. A taken port (another process, or a
+                # local user squatting it) must not stop drainer: serve no metrics, say so, go on.
+                log.error("metrics are not served; drainer runs without them", error=str(exc))
+        if probe:
+            servers.append(_listen(config, "probe.address", config.probe.address, _ProbeHandler, status))
+    except ConfigError:
+        for server in servers:
+            server.server_close()
+        raise
+    imds = ImdsClient(config.imds)
+    throttle = ErrorThrottle(log, config.daemon.error_log_interval)
+    stopping = threading.Event()
+    idle = threading.Event()
+    idle.set()
+    disabled_said = False
+    # When the last check ended (monotonic): a much later start means the VM stalled (decide.recovery).
+    last_end: list[float] = []
+
+    def check() -> None:
+        nonlocal disabled_said
+        if stopping.is_set():
+            return
+        idle.clear()
+        try:
+            if Path(config.disabled_file).exists():
+                if not disabled_said:
+                    log.warning(
+                        "disabled: doing nothing while the kill-switch file exists", file=config.disabled_file
+                    )
+                    disabled_said = True
+                return
+            if disabled_said:
+                log.info("enabled again: the kill-switch file is gone", file=config.disabled_file)
+                disabled_said = False
+            stall = _stall(last_end, config.daemon.poll_interval)
+            result = run_once(config, log, seams, imds=imds, stall_seconds=stall)
+            status.last_ok = time.time()
+            throttle.succeeded()
+            _record_outcome(config, "; ".join(result.errors), "ActionError")
+        except LockedError:
+            log.debug("another drainer run holds the lock; skipping this poll")
+        except DrainerError as exc:
+            throttle.failed(str(exc), type(exc).__name__)
+            _record_outcome(config, str(exc), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon: log it, keep polling
+            log.error("unexpected error in a check (a bug)", error=repr(exc), error_type=type(exc).__name__)
+            _record_outcome(config, repr(exc), type(exc).__name__)
+        finally:
+            last_end[:] = [time.monotonic()]
+            idle.set()
+
+    scheduler = BlockingScheduler(
+        executors={"default": ThreadPoolExecutor(1)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    scheduler.add_job(
+        check,
+        "interval",
+        seconds=config.daemon.poll_interval,
+        id="check",
+        next_run_time=datetime.now(),
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            return  # a second signal (e.g. from a supervisor and the terminal): already stopping
+        stopping.set()
+        log.info("stopping", signal=signal.Signals(signum).name)
+        scheduler.shutdown(wait=False)
+
+    # The first record builds the logger (imports structlog): before the handlers, which log too,
+    # so a signal during that import cannot re-enter it.
+    log.info(
+        "daemon started",
+        poll_interval=config.daemon.poll_interval,
+        method=config.drain.method,
+        metrics=config.metrics.address if config.metrics.enabled else None,
+        pid=os.getpid(),
+    )
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheduler.start()  # returns once shut down
+    finished = idle.wait(config.daemon.stop_timeout)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    if not finished:
+        log.warning(
+            "stopping: abandoning the running check (it is crash-safe)",
+            stop_timeout=config.daemon.stop_timeout,
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_OK)  # the check's thread cannot be interrupted; the kernel releases the lock
+    imds.close()
+    log.info("daemon stopped")
+    return EXIT_OK
+
+
+def _stall(last_end: list[float], poll_interval: float) -> float:
+    """Seconds between the end of the last check and now beyond the poll interval (0: none known)."""
+    if not last_end:
+        return 0.0
+    return max(0.0, time.monotonic() - last_end[0] - poll_interval)
