@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Protocol
 
+from drainer.base.instance import InstanceInfo
+from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.core import Drain, EventRecord, Restore
-from drainer.io.imds import InstanceInfo
 from drainer.store.ledger import Absence, Ledger, MemoryAbsence
 
 
@@ -23,7 +24,7 @@ class ActionContext:
     config: Config
     vm: InstanceInfo
     events: tuple[EventRecord, ...]  # the events the action is for (empty for a restore)
-    log: Any
+    log: Logger
     # Local records: for a NIC whose tags cannot hold drainer's record, and a cache for `status`.
     ledger: Ledger
     # Which resources answered 404, since when: a resource is dropped only once confirmed gone.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from drainer.base.typing import Logger
 from drainer.config import Config
 
 
-def healthy(config: Config, log: Any) -> bool | None:
+def healthy(config: Config, log: Logger) -> bool | None:
     """True or False when a check is configured (both must pass if both are), None when there is none."""
     cfg = config.restore
     if not cfg.health_url and not cfg.health_command:

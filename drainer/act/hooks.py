@@ -29,17 +29,22 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer import __version__
 from drainer.base import metrics
 from drainer.base.errors import ActionError
 from drainer.base.events import format_iso
+from drainer.base.instance import InstanceInfo
+from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.core import Drain, EventRecord, Restore
 from drainer.io import process
-from drainer.io.imds import InstanceInfo
 from drainer.io.trust import TrustError, check, open_file
+
+if TYPE_CHECKING:
+    from drainer.act.actuator import ActionContext, Actuator
+    from drainer.store.state import StateStore
 
 PHASES = ("on-event", "pre-drain", "post-drain", "pre-restore", "post-restore")
 PIPELINES: Mapping[str, tuple[str, ...]] = {
@@ -231,10 +236,14 @@ def _hint(exit_code: int | None, start_error: str) -> str:
 class HookRunner:
     """Runs the hooks of one phase with the contract, logging every run."""
 
-    def __init__(self, config: Config, log: Any, inherited_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: Config, log: Logger, inherited_env: Mapping[str, str], *, dry_run: bool = False
+    ) -> None:
+        """``dry_run``: the contract's DRAINER_DRY_RUN (given by the effects seam)."""
         self.config = config
         self.log = log
         self.inherited_env = inherited_env
+        self.dry_run = dry_run
 
     def run_phase(
         self, phase: str, *, vm: InstanceInfo, events: Sequence[EventRecord], manual: bool = False
@@ -248,7 +257,7 @@ class HookRunner:
             phase,
             vm=vm,
             events=events,
-            dry_run=self.config.dry_run,
+            dry_run=self.dry_run,
             state_dir=self.config.state_dir,
             manual=manual,
         )
@@ -300,26 +309,18 @@ class HookRunner:
 class PendingPhases:
     """Phases whose hooks failed and are run again on later runs, while they still apply.
 
-    Kept in the state database (``meta`` key ``pending_phases``); ``when`` is the drain state in
-    which the phase still makes sense (``any`` for on-event).
+    Kept in the state database (``StateStore.pending_phases``); ``when`` is the drain state in which
+    the phase still makes sense (``any`` for on-event).
     """
 
-    KEY = "pending_phases"
-
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     def load(self) -> list[dict[str, Any]]:
-        raw = self.store.meta(self.KEY) if self.store is not None else None
-        try:
-            data = json.loads(raw) if raw else []
-        except ValueError:
-            return []
-        return [d for d in data if isinstance(d, dict)]
+        return self.store.pending_phases()
 
     def save(self, pending: list[dict[str, Any]]) -> None:
-        if self.store is not None:
-            self.store.set_meta({self.KEY: json.dumps(pending)})
+        self.store.set_pending_phases(pending)
 
     def add(self, phase: str, event_ids: Sequence[str], when: str) -> None:
         pending = [p for p in self.load() if p.get("phase") != phase]
@@ -330,13 +331,13 @@ class PendingPhases:
 class HookedActuator:
     """Wraps a built-in drain method in its hook phases (``PIPELINES``)."""
 
-    def __init__(self, inner: Any, runner: HookRunner, pending: PendingPhases) -> None:
+    def __init__(self, inner: Actuator, runner: HookRunner, pending: PendingPhases) -> None:
         self.inner = inner
         self.runner = runner
         self.pending = pending
         self.name = inner.name
 
-    def drain(self, action: Drain, ctx: Any) -> None:
+    def drain(self, action: Drain, ctx: ActionContext) -> None:
         manual = not action.event_ids
         pre = self.runner.run_phase("pre-drain", vm=ctx.vm, events=ctx.events, manual=manual)
         if not pre.ok:
@@ -350,7 +351,7 @@ class HookedActuator:
         ctx.checkpoint("builtin-drain-done")
         self._after("post-drain", ctx, action.event_ids, "drained", manual)
 
-    def restore(self, action: Restore, ctx: Any) -> None:
+    def restore(self, action: Restore, ctx: ActionContext) -> None:
         ids = [r.event.event_id for r in ctx.events]
         pre = self.runner.run_phase("pre-restore", vm=ctx.vm, events=ctx.events)
         if not pre.ok:
@@ -361,7 +362,13 @@ class HookedActuator:
         ctx.checkpoint("builtin-restore-done")
         self._after("post-restore", ctx, ids, "in_rotation", False)
 
-    def _after(self, phase: str, ctx: Any, event_ids: Sequence[str], when: str, manual: bool) -> None:
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
+        """A reconcile runs no hooks: it converges what is with what should be, unannounced."""
+        return self.inner.reconcile(out, ctx)
+
+    def _after(
+        self, phase: str, ctx: ActionContext, event_ids: Sequence[str], when: str, manual: bool
+    ) -> None:
         result = self.runner.run_phase(phase, vm=ctx.vm, events=ctx.events, manual=manual)
         if not result.ok:
             self.pending.add(phase, list(event_ids), when)
@@ -377,15 +384,11 @@ def retry_pending(
     vm: InstanceInfo,
     drain_state: str,
     events: Mapping[str, EventRecord],
-    earlier: str | None,
+    earlier: Sequence[dict[str, Any]],
 ) -> None:
     """Run again the phases that failed on earlier runs (``earlier``: the pending list as it was
     before this run's actions), while they still apply. Phases that failed in this run stay pending."""
-    try:
-        decoded = json.loads(earlier or "[]")
-    except ValueError:
-        decoded = []
-    before = [p for p in decoded if isinstance(p, dict)] if isinstance(decoded, list) else []
+    before = list(earlier)
     current = pending.load()
     keep = [p for p in current if p not in before]  # failed during this run: next run
     for item in [p for p in current if p in before]:

@@ -5,26 +5,34 @@ Imported only when there is something to drain, restore or reconcile: it imports
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from drainer.act.actuator import ActionContext, Actuator
+from drainer.act.effects import Effects
 from drainer.act.floor import release_claim, renew_claim
 from drainer.act.lb_admin import AdminStateDrain
 from drainer.act.lb_nic import NicDrain
+from drainer.base.instance import InstanceInfo
+from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.core import Drain, Restore
-from drainer.io.imds import InstanceInfo
+
+if TYPE_CHECKING:
+    from drainer.io.arm import Network
 
 
-def make_lb_actuator(config: Config, vm: InstanceInfo, log: Any) -> Actuator:
-    """The actuator for ``[drain] method`` nic or admin-state, over a (dry-run wrapped) ARM client."""
-    from drainer.io.arm import ArmNetwork, DryRunNetwork, Network  # noqa: PLC0415
+def make_network(config: Config, vm: InstanceInfo, log: Logger, effects: Effects) -> Network:
+    """This VM's subscription's ARM network client, writing through ``effects``."""
+    from drainer.io.arm import ArmNetwork  # noqa: PLC0415
 
-    network: Network = ArmNetwork(
-        config.azure, subscription_id=vm.subscription_id, imds_endpoint=config.imds.endpoint
+    return effects.network(
+        ArmNetwork(config.azure, subscription_id=vm.subscription_id, imds_endpoint=config.imds.endpoint), log
     )
-    if config.dry_run:
-        network = DryRunNetwork(network, log)
+
+
+def make_lb_actuator(config: Config, vm: InstanceInfo, log: Logger, effects: Effects) -> Actuator:
+    """The actuator for ``[drain] method`` nic or admin-state. Raises DrainerError (no credential)."""
+    network = make_network(config, vm, log, effects)
     nic, admin = NicDrain(network), AdminStateDrain(network)
     return _Restoring(admin, nic) if config.drain.method == "admin-state" else _Restoring(nic, admin)
 
@@ -58,4 +66,4 @@ class _Restoring:
         return changed or also, f"{found}; {other}" if also else found
 
 
-__all__ = ["AdminStateDrain", "NicDrain", "make_lb_actuator"]
+__all__ = ["AdminStateDrain", "NicDrain", "make_lb_actuator", "make_network"]

@@ -11,6 +11,7 @@ from azure.mgmt.network.models import NetworkInterface
 
 from drainer.act.actuator import ActionContext
 from drainer.base.errors import ActionError
+from drainer.base.instance import InstanceInfo
 from drainer.io.arm import ArmError, Network
 
 MAX_CONFLICTS = 5  # 412 retries per resource and action
@@ -177,7 +178,7 @@ class Presence:
         return "gone" if self.ctx.absence.absent(pool_id, self.ctx.now()) else "absent"
 
 
-def listed_nics(network: Network, vm: Any, names: set[str]) -> dict[str, list[str]]:
+def listed_nics(network: Network, vm: InstanceInfo, names: set[str]) -> dict[str, list[str]]:
     """The NIC ids of the named VMs, found in the whole subscription (one paged list: a VM's NICs may
     be in another resource group). Only VMs in this VM's resource group count: the VMs of one
     availability set or scale set share it, and VM names are unique only within a group.

@@ -9,47 +9,43 @@ health check reads it, and every run puts it back in line with the state.
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from drainer.base.errors import ActionError
 from drainer.decide.core import Drain, Restore
-from drainer.io.safefile import UnsafeFileError, ensure_dir, write_atomic
-from drainer.store.state import DB_NAME
+from drainer.io.safefile import UnsafeFileError
+from drainer.store.files import read_drain_state
+
+if TYPE_CHECKING:
+    from drainer.act.actuator import ActionContext
+    from drainer.act.effects import Effects
 
 
 class ProbeDrain:
     name = "probe"
 
-    def __init__(self, flag_file: str, *, dry_run: bool) -> None:
+    def __init__(self, flag_file: str, effects: Effects) -> None:
         self.flag = Path(flag_file)
-        self.dry_run = dry_run
+        self.effects = effects
 
-    def drain(self, action: Drain, ctx: Any) -> None:
+    def drain(self, action: Drain, ctx: ActionContext) -> None:
         self._set(True, ",".join(action.event_ids), ctx)
 
-    def restore(self, action: Restore, ctx: Any) -> None:
+    def restore(self, action: Restore, ctx: ActionContext) -> None:
         self._set(False, "", ctx)
 
-    def reconcile(self, out: bool, ctx: Any) -> tuple[bool, str]:
+    def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
         if self.flag.exists() == out:
             return False, "flag file matches the state"
         self._set(out, "reconcile", ctx)
         return True, f"flag file {'created' if out else 'removed'} to match the state"
 
-    def _set(self, out: bool, text: str, ctx: Any) -> None:
-        if self.dry_run:
-            what = "create" if out else "remove"
-            ctx.log.warning(f"dry-run: would {what} the out-of-rotation flag", flag=str(self.flag))
-            return
-        try:  # never through a planted symlink, in a directory no other user can write to
-            if out:
-                ensure_dir(self.flag.parent, 0o755)
-                write_atomic(self.flag, (text + "\n").encode(), 0o644)
-            else:
-                self.flag.unlink(missing_ok=True)
+    def _set(self, out: bool, text: str, ctx: ActionContext) -> None:
+        try:
+            if not self.effects.flag(self.flag, out, text, ctx.log):
+                return
         except UnsafeFileError as exc:
             raise ActionError("drain" if out else "restore", f"cannot change {self.flag}: {exc}") from exc
         except OSError as exc:
@@ -64,16 +60,9 @@ class ProbeDrain:
 
 def out_of_rotation(state_dir: str, flag_file: str) -> bool:
     """The readiness answer: out while the persisted drain state is not ``in_rotation``."""
-    try:
-        db = sqlite3.connect(f"file:{Path(state_dir) / DB_NAME}?mode=ro", uri=True, timeout=1)
-        try:
-            row = db.execute("SELECT drain_state FROM vm WHERE id = 1").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        row = None
-    if row is not None:
-        return bool(row[0] != "in_rotation")
+    drain_state = read_drain_state(state_dir)
+    if drain_state is not None:
+        return drain_state != "in_rotation"
     # No state yet (or unreadable this instant): the flag decides, if drainer wrote it (a regular
     # file owned by root or drainer's user; anything another user planted there is ignored).
     try:

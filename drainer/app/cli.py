@@ -20,6 +20,7 @@ from typing import Any
 
 from drainer import __version__
 from drainer.base.errors import EXIT_OK, EXIT_USAGE, DrainerError, LockedError
+from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.io.configfile import load
 
@@ -299,15 +300,11 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
 
 
 def _record(config: Config, error: str | None, error_type: str) -> None:
-    """Remember the check's outcome for ``drainer status`` (a dry run saves nothing)."""
-    if config.dry_run:
-        return
-    from drainer.app import outcome  # noqa: PLC0415
+    """Remember the check's outcome for ``drainer status`` (through the effects seam)."""
+    from drainer.act.effects import effects_for  # noqa: PLC0415
+    from drainer.act.seams import Seams  # noqa: PLC0415
 
-    if error is None:
-        outcome.succeeded(config.state_dir)
-    else:
-        outcome.failed(config.state_dir, error, error_type)
+    effects_for(config, Seams()).record_outcome(config.state_dir, error, error_type)
 
 
 def _oneshot_metrics(config: Config) -> Any:
@@ -321,7 +318,7 @@ def _oneshot_metrics(config: Config) -> Any:
     return recorder
 
 
-def _write_oneshot_metrics(config: Config, recorder: Any, log: Any) -> None:
+def _write_oneshot_metrics(config: Config, recorder: Any, log: Logger) -> None:
     from drainer.io.prom import write_textfile  # noqa: PLC0415
     from drainer.io.safefile import ensure_dir  # noqa: PLC0415
 

@@ -27,10 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drainer.act.effects import effects_for
 from drainer.act.probe import out_of_rotation
-from drainer.app import outcome
 from drainer.app.runner import Seams, run_once
 from drainer.base.errors import EXIT_OK, ConfigError, DrainerError, LockedError
+from drainer.base.typing import Logger
 from drainer.config import Config, parse_address
 from drainer.io.httpserve import QuietHandler, serve
 from drainer.io.imds import ImdsClient
@@ -39,7 +40,7 @@ from drainer.io.imds import ImdsClient
 class ErrorThrottle:
     """Logs an error the first time, then the same error at most every ``interval`` seconds."""
 
-    def __init__(self, log: Any, interval: float) -> None:
+    def __init__(self, log: Logger, interval: float) -> None:
         self.log = log
         self.interval = interval
         self.key: str | None = None
@@ -116,15 +117,10 @@ def _listen(config: Config, key: str, address: str, handler: type[QuietHandler],
 
 def _record_outcome(config: Config, error: str, error_type: str) -> None:
     """For ``drainer status``: a failure is written, a success costs a failed rename (see outcome)."""
-    if config.dry_run:
-        return
-    if error:
-        outcome.failed(config.state_dir, error, error_type)
-    else:
-        outcome.succeeded(config.state_dir)
+    effects_for(config, Seams()).record_outcome(config.state_dir, error or None, error_type)
 
 
-def run_daemon(config: Config, log: Any, seams: Seams | None = None) -> int:
+def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
     """Serve until SIGTERM or SIGINT. Returns the exit code."""
     from apscheduler.executors.pool import ThreadPoolExecutor  # noqa: PLC0415 - the daemon only
     from apscheduler.schedulers.blocking import BlockingScheduler  # noqa: PLC0415

@@ -1,31 +1,12 @@
-"""Who this VM is: instance metadata, cached in the state, re-read at every boot, whenever the local
-state is new, and before every drain. A cached identity that differs from what IMDS says (a state
-directory captured in an image, or copied from another VM) is never acted on."""
+"""Who this VM is: instance metadata, cached in the state (``StateStore.identity``), re-read at every
+boot, whenever the local state is new, and before every drain. A cached identity that differs from
+what IMDS says (a state directory captured in an image, or copied from another VM) is never acted on."""
 
 from __future__ import annotations
 
-import json
-
-from drainer.base.errors import MalformedDocumentError
+from drainer.base.instance import InstanceInfo
 from drainer.config import Config
-from drainer.io.imds import ImdsClient, InstanceInfo
-from drainer.store.state import StateStore
-
-_KEY = "vm"
-
-
-def cached(store: StateStore) -> InstanceInfo | None:
-    text = store.meta(_KEY)
-    if not text:
-        return None
-    try:
-        return InstanceInfo.from_json(json.loads(text), source=str(store.path))
-    except (ValueError, MalformedDocumentError):
-        return None
-
-
-def remember(store: StateStore, info: InstanceInfo) -> None:
-    store.set_meta({_KEY: json.dumps(info.to_json())})
+from drainer.io.imds import ImdsClient
 
 
 def same_vm(a: InstanceInfo, b: InstanceInfo) -> bool:

@@ -7,12 +7,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drainer.app import outcome
 from drainer.base.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.base.events import format_iso
 from drainer.base.terminal import printable
 from drainer.config import Config
 from drainer.decide.core import EventRecord, EventState, State
+from drainer.store import outcome
 from drainer.store.stamp import last_check
 from drainer.store.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
 
@@ -122,33 +122,25 @@ def status_json(
     }
 
 
-def _json_meta(raw: str | None) -> Any:
-    """A JSON value kept in the state's meta (None when missing or unreadable)."""
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
 def status(config: Config, *, as_json: bool) -> int:
     store = _open(config)
     if store is None:
         data = status_json(State(), {}, None, state_dir=config.state_dir)
     else:
         try:
-            vm_raw = store.meta("vm")
+            known = store.identity()
             checked = format_iso(last_check(config.state_dir)) or None
             data = status_json(
                 # The open events and the most recently cleared ones: the cost does not grow with
                 # history (`drainer history` has the rest).
                 store.load("recent", recent=STATUS_CLEARED),
-                json.loads(vm_raw) if vm_raw else {},
+                known.to_json() if known is not None else {},
                 checked,
                 store.ledger(),
                 state_dir=config.state_dir,
                 absent=store.absent(),
             )
-            data["floor_breach"] = _json_meta(store.meta("floor_breach"))
+            data["floor_breach"] = store.floor_breach()
         finally:
             store.close()
     health = outcome.summary(

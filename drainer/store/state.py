@@ -10,194 +10,68 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from drainer.base.errors import StateError
-from drainer.base.events import EventStatus, EventType, ScheduledEvent
-from drainer.decide.core import DrainState, EventRecord, EventState, State, Transition, VmState
+from drainer.base.errors import MalformedDocumentError, StateError
+from drainer.base.instance import InstanceInfo
+from drainer.decide.model import DrainState, EventRecord, EventState, State, Transition, VmState
 from drainer.io.log import redact_text
-from drainer.io.safefile import UnsafeFileError, ensure_dir
-from drainer.io.safefile import open_file as safe_open
-
-SCHEMA_VERSION = 6
-DB_NAME = "state.db"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    key TEXT PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    event_status TEXT NOT NULL,
-    not_before TEXT,
-    duration INTEGER,
-    resources TEXT NOT NULL,
-    resource_type TEXT NOT NULL,
-    source TEXT NOT NULL,
-    description TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    first_seen TEXT NOT NULL,
-    last_seen TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    started_at TEXT,
-    cleared_at TEXT,
-    left_rotation_at TEXT,
-    approved_at TEXT,
-    returned_at TEXT,
-    approval TEXT NOT NULL DEFAULT '',
-    drain_boot TEXT,
-    started_mono REAL,
-    started_boot TEXT,
-    gate_since REAL,
-    impacts INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS vm (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    drain_state TEXT NOT NULL,
-    since TEXT,
-    held_by TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_error TEXT NOT NULL,
-    held TEXT NOT NULL DEFAULT '',
-    manual INTEGER NOT NULL DEFAULT 0,
-    last_attempt_at TEXT,
-    last_reconcile_at TEXT,
-    last_reconcile TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS absent (
-    resource_id TEXT PRIMARY KEY,
-    first_at TEXT NOT NULL,
-    reads INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    method TEXT NOT NULL,
-    resource_id TEXT NOT NULL,
-    item TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    target TEXT NOT NULL,
-    status TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (method, resource_id, item, kind, target)
-);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    from_state TEXT NOT NULL,
-    to_state TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at);
-CREATE INDEX IF NOT EXISTS history_by_time ON history (at);
-"""
-
-
-# Upgrades from older schema versions, applied in order in one transaction.
-_MIGRATIONS = {
-    1: [
-        "ALTER TABLE vm ADD COLUMN held TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE vm ADD COLUMN manual INTEGER NOT NULL DEFAULT 0",
-        "CREATE TABLE IF NOT EXISTS ledger (method TEXT NOT NULL, resource_id TEXT NOT NULL, "
-        "item TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL, "
-        "recorded_at TEXT NOT NULL, PRIMARY KEY (method, resource_id, item, kind, target))",
-    ],
-    2: [
-        "ALTER TABLE events ADD COLUMN left_rotation_at TEXT",
-        "ALTER TABLE events ADD COLUMN approved_at TEXT",
-        "ALTER TABLE events ADD COLUMN returned_at TEXT",
-        "ALTER TABLE events ADD COLUMN approval TEXT NOT NULL DEFAULT ''",
-    ],
-    3: ["ALTER TABLE vm ADD COLUMN last_attempt_at TEXT"],
-    4: [
-        "ALTER TABLE vm ADD COLUMN last_reconcile_at TEXT",
-        "ALTER TABLE vm ADD COLUMN last_reconcile TEXT NOT NULL DEFAULT ''",
-        "CREATE TABLE IF NOT EXISTS absent (resource_id TEXT PRIMARY KEY, first_at TEXT NOT NULL, "
-        "reads INTEGER NOT NULL)",
-    ],
-    # restore_when = "recovered" (drainer.decide.recovery).
-    5: [
-        "ALTER TABLE events ADD COLUMN drain_boot TEXT",
-        "ALTER TABLE events ADD COLUMN started_mono REAL",
-        "ALTER TABLE events ADD COLUMN started_boot TEXT",
-        "ALTER TABLE events ADD COLUMN gate_since REAL",
-        "ALTER TABLE events ADD COLUMN impacts INTEGER NOT NULL DEFAULT 0",
-        # The hot path loads open events only; retention prunes by age and count (issue 14).
-        "CREATE INDEX IF NOT EXISTS events_by_state ON events (state, cleared_at)",
-        "CREATE INDEX IF NOT EXISTS history_by_time ON history (at)",
-    ],
-}
-
-
-# The events table's columns, named once: rows are written and read in this order.
-_EVENT_COLUMNS = (
-    "key, event_id, event_type, event_status, not_before, duration, resources, resource_type, source,"
-    " description, state, reason, first_seen, last_seen, updated_at, started_at, cleared_at,"
-    " left_rotation_at, approved_at, returned_at, approval, drain_boot, started_mono, started_boot,"
-    " gate_since, impacts"
+from drainer.io.safefile import UnsafeFileError
+from drainer.store.files import memory_copy, private_files, set_aside
+from drainer.store.schema import (
+    _EVENT_INSERT,
+    _EVENT_SELECT,
+    _MIGRATIONS,
+    _OPEN_STATES,
+    _SCHEMA,
+    DB_NAME,
+    SCHEMA_VERSION,
+    HistoryEntry,
+    LedgerEntry,
+    NewerSchemaError,
+    Retention,
+    StateRefusedError,
+    dt,
+    need_dt,
+    record_from_row,
+    record_to_row,
+    ts,
 )
-_EVENT_PLACEHOLDERS = ",".join("?" * 26)
-_OPEN_STATES = ",".join(f"'{s.value}'" for s in EventState if s is not EventState.CLEARED)
-# Fixed column lists, no outside text in them.
-_EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608  # nosec B608
-_EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608  # nosec B608
 
+__all__ = [
+    "DB_NAME",
+    "HistoryEntry",
+    "LedgerEntry",
+    "NewerSchemaError",
+    "Retention",
+    "StateRefusedError",
+    "StateStore",
+    "open_store",
+    "set_aside",
+]
 
-class LedgerEntry(NamedTuple):
-    """One change drainer made outside itself and must undo: recorded *before* the change is made.
-
-    ``nic`` method: ``resource_id`` is the NIC, ``item`` its ipConfiguration, ``kind`` ``lb-pool`` or
-    ``appgw-pool`` and ``target`` the pool id. ``admin-state`` method: ``resource_id`` is the pool,
-    ``item`` the backend address name, ``kind`` ``admin-state`` and ``target`` the previous value.
-    ``status``: ``removing`` (recorded, write not yet confirmed) or ``removed`` (write confirmed).
-    """
-
-    method: str
-    resource_id: str
-    item: str
-    kind: str
-    target: str
-    status: str = "removing"
-
-    @property
-    def key(self) -> tuple[str, str, str, str, str]:
-        return (self.method, self.resource_id, self.item, self.kind, self.target)
-
-
-class HistoryEntry(NamedTuple):
-    seq: int
-    at: datetime
-    transition: Transition
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
-
-
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _need_dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+# The values kept in the ``meta`` table, each behind a typed accessor below.
+_IDENTITY = "vm"
+_BOOT_ID = "boot_id"
+_INCARNATION = "incarnation"
+_PENDING_PHASES = "pending_phases"
+_FLOOR_BREACH = "floor_breach"
+_PEER_CHECK = "peer_check"
+_LISTED_NICS = "listed_nics"
 
 
 class StateStore:
     """The SQLite state database. Raises StateError when it cannot be opened or is not ours."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> None:
-        """Open (or create) the database. ``dry_run``: work on an in-memory copy, so nothing at all
-        is written to the state directory (not even a new, empty database).
+    def __init__(self, state_dir: str | os.PathLike[str], *, in_memory: bool = False) -> None:
+        """Open (or create) the database. ``in_memory``: work on an in-memory copy (a dry run), so
+        nothing at all is written to the state directory (not even a new, empty database).
 
         ``fresh`` tells whether the database was created (or was empty) just now: the local state was
         missing, and the caller reconciles with Azure. Raises StateError.
@@ -205,12 +79,12 @@ class StateStore:
         self.dir = Path(state_dir)
         self.path = self.dir / DB_NAME
         self.fresh = False
-        self._cacheable = not dry_run
+        self._cacheable = not in_memory
         try:
-            if dry_run:
-                self._db = _memory_copy(self.path)
+            if in_memory:
+                self._db = memory_copy(self.path)
             else:
-                _private_files(self.dir, self.path)
+                private_files(self.dir, self.path)
                 # Shared with the threads that write a VM's NICs at once (drainer.act.fanout), which
                 # serialise every call through one lock.
                 self._db = sqlite3.connect(
@@ -219,6 +93,7 @@ class StateStore:
                 # WAL + FULL: a committed run survives power loss, not only a process crash.
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
+            self._db.row_factory = sqlite3.Row  # rows are read by column name
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self.fresh = True
@@ -260,9 +135,67 @@ class StateStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def meta(self, key: str) -> str | None:
+    def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else str(row["value"])
+
+    def _meta_json(self, key: str, kind: type) -> Any:
+        """A JSON value kept in ``meta``, or None when missing, unreadable or not of ``kind``."""
+        try:
+            raw = self._meta(key)
+            data = json.loads(raw) if raw else None
+        except (ValueError, sqlite3.Error):
+            return None
+        return data if isinstance(data, kind) else None
+
+    def identity(self) -> InstanceInfo | None:
+        """The VM identity this state was last verified for (None: none, or unreadable)."""
+        data = self._meta_json(_IDENTITY, dict)
+        if data is None:
+            return None
+        try:
+            return InstanceInfo.from_json(data, source=str(self.path))
+        except MalformedDocumentError:
+            return None
+
+    def set_identity(self, info: InstanceInfo) -> None:
+        """Raises StateError."""
+        self._set_meta({_IDENTITY: json.dumps(info.to_json())})
+
+    def boot_id(self) -> str | None:
+        """The boot id of the last saved run."""
+        return self._meta(_BOOT_ID)
+
+    def pending_phases(self) -> list[dict[str, Any]]:
+        """Hook phases that failed and are run again on later runs (``drainer.act.hooks``)."""
+        return [p for p in self._meta_json(_PENDING_PHASES, list) or [] if isinstance(p, dict)]
+
+    def set_pending_phases(self, pending: Sequence[dict[str, Any]]) -> None:
+        """Raises StateError."""
+        self._set_meta({_PENDING_PHASES: json.dumps(list(pending))})
+
+    def floor_breach(self) -> dict[str, Any] | None:
+        """The last drain forced below a pool's floor (for ``status``)."""
+        found: dict[str, Any] | None = self._meta_json(_FLOOR_BREACH, dict)
+        return found
+
+    def set_floor_breach(self, now: datetime, what: Sequence[str]) -> None:
+        """Raises StateError."""
+        self._set_meta({_FLOOR_BREACH: json.dumps({"at": now.isoformat(), "what": list(what)})})
+
+    def peer_check(self) -> dict[str, Any]:
+        """Early approval's last read of the listed VMs' pools (``drainer.act.approve``)."""
+        found: dict[str, Any] = self._meta_json(_PEER_CHECK, dict) or {}
+        return found
+
+    def listed_nics(self) -> dict[str, Any]:
+        """The listed VMs' NICs, as found for one set of listed VMs (``drainer.act.approve``)."""
+        found: dict[str, Any] = self._meta_json(_LISTED_NICS, dict) or {}
+        return found
+
+    def set_peer_check(self, *, listed_nics: dict[str, Any], peer_check: dict[str, Any]) -> None:
+        """Raises StateError."""
+        self._set_meta({_LISTED_NICS: json.dumps(listed_nics), _PEER_CHECK: json.dumps(peer_check)})
 
     def load(self, scope: str = "all", *, recent: int = 50) -> State:
         """The persisted state. ``scope``: "all" events; "open" (the hot path: events not cleared, and
@@ -275,7 +208,7 @@ class StateStore:
         if scope == "open" and self._cacheable:
             cached = _CACHE.get(str(self.path))
             try:
-                generation = self.meta(GENERATION)
+                generation = self._meta(GENERATION)
             except sqlite3.Error as exc:
                 raise StateError(f"{self.path}: unreadable state: {exc}") from exc
             if cached is not None and generation is not None and cached[0] == generation:
@@ -289,32 +222,32 @@ class StateStore:
                 "SELECT drain_state, since, held_by, attempts, last_error, held, manual, last_attempt_at,"
                 " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
             ).fetchone()
-            events = self._events(scope, recent, json.loads(row[2]) if row is not None else [])
+            events = self._events(scope, recent, json.loads(row["held_by"]) if row is not None else [])
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise StateError(f"{self.path}: unreadable state: {exc}") from exc
         vm = VmState()
         if row is not None:
             try:
                 vm = VmState(
-                    drain_state=DrainState(row[0]),
-                    since=_dt(row[1]),
-                    held_by=tuple(json.loads(row[2])),
-                    attempts=int(row[3]),
-                    last_error=str(row[4]),
-                    held=str(row[5]),
-                    manual=bool(row[6]),
-                    last_attempt_at=_dt(row[7]),
-                    last_reconcile_at=_dt(row[8]),
-                    last_reconcile=str(row[9]),
+                    drain_state=DrainState(row["drain_state"]),
+                    since=dt(row["since"]),
+                    held_by=tuple(json.loads(row["held_by"])),
+                    attempts=int(row["attempts"]),
+                    last_error=str(row["last_error"]),
+                    held=str(row["held"]),
+                    manual=bool(row["manual"]),
+                    last_attempt_at=dt(row["last_attempt_at"]),
+                    last_reconcile_at=dt(row["last_reconcile_at"]),
+                    last_reconcile=str(row["last_reconcile"]),
                 )
             except (ValueError, TypeError) as exc:
                 raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
-        incarnation = self.meta("incarnation")
+        incarnation = self._meta(_INCARNATION)
         return State(
             events=events,
             vm=vm,
             incarnation=None if incarnation is None else int(incarnation),
-            boot_id=self.meta("boot_id"),
+            boot_id=self._meta(_BOOT_ID),
         )
 
     def _events(self, scope: str, recent: int, held_by: list[str]) -> dict[str, EventRecord]:
@@ -328,7 +261,7 @@ class StateStore:
                 rows += self._db.execute(
                     _EVENT_SELECT + " WHERE state = 'cleared' ORDER BY cleared_at DESC LIMIT ?", (recent,)
                 ).fetchall()
-        events = {row[0]: _record_from_row(row) for row in rows}
+        events = {row["key"]: record_from_row(row) for row in rows}
         events.update(self.records([str(k) for k in held_by if k not in events]))
         return events
 
@@ -338,7 +271,7 @@ class StateStore:
         for key in keys:
             row = self._db.execute(_EVENT_SELECT + " WHERE key = ?", (key,)).fetchone()
             if row is not None:
-                found[row[0]] = _record_from_row(row)
+                found[row["key"]] = record_from_row(row)
         return found
 
     def holds_anything(self) -> bool:
@@ -365,15 +298,15 @@ class StateStore:
         rows = self._db.execute(query, params).fetchall()
         return [
             HistoryEntry(
-                seq=r[0],
-                at=_need_dt(r[1]),
+                seq=r["seq"],
+                at=need_dt(r["at"]),
                 transition=Transition(
-                    subject=r[2],
-                    event_id=r[3],
-                    event_type=r[4],
-                    from_state=r[5],
-                    to_state=r[6],
-                    reason=r[7],
+                    subject=r["subject"],
+                    event_id=r["event_id"],
+                    event_type=r["event_type"],
+                    from_state=r["from_state"],
+                    to_state=r["to_state"],
+                    reason=r["reason"],
                 ),
             )
             for r in reversed(rows)
@@ -399,7 +332,7 @@ class StateStore:
                     if old.events.get(key) != record:
                         db.execute(
                             _EVENT_INSERT,
-                            _record_to_row(key, record),
+                            record_to_row(key, record),
                         )
                 for key in old.events.keys() - new.events.keys():
                     db.execute("DELETE FROM events WHERE key = ?", (key,))
@@ -411,14 +344,14 @@ class StateStore:
                         " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             vm.drain_state.value,
-                            _ts(vm.since),
+                            ts(vm.since),
                             json.dumps(list(vm.held_by)),
                             vm.attempts,
                             redact_text(vm.last_error),  # ARM errors can echo a token
                             redact_text(vm.held),
                             int(vm.manual),
-                            _ts(vm.last_attempt_at),
-                            _ts(vm.last_reconcile_at),
+                            ts(vm.last_attempt_at),
+                            ts(vm.last_reconcile_at),
                             redact_text(vm.last_reconcile),
                         ),
                     )
@@ -426,12 +359,12 @@ class StateStore:
                 # A new token per save: a process that loaded the state at this token may reuse it.
                 values[GENERATION] = uuid.uuid4().hex
                 if new.incarnation is not None and new.incarnation != old.incarnation:
-                    values["incarnation"] = str(new.incarnation)
+                    values[_INCARNATION] = str(new.incarnation)
                 if new.boot_id is not None and new.boot_id != old.boot_id:
-                    values["boot_id"] = new.boot_id
+                    values[_BOOT_ID] = new.boot_id
                 for key, value in values.items():
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-                stamp = _ts(now)
+                stamp = ts(now)
                 db.executemany(
                     "INSERT INTO history (at, subject, event_id, event_type, from_state, to_state,"
                     " reason) VALUES (?,?,?,?,?,?,?)",
@@ -465,11 +398,21 @@ class StateStore:
             query += " WHERE method = ?"
             params = (method,)
         rows = self._db.execute(query + " ORDER BY recorded_at, rowid", params).fetchall()
-        return [LedgerEntry(*row) for row in rows]
+        return [
+            LedgerEntry(
+                method=r["method"],
+                resource_id=r["resource_id"],
+                item=r["item"],
+                kind=r["kind"],
+                target=r["target"],
+                status=r["status"],
+            )
+            for r in rows
+        ]
 
     def ledger_record(self, entries: Sequence[LedgerEntry], now: datetime) -> None:
         """Record (or update the status of) entries, atomically. Raises StateError."""
-        stamp = _ts(now)
+        stamp = ts(now)
         try:
             with self._transaction() as db:
                 for e in entries:
@@ -504,9 +447,9 @@ class StateStore:
                 row = db.execute(
                     "SELECT first_at, reads FROM absent WHERE resource_id = ?", (key,)
                 ).fetchone()
-                first, reads = (now, 0) if row is None else (_need_dt(row[0]), int(row[1]))
+                first, reads = (now, 0) if row is None else (need_dt(row["first_at"]), int(row["reads"]))
                 first = min(first, now)
-                db.execute("INSERT OR REPLACE INTO absent VALUES (?, ?, ?)", (key, _ts(first), reads + 1))
+                db.execute("INSERT OR REPLACE INTO absent VALUES (?, ?, ?)", (key, ts(first), reads + 1))
         except (sqlite3.Error, ValueError) as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
         return first, reads + 1
@@ -526,9 +469,9 @@ class StateStore:
     def absent(self) -> dict[str, tuple[datetime, int]]:
         """Resources seen absent and not yet confirmed gone (for ``status``)."""
         rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()
-        return {r[0]: (_need_dt(r[1]), int(r[2])) for r in rows}
+        return {r["resource_id"]: (need_dt(r["first_at"]), int(r["reads"])) for r in rows}
 
-    def set_meta(self, values: dict[str, str]) -> None:
+    def _set_meta(self, values: dict[str, str]) -> None:
         """Write meta keys in one transaction. Raises StateError."""
         try:
             with self._transaction() as db:
@@ -550,62 +493,26 @@ def _open_part(state: State) -> State:
     return state if len(events) == len(state.events) else state._replace(events=events)
 
 
-class Retention(NamedTuple):
-    """How much the database keeps (``[retention]`` and ``[policy] retention_days``)."""
-
-    cleared_days: int = 30
-    cleared_events: int = 1000
-    history_days: int = 365
-    history_rows: int = 20000
-
-
 def _prune(db: sqlite3.Connection, keep_what: Retention, now: datetime, *, keep: Sequence[str]) -> None:
     """Delete cleared events and history beyond the retention (age and count); never an event the VM's
     drain state still names (``keep``)."""
     spare = json.dumps(list(keep))
-    cleared_before = _ts(now - timedelta(days=keep_what.cleared_days))
+    cleared_before = ts(now - timedelta(days=keep_what.cleared_days))
     db.execute(
         "DELETE FROM events WHERE state = 'cleared' AND key NOT IN (SELECT value FROM json_each(?))"
         " AND (cleared_at < ? OR key NOT IN (SELECT key FROM events WHERE state = 'cleared'"
         " ORDER BY cleared_at DESC LIMIT ?))",
         (spare, cleared_before, keep_what.cleared_events),
     )
-    db.execute("DELETE FROM history WHERE at < ?", (_ts(now - timedelta(days=keep_what.history_days)),))
+    db.execute("DELETE FROM history WHERE at < ?", (ts(now - timedelta(days=keep_what.history_days)),))
     db.execute(
         "DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?", (keep_what.history_rows,)
     )
 
 
-class StateRefusedError(StateError):
-    """The state cannot be used as it is and must not be rebuilt (a planted symlink, a directory
-    others can write to, a database of a newer drainer): the run stops, saying why."""
-
-
-class NewerSchemaError(StateRefusedError):
-    """The database was written by a newer drainer: never moved aside or rebuilt."""
-
-
-def _memory_copy(path: Path) -> sqlite3.Connection:
-    """An in-memory copy of the database at ``path`` (empty when there is none). The files are
-    copied to a private temporary directory first: even a read-only open of a WAL database may write
-    its ``-shm`` file, and a dry run writes nothing at all to the state directory."""
-    memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)  # see act.fanout
-    if not path.exists():
-        return memory
-    with tempfile.TemporaryDirectory(prefix="drainer-dry-run-") as scratch:
-        for suffix in ("", "-wal"):
-            source = path.with_name(path.name + suffix)
-            if source.exists():
-                shutil.copyfile(source, Path(scratch) / (DB_NAME + suffix))
-        source_db = sqlite3.connect(Path(scratch) / DB_NAME)
-        try:
-            source_db.backup(memory)
-        finally:
-            source_db.close()
-    return memory
-
-
-def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> tuple[StateStore, State, str]:
+def open_store(
+    state_dir: str | os.PathLike[str], *, in_memory: bool = False
+) -> tuple[StateStore, State, str]:
     """Open the state and load it (its open events: cleared ones are looked up by key when needed); a
     database that cannot be read is moved aside and rebuilt.
 
@@ -616,11 +523,11 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
     note = ""
     for attempt in range(2):
         try:
-            store = StateStore(state_dir, dry_run=dry_run)
+            store = StateStore(state_dir, in_memory=in_memory)
         except StateRefusedError:
             raise
         except StateError as exc:
-            if attempt or not (Path(state_dir) / DB_NAME).exists() or dry_run:
+            if attempt or not (Path(state_dir) / DB_NAME).exists() or in_memory:
                 raise
             note = _unreadable(Path(state_dir), str(exc))
             continue
@@ -628,7 +535,7 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
             return store, store.load("open"), note
         except StateError as exc:
             store.close()
-            if attempt or dry_run:
+            if attempt or in_memory:
                 raise
             note = _unreadable(Path(state_dir), str(exc))
     raise StateError(f"{state_dir}: cannot open the state database")  # pragma: no cover - loop returns
@@ -637,94 +544,3 @@ def open_store(state_dir: str | os.PathLike[str], *, dry_run: bool = False) -> t
 def _unreadable(state_dir: Path, reason: str) -> str:
     target = set_aside(state_dir, "corrupt")
     return f"the state database was unreadable ({reason}); moved aside to {target} and rebuilt"
-
-
-def set_aside(state_dir: Path, label: str) -> str:
-    """Move the database (and its WAL files) aside as ``state.db.<label>-<time>``; returns that name.
-    Raises StateError."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = f"{DB_NAME}.{label}-{stamp}"
-    for suffix in ("", "-wal", "-shm"):
-        source = state_dir / (DB_NAME + suffix)
-        if source.exists():
-            try:
-                source.replace(state_dir / (target + suffix))
-            except OSError as exc:
-                raise StateError(f"{source}: cannot be moved aside: {exc}") from exc
-    return target
-
-
-def _record_to_row(key: str, record: EventRecord) -> tuple[Any, ...]:
-    e = record.event
-    return (
-        key,
-        e.event_id,
-        e.event_type.value,
-        e.status.value,
-        _ts(e.not_before),
-        e.duration_seconds,
-        json.dumps(list(e.resources)),
-        e.resource_type,
-        e.source,
-        e.description,
-        record.state.value,
-        redact_text(record.reason),
-        _ts(record.first_seen),
-        _ts(record.last_seen),
-        _ts(record.updated_at),
-        _ts(record.started_at),
-        _ts(record.cleared_at),
-        _ts(record.left_rotation_at),
-        _ts(record.approved_at),
-        _ts(record.returned_at),
-        record.approval,
-        record.drain_boot,
-        record.started_mono,
-        record.started_boot,
-        record.gate_since,
-        record.impacts,
-    )
-
-
-def _record_from_row(row: Sequence[Any]) -> EventRecord:
-    event = ScheduledEvent(
-        event_id=row[1],
-        event_type=EventType(row[2]),
-        status=EventStatus(row[3]),
-        not_before=_dt(row[4]),
-        duration_seconds=row[5],
-        resources=tuple(json.loads(row[6])),
-        resource_type=row[7],
-        source=row[8],
-        description=row[9],
-    )
-    return EventRecord(
-        event=event,
-        state=EventState(row[10]),
-        reason=row[11],
-        first_seen=_need_dt(row[12]),
-        last_seen=_need_dt(row[13]),
-        updated_at=_need_dt(row[14]),
-        started_at=_dt(row[15]),
-        cleared_at=_dt(row[16]),
-        left_rotation_at=_dt(row[17]),
-        approved_at=_dt(row[18]),
-        returned_at=_dt(row[19]),
-        approval=row[20],
-        drain_boot=row[21],
-        started_mono=row[22],
-        started_boot=row[23],
-        gate_since=row[24],
-        impacts=int(row[25]),
-    )
-
-
-def _private_files(directory: Path, db: Path) -> None:
-    """A state dir no other user can write to; the database and its WAL files mode 0600 and never
-    symlinks (SQLite itself would follow one). Raises UnsafeFileError, OSError."""
-    ensure_dir(directory)
-    os.close(safe_open(db, os.O_RDWR | os.O_CREAT, 0o600))
-    for suffix in ("-wal", "-shm", "-journal"):
-        side = db.with_name(db.name + suffix)
-        if side.is_symlink() or side.exists():
-            os.close(safe_open(side, os.O_RDWR, 0o600))
