@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -312,4 +313,39 @@ def test_the_daemon_notices_every_change_among_many_other_vms_events(
     mine = control.schedule("Reboot", ["web-0"], not_before_in=900)
     wait_until(lambda: agent.status()["vm"]["drain_state"] == "drained", what="the drain for this VM")
     assert seen(mine, "active")
+    assert daemon.stop() == 0
+
+
+def test_the_daemon_follows_its_state_and_lock_when_they_are_moved(
+    agent: Agent, pool: EmulatorControl, daemon: Daemon
+) -> None:
+    """The daemon keeps the state database and the lock file open between polls; a database moved
+    aside (or a lock file deleted) while it runs is never written to again: the next poll opens the
+    files at the path, as a first run would, and a drain is recorded there."""
+    daemon.start()
+    db = agent.state_dir / "state.db"
+    wait_until(db.exists, what="the state database")
+    more_polls(pool, 1)
+    for suffix in ("", "-wal", "-shm"):  # as an operator (or drainer itself) sets a database aside
+        side = agent.state_dir / f"state.db{suffix}"
+        if side.exists():
+            side.rename(agent.state_dir / f"state.db.moved{suffix}")
+    (agent.state_dir / "lock").unlink()
+    wait_until(db.exists, what="a new state database at the path")
+    wait_until((agent.state_dir / "lock").exists, what="a new lock file at the path")
+    event_id = pool.schedule("Reboot", ["web-0"])
+    wait_until(lambda: not _in_pool(pool), what="the drain")
+    status = json.loads(agent.run("status", "--json").stdout)
+    assert status["vm"]["drain_state"] in ("drained", "draining"), status
+    moved = sqlite3.connect(agent.state_dir / "state.db.moved")
+    try:
+        assert moved.execute("SELECT count(*) FROM events").fetchone()[0] == 0, (
+            "the moved database was written"
+        )
+    finally:
+        moved.close()
+    pool.remove(event_id)
+    wait_until(lambda: _in_pool(pool), what="the restore")
+    # The kept descriptor is unlocked between polls: a one-shot run gets the lock then.
+    wait_until(lambda: agent.run("check").returncode == 0, what="a one-shot check between two polls")
     assert daemon.stop() == 0

@@ -51,6 +51,10 @@ class Effects(Protocol):
         """The state store and its state (see ``drainer.store.state.open_store``). Raises StateError."""
         ...
 
+    def close_store(self, store: StateStore) -> None:
+        """Done with the store for this run."""
+        ...
+
     def set_aside(self, store: StateStore, label: str) -> bool:
         """Move another VM's state aside; True when the run must start over. Raises StateError."""
         ...
@@ -93,13 +97,32 @@ class Effects(Protocol):
         ...
 
 
+class Resident:
+    """What a long-lived process (the daemon) keeps open from one run to the next: the run lock's
+    descriptor (locked only during a run) and the state database's connection. Both are reopened,
+    with every check of a first open, when the file at their path is no longer the one held (moved
+    aside, deleted, replaced) and at least every ``recheck`` seconds."""
+
+    def __init__(self, recheck: float = 60.0) -> None:
+        self.recheck = recheck
+        self.lock: AbstractContextManager[object] | None = None
+        self.store: StateStore | None = None
+        self.store_checked = 0.0
+
+    def forget_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
 class RealEffects(Effects):
     """The world changes."""
 
     rehearsal = False
 
-    def __init__(self, seams: Seams) -> None:
+    def __init__(self, seams: Seams, resident: Resident | None = None) -> None:
         self._seams = seams
+        self._resident = resident
 
     def log(self, log: Logger) -> Logger:
         return log
@@ -107,17 +130,40 @@ class RealEffects(Effects):
     def lock(self, state_dir: str) -> AbstractContextManager[object]:
         from drainer.io.lock import RunLock  # noqa: PLC0415
 
-        return RunLock(state_dir)
+        if self._resident is None:
+            return RunLock(state_dir)
+        if self._resident.lock is None:
+            self._resident.lock = RunLock(state_dir, keep=True, recheck=self._resident.recheck)
+        return self._resident.lock
 
     def open_store(self, state_dir: str) -> tuple[StateStore, State, str]:
+        import time  # noqa: PLC0415
+
         from drainer.store.state import open_store  # noqa: PLC0415
 
-        return open_store(state_dir)
+        resident = self._resident
+        if resident is None:
+            return open_store(state_dir)
+        now = time.monotonic()
+        kept = resident.store
+        if kept is not None and now - resident.store_checked < resident.recheck and kept.still_at_path():
+            kept.fresh = False  # created (if at all) by an earlier run
+            return kept, kept.load("open"), ""
+        resident.forget_store()
+        store, state, note = open_store(state_dir)
+        resident.store, resident.store_checked = store, now
+        return store, state, note
+
+    def close_store(self, store: StateStore) -> None:
+        if self._resident is None or self._resident.store is not store:
+            store.close()
 
     def set_aside(self, store: StateStore, label: str) -> bool:
         from drainer.store.state import set_aside  # noqa: PLC0415
 
         store.close()
+        if self._resident is not None and self._resident.store is store:
+            self._resident.store = None
         set_aside(store.dir, label)
         return True
 
@@ -182,6 +228,9 @@ class DryRunEffects(Effects):
 
         return open_store(state_dir, in_memory=True)
 
+    def close_store(self, store: StateStore) -> None:
+        store.close()
+
     def set_aside(self, store: StateStore, label: str) -> bool:
         return False  # nothing moved: starting over would find the same state
 
@@ -219,9 +268,9 @@ class DryRunEffects(Effects):
         return []  # a rehearsal does not run again what real runs left failing
 
 
-def effects_for(config: Config, seams: Seams) -> Effects:
-    """The one place a dry run is decided."""
-    return DryRunEffects() if config.dry_run else RealEffects(seams)
+def effects_for(config: Config, seams: Seams, resident: Resident | None = None) -> Effects:
+    """The one place a dry run is decided. ``resident``: what a daemon keeps open between runs."""
+    return DryRunEffects() if config.dry_run else RealEffects(seams, resident)
 
 
 class DryRunLog:

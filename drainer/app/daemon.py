@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drainer.act.effects import effects_for
+from drainer.act.effects import Resident, effects_for
 from drainer.act.probe import out_of_rotation
 from drainer.app.runner import Seams, run_once
 from drainer.base.errors import EXIT_OK, ConfigError, DrainerError, LockedError
@@ -154,6 +154,7 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
             server.server_close()
         raise
     imds = ImdsClient(config.imds)
+    resident = Resident()  # the lock and the state database, open from one poll to the next
     throttle = ErrorThrottle(log, config.daemon.error_log_interval)
     stopping = threading.Event()
     idle = threading.Event()
@@ -179,7 +180,7 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
                 log.info("enabled again: the kill-switch file is gone", file=config.disabled_file)
                 disabled_said = False
             stall = _stall(last_end, config.daemon.poll_interval)
-            result = run_once(config, log, seams, imds=imds, stall_seconds=stall)
+            result = run_once(config, log, seams, imds=imds, stall_seconds=stall, resident=resident)
             status.last_ok = time.time()
             throttle.succeeded()
             _record_outcome(config, "; ".join(result.errors), "ActionError")

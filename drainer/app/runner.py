@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from drainer.act.commit import Commit, RunResult
-from drainer.act.effects import Effects, effects_for
+from drainer.act.effects import Effects, Resident, effects_for
 from drainer.act.executor import Executor, OnEvent, RetryPhases, Step
 from drainer.act.seams import BOOT_ID_PATH, Seams
 from drainer.app import identity
@@ -59,15 +59,17 @@ def run_once(
     manual: bool | None = None,
     imds: ImdsClient | None = None,
     stall_seconds: float = 0.0,
+    resident: Resident | None = None,
 ) -> RunResult:
     """One complete run. Raises DrainerError subclasses for failures that stop the run early.
 
     ``manual``: an operator's ``drainer drain`` (True) or ``drainer restore`` (False) before deciding.
     ``imds``: a client kept across runs (the daemon: keep-alive and ETag); else one for this run.
     ``stall_seconds``: how long the daemon saw no poll beyond its interval (a stall of the VM).
+    ``resident``: the lock and the state database kept open between the daemon's runs.
     """
     seams = seams or Seams()
-    effects = effects_for(config, seams)
+    effects = effects_for(config, seams, resident)
     log = effects.log(log)
     result = RunResult()
     with effects.lock(config.state_dir):
@@ -89,7 +91,7 @@ def run_once(
                     )
                     again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
                 finally:
-                    store.close()
+                    effects.close_store(store)
                 if not again:
                     break
         finally:

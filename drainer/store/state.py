@@ -94,6 +94,7 @@ class StateStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
             self._db.row_factory = sqlite3.Row  # rows are read by column name
+            self._file = None if in_memory else _file_id(self.path)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self.fresh = True
@@ -122,6 +123,11 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def still_at_path(self) -> bool:
+        """Whether the database file at the path is still the one this store has open (not moved
+        aside, deleted or replaced since): a store kept open across runs is reused only then."""
+        return self._file is not None and _file_id(self.path) == self._file
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -539,6 +545,14 @@ def open_store(
                 raise
             note = _unreadable(Path(state_dir), str(exc))
     raise StateError(f"{state_dir}: cannot open the state database")  # pragma: no cover - loop returns
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def _unreadable(state_dir: Path, reason: str) -> str:
