@@ -52,7 +52,8 @@ import sys, time, requests
 s = requests.Session(); s.trust_env = False
 url = sys.argv[1] + "/metadata/scheduledevents"
 while True:
-    s.get(url, params={"api-version": "2020-07-01"}, headers={"Metadata": "true"}, timeout=5).raise_for_status()
+    answer = s.get(url, params={"api-version": "2020-07-01"}, headers={"Metadata": "true"}, timeout=5)
+    answer.raise_for_status()
     time.sleep(1.0)
 """
 
@@ -82,7 +83,7 @@ def at_rest(procs: dict[str, int], seconds: float) -> tuple[dict[str, float], di
     """RSS (MiB, the last of 1 s samples) and CPU (% of a CPU) of each process over ``seconds``."""
     cpu0 = {n: cpu_seconds(p) for n, p in procs.items()}
     wall0 = time.monotonic()
-    rss = {n: 0.0 for n in procs}
+    rss = dict.fromkeys(procs, 0.0)
     while time.monotonic() - wall0 < seconds:
         time.sleep(1)
         rss = {n: rss_mib(p) for n, p in procs.items()}
