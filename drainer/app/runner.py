@@ -285,9 +285,3 @@ def _drift(config: Config, state: State) -> str:
     if Path(config.probe.flag_file).exists() != out:
         return "the out-of-rotation flag does not match the state"
     return ""
-
-
-def load_state(config: Config) -> tuple[State, StateStore]:
-    """Open the state for reading (status, history). Raises StateError."""
-    store = StateStore(config.state_dir)
-    return store.load(), store

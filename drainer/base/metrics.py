@@ -44,9 +44,5 @@ def record_drain_state(state: str) -> None:
         current.set("drain_state", {"state": name}, 1.0 if name == state else 0.0)
 
 
-def recorder_is_enabled() -> bool:
-    return not isinstance(current, _Null)
-
-
 def labels(**values: Any) -> dict[str, str]:
     return {k: str(v) for k, v in values.items()}

@@ -37,10 +37,3 @@ def endpoint_problem(url: str) -> str | None:
     if parts.fragment or not (_PATH.fullmatch(parts.path) and _PATH.fullmatch(parts.query)):
         return "must be scheme://host[:port][/path][?query] without a fragment or unusual characters"
     return None
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, lower-case host, port) as a connection to ``url`` would use them."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, (parts.hostname or "").lower().rstrip("."), port

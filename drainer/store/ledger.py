@@ -43,24 +43,6 @@ class StoreLedger:
             self._store.ledger_forget(entries)
 
 
-class MemoryLedger:
-    """A ledger that lives only as long as the process."""
-
-    def __init__(self, initial: Sequence[LedgerEntry] = ()) -> None:
-        self._entries: dict[tuple[str, str, str, str, str], LedgerEntry] = {e.key: e for e in initial}
-
-    def entries(self, method: str) -> list[LedgerEntry]:
-        return [e for e in self._entries.values() if e.method == method]
-
-    def record(self, entries: Sequence[LedgerEntry]) -> None:
-        for entry in entries:
-            self._entries[entry.key] = entry
-
-    def forget(self, entries: Sequence[LedgerEntry]) -> None:
-        for entry in entries:
-            self._entries.pop(entry.key, None)
-
-
 class Absence(Protocol):
     """Resources that answered 404. One answer never proves a resource gone: it is confirmed gone
     only after ``reads`` answers spread over ``seconds`` (``[drain] gone_after_reads`` and

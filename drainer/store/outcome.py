@@ -23,7 +23,6 @@ from typing import Any
 
 FAILING = "failing.json"
 LAST_FAILURE = "last-failure.json"
-HEALTH_WORDS = ("ok", "failing", "stale", "disabled", "unknown")
 # A one-shot timer checks every 60 s: three missed checks make a stale answer.
 STALE_AFTER_SECONDS = 180.0
 
