@@ -62,6 +62,53 @@ def _vm_transition(old: DrainState, new: DrainState, reason: str) -> Transition:
 
 def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) -> Decision:
     """Fold one observed document into the state and decide what to do."""
+    transitions, rebooted = _agent_notes(state, obs)
+    incarnation = obs.document.incarnation
+    records, event_transitions, own = observe_events(state, obs, now, policy)
+    transitions.extend(event_transitions)
+    if any(w == "recovered" for w in policy.restore_when.values()):
+        from drainer.decide import recovery  # noqa: PLC0415 - only when the policy asks for it
+
+        recovery.apply(
+            records,
+            own,
+            obs,
+            rebooted=rebooted,
+            previous_boot=state.boot_id,
+            policy=policy,
+            transitions=transitions,
+        )
+
+    mine = [records[k] for k in own]  # other VMs' events never weigh in on a decision
+    active = sorted(
+        (r for r in mine if r.state is EventState.ACTIVE),
+        key=lambda r: (r.first_seen, r.event.event_id),
+    )
+    actions: list[Action] = []
+    if active or state.vm.manual:
+        vm = _hold(state.vm, active, records, now, policy, rebooted=rebooted, out=(actions, transitions))
+    else:
+        vm = _release(state.vm, now, policy, out=(actions, transitions))
+    # While a drain is pending (held by the floor, or failed and backing off), its retry is the one
+    # way out: a reconcile taking the VM out would pass the floor's hold and the back-off.
+    if not actions and vm.drain_state is not DrainState.DRAINING:
+        why = obs.drift or _reconcile_due(vm, mine, now, policy, fresh=obs.fresh, rebooted=rebooted)
+        if why:
+            out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
+            forced = forced_by(active, now, policy) if out else ""
+            actions.append(Reconcile(out, why, forced))
+    new_state = State(
+        events=records,
+        vm=vm,
+        incarnation=incarnation if incarnation is not None else state.incarnation,
+        boot_id=obs.boot_id if obs.boot_id is not None else state.boot_id,
+    )
+    return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions), own=tuple(own))
+
+
+def _agent_notes(state: State, obs: Observation) -> tuple[list[Transition], bool]:
+    """History lines about the agent itself (incarnation went back, the VM rebooted), and whether it
+    rebooted since the last run."""
     transitions: list[Transition] = []
     incarnation = obs.document.incarnation
     if state.incarnation is not None and incarnation is not None and incarnation < state.incarnation:
@@ -83,102 +130,80 @@ def step(state: State, obs: Observation, now: datetime, policy: PolicyConfig) ->
                 reason="the VM rebooted since the last run",
             )
         )
-    records, event_transitions, own = observe_events(state, obs, now, policy)
-    transitions.extend(event_transitions)
-    if any(w == "recovered" for w in policy.restore_when.values()):
-        from drainer.decide import recovery  # noqa: PLC0415 - only when the policy asks for it
+    return transitions, rebooted
 
-        recovery.apply(
-            records,
-            own,
-            obs,
-            rebooted=rebooted,
-            previous_boot=state.boot_id,
-            policy=policy,
-            transitions=transitions,
-        )
 
-    mine = [records[k] for k in own]  # other VMs' events never weigh in on a decision
-    active = sorted(
-        (r for r in mine if r.state is EventState.ACTIVE),
-        key=lambda r: (r.first_seen, r.event.event_id),
-    )
-    vm = state.vm
-    actions: list[Action] = []
+def _hold(
+    vm: VmState,
+    active: list[EventRecord],
+    records: dict[str, EventRecord],
+    now: datetime,
+    policy: PolicyConfig,
+    *,
+    rebooted: bool,
+    out: tuple[list[Action], list[Transition]],
+) -> VmState:
+    """Events (or an operator's hold) keep this VM out: drain it, or keep it drained. ``records`` is
+    updated in place (when the VM left rotation for each event); actions and transitions are
+    appended to ``out``."""
+    actions, transitions = out
     current = vm.drain_state
-    if active or vm.manual:
-        held_by = tuple(r.event.key for r in active)
-        ids = tuple(r.event.event_id for r in active)
-        types = tuple(r.event.event_type.value for r in active)
-        forced = forced_by(active, now, policy)
-        if current is DrainState.DRAINED and rebooted:
-            # Local effects of a drain (stopped listeners, hooks) do not survive a reboot: redo it.
-            vm = _move(
-                vm,
-                to=DrainState.DRAINING,
-                now=now,
-                held_by=held_by,
-                transitions=transitions,
-                reason="re-drain after reboot",
-            )
-            actions.append(Drain(ids, types, "re-drain after reboot", forced))
-        elif current is DrainState.DRAINED:
-            # An event that arrives while the VM is already out: out for it from now on.
-            for key in set(held_by) - set(vm.held_by):
-                if records[key].left_rotation_at is None:
-                    records[key] = records[key]._replace(left_rotation_at=now)
-            vm = vm._replace(held_by=held_by)
-        else:
-            if ids:
-                reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
-            else:
-                reason = "manual hold"
-            if current is not DrainState.DRAINING:
-                vm = _move(
-                    vm,
-                    to=DrainState.DRAINING,
-                    now=now,
-                    held_by=held_by,
-                    transitions=transitions,
-                    reason=reason,
-                )
-                actions.append(Drain(ids, types, reason, forced))
-            else:
-                # A retry of a failed or held drain backs off; a new event retries at once, and so
-                # does a held drain the platform now forces (it will not be held again).
-                if held_by != vm.held_by or retry_due(vm, now, policy) or (vm.held and forced):
-                    actions.append(Drain(ids, types, reason, forced))
-                vm = vm._replace(held_by=held_by)
-    elif current is not DrainState.IN_ROTATION:
-        reason = "no event holds this VM any more"
-        if current is not DrainState.RESTORING:
-            # held_by stays: the events this restore is for (their hooks get them), cleared once back.
-            vm = _move(
-                vm,
-                to=DrainState.RESTORING,
-                now=now,
-                held_by=vm.held_by,
-                transitions=transitions,
-                reason=reason,
-            )
-        if retry_due(vm, now, policy):
-            actions.append(Restore(reason))
+    held_by = tuple(r.event.key for r in active)
+    ids = tuple(r.event.event_id for r in active)
+    types = tuple(r.event.event_type.value for r in active)
+    forced = forced_by(active, now, policy)
+    if current is DrainState.DRAINED and rebooted:
+        # Local effects of a drain (stopped listeners, hooks) do not survive a reboot: redo it.
+        vm = _move(
+            vm,
+            to=DrainState.DRAINING,
+            now=now,
+            held_by=held_by,
+            transitions=transitions,
+            reason="re-drain after reboot",
+        )
+        actions.append(Drain(ids, types, "re-drain after reboot", forced))
+        return vm
+    if current is DrainState.DRAINED:
+        # An event that arrives while the VM is already out: out for it from now on.
+        for key in set(held_by) - set(vm.held_by):
+            if records[key].left_rotation_at is None:
+                records[key] = records[key]._replace(left_rotation_at=now)
+        return vm._replace(held_by=held_by)
+    if ids:
+        reason = f"{types[0]} {ids[0]}" + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+    else:
+        reason = "manual hold"
+    if current is not DrainState.DRAINING:
+        vm = _move(
+            vm, to=DrainState.DRAINING, now=now, held_by=held_by, transitions=transitions, reason=reason
+        )
+        actions.append(Drain(ids, types, reason, forced))
+        return vm
+    # A retry of a failed or held drain backs off; a new event retries at once, and so does a held
+    # drain the platform now forces (it will not be held again).
+    if held_by != vm.held_by or retry_due(vm, now, policy) or (vm.held and forced):
+        actions.append(Drain(ids, types, reason, forced))
+    return vm._replace(held_by=held_by)
 
-    # While a drain is pending (held by the floor, or failed and backing off), its retry is the one
-    # way out: a reconcile taking the VM out would pass the floor's hold and the back-off.
-    if not actions and vm.drain_state is not DrainState.DRAINING:
-        why = obs.drift or _reconcile_due(vm, mine, now, policy, fresh=obs.fresh, rebooted=rebooted)
-        if why:
-            out = vm.drain_state in (DrainState.DRAINED, DrainState.DRAINING)
-            forced = forced_by(active, now, policy) if out else ""
-            actions.append(Reconcile(out, why, forced))
-    new_state = State(
-        events=records,
-        vm=vm,
-        incarnation=incarnation if incarnation is not None else state.incarnation,
-        boot_id=obs.boot_id if obs.boot_id is not None else state.boot_id,
-    )
-    return Decision(state=new_state, actions=tuple(actions), transitions=tuple(transitions), own=tuple(own))
+
+def _release(
+    vm: VmState, now: datetime, policy: PolicyConfig, *, out: tuple[list[Action], list[Transition]]
+) -> VmState:
+    """Nothing holds this VM any more: restore it (a failed restore retries after its back-off)."""
+    actions, transitions = out
+    current = vm.drain_state
+    if current is DrainState.IN_ROTATION:
+        return vm
+    reason = "no event holds this VM any more"
+    if current is not DrainState.RESTORING:
+        # held_by stays: the events this restore is for (their hooks get them), cleared once back.
+        vm = _move(
+            vm, to=DrainState.RESTORING, now=now, held_by=vm.held_by, transitions=transitions, reason=reason
+        )
+    if retry_due(vm, now, policy):
+        actions.append(Restore(reason))
+    return vm
 
 
 def own_events(state: State, own: tuple[str, ...] | None = None) -> State:
