@@ -25,7 +25,7 @@ def _no_checkpoint(_: str) -> None:
 
 def _spread(seconds: float) -> None:
     if seconds > 0:
-        time.sleep(random.uniform(0, seconds))  # noqa: S311  # nosec B311 - a delay, not a secret
+        time.sleep(random.uniform(0, seconds))  # noqa: S311 - a delay, not a secret  # nosec B311
 
 
 class Seams(NamedTuple):

@@ -14,7 +14,8 @@ from typing import NamedTuple
 from drainer.config import HOOK_PHASES, Config, parse_address
 
 # Addresses that listen on every interface (compared, never bound here).
-_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104  # nosec B104
+_ANY_IPV4 = "0.0.0.0"  # noqa: S104  # nosec B104
+_WILDCARDS = (_ANY_IPV4, "::", "")
 
 
 class Finding(NamedTuple):

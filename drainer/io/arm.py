@@ -111,10 +111,10 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
                 wait = float(found.group(1)) if found else None
         if wait is None:
             # Full jitter: anywhere between no wait and the exponential backoff.
-            wait = random.uniform(0, self.get_backoff_time(settings))  # noqa: S311  # nosec B311 - a delay, not a secret
+            wait = random.uniform(0, self.get_backoff_time(settings))  # noqa: S311 - a delay, not a secret  # nosec B311
         else:
             # At least what ARM asked for, plus up to half of it: a fleet throttled together spreads.
-            wait += random.uniform(0, min(wait, 10.0) / 2)  # noqa: S311  # nosec B311 - a delay, not a secret
+            wait += random.uniform(0, min(wait, 10.0) / 2)  # noqa: S311 - a delay, not a secret  # nosec B311
         if time.monotonic() + wait > self.deadline:
             raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
         if wait > 0:

