@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from drainer.base.events import EventType
 from drainer.config.sections import (
@@ -61,55 +61,78 @@ _ENDS_VM = (EventType.PREEMPT.value, EventType.TERMINATE.value)
 _DAY = 86400
 
 
-class Rule(NamedTuple):
+# The table's rows are small slotted classes, not NamedTuples: defining a NamedTuple costs about as much
+# as building the whole table, and they are only read.
+
+
+class Rule:
     """What a field's type and default do not say: the meaning, and a range, choices or a check."""
 
-    meaning: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    check: Check | None = None
+    __slots__ = ("check", "choices", "high", "low", "meaning")
+
+    def __init__(
+        self,
+        meaning: str,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        choices: tuple[str, ...] = (),
+        check: Check | None = None,
+    ) -> None:
+        self.meaning = meaning
+        self.low = low
+        self.high = high
+        self.choices = choices
+        self.check = check
 
 
-class Key(NamedTuple):
-    """One key of the configuration file: a row of the table."""
+class Key(Rule):
+    """One key of the configuration file, a row of the table: a rule, where it applies, the key's type
+    (bool, int, float, str, or list: kept as a tuple) and its default."""
 
-    table: str  # "" (the top level), "imds", "policy.actions", ...
-    name: str
-    kind: type  # bool, int, float, str or list (kept as a tuple)
-    default: Any
-    meaning: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    check: Check | None = None
+    __slots__ = ("default", "kind", "name", "table")
+
+    def __init__(self, table: str, name: str, default: Any, rule: Rule, kind: type | None = None) -> None:
+        super().__init__(rule.meaning, rule.low, rule.high, choices=rule.choices, check=rule.check)
+        self.table = table  # "" (the top level), "imds", "policy.actions", ...
+        self.name = name
+        self.default = default
+        self.kind: type = kind or (list if isinstance(default, tuple) else type(default))
 
     @property
     def dotted(self) -> str:
         """The key as messages name it: ``imds.deadline``, ``state_dir``."""
         return f"{self.table}.{self.name}" if self.table else self.name
 
+    def __repr__(self) -> str:
+        return f"Key({self.dotted!r}, {self.kind.__name__}, default={self.default!r})"
 
-class Table(NamedTuple):
+
+class Table:
     """One table of the file (``[imds]``), or the top level (name ``""``)."""
 
-    name: str
-    meaning: str
-    keys: tuple[Key, ...]
-    # A table of free-form keys ([hooks.timeouts]): the check of their names, the rule of their values.
-    any_name: Check | None = None
-    any_key: Key | None = None
+    __slots__ = ("any_key", "any_name", "keys", "meaning", "name")
+
+    def __init__(
+        self,
+        name: str,
+        meaning: str,
+        keys: tuple[Key, ...],
+        any_name: Check | None = None,
+        any_key: Key | None = None,
+    ) -> None:
+        self.name = name
+        self.meaning = meaning
+        self.keys = keys
+        # A table of free-form keys ([hooks.timeouts]): the check of their names, the rule of their values.
+        self.any_name = any_name
+        self.any_key = any_key
 
 
 def _keys(table: str, defaults: Mapping[str, Any], **rules: Rule) -> tuple[Key, ...]:
     """The rows of ``table``, in the order of ``rules``, each with its default (and so its type) taken
     from ``defaults``: a section's fields."""
-    rows = []
-    for name, rule in rules.items():
-        default = defaults[name]
-        kind = list if isinstance(default, tuple) else type(default)
-        rows.append(Key(table, name, kind, default, *rule))
-    return tuple(rows)
+    return tuple(Key(table, name, defaults[name], rule) for name, rule in rules.items())
 
 
 DEFAULTS = Config()
@@ -143,11 +166,17 @@ _POLICY = _keys(
     lead_time_seconds=Rule("0: act at once; N: act once NotBefore is at most N seconds away", 0, 7 * _DAY),
     retention_days=Rule("days a cleared event is kept (status, history, reappearances)", 1, 3650),
     retry_max_seconds=Rule("the longest backoff between retries of a failed action (0: every run)", 0, 3600),
-    reconcile_interval_seconds=Rule("converge with Azure this often while idle (0: never)", 0, 7 * _DAY),
-    reconcile_active_seconds=Rule("... and this often while an event concerns the VM", 0, _DAY),
+    reconcile_interval_seconds=Rule(
+        "converge with Azure at most this often while idle (0: only at boot and after a lost state)",
+        0,
+        7 * _DAY,
+    ),
+    reconcile_active_seconds=Rule("... and this often while an event concerns the VM or it is out", 0, _DAY),
     force_before_seconds=Rule("this close to NotBefore (or Started), drain even below the floor", 0, _DAY),
-    recovered_grace_seconds=Rule('"recovered": the restore gate passes this long first', 0, _DAY),
-    stall_seconds=Rule("a daemon's poll this late counts as a stall of the VM (an impact)", 0.5, 3600),
+    recovered_grace_seconds=Rule(
+        'restore_when = "recovered": the restore gate must pass this long before the VM goes back', 0, _DAY
+    ),
+    stall_seconds=Rule("the daemon counts a poll this many seconds late as a stall (an impact)", 0.5, 3600),
 )
 _ACTIONS = _keys(
     "policy.actions",
@@ -168,11 +197,18 @@ _DRAIN = _keys(
     "drain",
     DrainConfig()._asdict(),
     method=Rule("NIC pool references, adminState Down, a failing probe, or only log", choices=DRAIN_METHODS),
-    min_in_service=Rule("the floor: other members each pool keeps in service (0: none)", 0, 1000),
+    min_in_service=Rule(
+        "the floor: an early drain leaves at least this many other members of each pool in service "
+        "(0: none); without [fleet] lease each VM checks it alone",
+        0,
+        1000,
+    ),
     max_unavailable=Rule("VMs of a pool out at once, through [fleet] lease (0: no limit)", 0, 1000),
     application_gateways=Rule('also Application Gateway pool references ("nic" only)'),
     nics=Rule("the NICs to drain, by name or id; empty: those attached to this VM", check=NICS),
-    gone_after_reads=Rule("a 404 drops a pool from a restore only after this many ...", 1, 1000),
+    gone_after_reads=Rule(
+        "a NIC, load balancer or pool answering 404 leaves a restore after this many ...", 1, 1000
+    ),
     gone_after_seconds=Rule("... over at least this many seconds", 0, 30 * _DAY),
 )
 _AZURE = _keys(
@@ -193,7 +229,7 @@ _FLEET = _keys(
     FleetConfig()._asdict(),
     lease=Rule("an application security group holding the claims; empty: no coordination", check=LEASE),
     claim_seconds=Rule("a claim's life; at least 3 x [policy] reconcile_active_seconds", 30, _DAY),
-    spread_seconds=Rule("early drains and restores wait a random delay up to this", 0, 600),
+    spread_seconds=Rule("early drains and restores start after a random delay of up to this", 0, 600),
 )
 _APPROVAL = _keys(
     "approval",
@@ -203,7 +239,7 @@ _APPROVAL = _keys(
     service_ports=Rule("local TCP ports whose established connections must end first ...", check=PORTS),
     drain_timeout=Rule("... or this many seconds after the VM left rotation", 0, _DAY),
     near_seconds=Rule("this close to NotBefore nothing is approved", 0, _DAY),
-    slot_seconds=Rule("listed VMs approve in name order, one slot of this length apart", 0, 3600),
+    slot_seconds=Rule("the listed VMs approve in name order, one slot of this many seconds apart", 0, 3600),
     when_not_drained=Rule("approve even after a failed or held drain (not recommended)"),
     peer_check_interval=Rule("seconds between reads of the other listed VMs' pools", 0, 3600),
     approve_ignored=Rule("approve at once an ignored event listing this VM alone"),
@@ -263,7 +299,7 @@ _RETENTION = _keys(
     history_rows=Rule("... at most this many (the newest)", 10, 100_000_000),
 )
 _HOOK_TIMEOUT = Key(
-    "hooks.timeouts", "<phase>/<hook name>", float, None, "seconds this hook may run", 0.1, _DAY
+    "hooks.timeouts", "<phase>/<hook name>", None, Rule("seconds this hook may run", 0.1, _DAY), float
 )
 
 TABLES = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from drainer.base.events import EventType
 
@@ -22,11 +22,14 @@ class InvalidValueError(Exception):
     """A value the configuration refuses; ``str()`` is the reason, without the file and the key."""
 
 
-class Check(NamedTuple):
+class Check:
     """Validates a value (already of the key's type) and returns what to keep. Raises InvalidValueError."""
 
-    run: Callable[[Any], Any]
-    allowed: str  # for docs/configuration.md
+    __slots__ = ("allowed", "run")
+
+    def __init__(self, run: Callable[[Any], Any], allowed: str) -> None:
+        self.run = run
+        self.allowed = allowed  # for docs/configuration.md
 
 
 def endpoint_url(url: str) -> str:
