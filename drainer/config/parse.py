@@ -30,7 +30,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
 
 def parse(raw: Mapping[str, Any], path: str) -> tuple[Config, list[ConfigError]]:
     """The Config of ``raw`` (a refused value left at its default) and every problem found, in the
-    order of the table. Raises nothing."""
+    order of the file. Raises nothing."""
     problems: list[ConfigError] = []
     given: dict[str, dict[str, Any]] = {}
     tables: dict[str, Mapping[str, Any]] = {"": raw}
@@ -89,13 +89,13 @@ def _read_table(
                 found[key.name] = value_of(key, data[key.name])
             except InvalidValueError as exc:
                 problems.append(ConfigError(path, key.dotted, str(exc)))
-    known = {k.name for k in table.keys} | _CHILDREN[table.name]
+    known = _KNOWN[table.name]
     for name in data:
         if name in known:
             continue
         dotted = f"{table.name}.{name}" if table.name else name
         if table.any_name is None or table.any_key is None:
-            problems.append(ConfigError(path, dotted, unknown(table, name, data[name])))
+            problems.append(ConfigError(path, dotted, _unknown(table, name, data[name])))
             continue
         try:
             found[table.any_name.run(name)] = value_of(table.any_key, data[name])
@@ -117,7 +117,7 @@ def value_of(key: Key, value: Any) -> Any:
     if not of_kind:
         raise InvalidValueError(f"must be a {kind.__name__}, not {type(value).__name__}")
     if key.low is not None and key.high is not None and not key.low <= value <= key.high:
-        raise InvalidValueError(f"must be between {key.low:g} and {key.high:g}")
+        raise InvalidValueError(f"must be between {_number(key.low)} and {_number(key.high)}")
     if key.choices and value not in key.choices:
         raise InvalidValueError(f"must be one of {', '.join(key.choices)}")
     # The default needs no check (it is ours, and tested): the usual file, config.example.toml with a few
@@ -125,6 +125,10 @@ def value_of(key: Key, value: Any) -> Any:
     if key.check is not None and value != key.default:
         return key.check.run(value)
     return tuple(value) if kind is list else value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def _children_of(name: str) -> frozenset[str]:
@@ -136,11 +140,12 @@ def _children_of(name: str) -> frozenset[str]:
     )
 
 
-# The tables directly inside each table: names a table knows besides its keys.
+# The tables directly inside each table, and every name each table knows.
 _CHILDREN = {t.name: _children_of(t.name) for t in TABLES}
+_KNOWN = {t.name: _CHILDREN[t.name] | {k.name for k in t.keys} for t in TABLES}
 
 
-def unknown(table: Table, name: str, value: object) -> str:
+def _unknown(table: Table, name: str, value: object) -> str:
     """Why ``name`` is refused in ``table``, with the name probably meant."""
     import difflib  # noqa: PLC0415 - only for a mistake
 

@@ -318,9 +318,9 @@ TABLES = (
     Table("restore", "the health check before the VM goes back", _RESTORE),
     Table("hooks", "programs run in each phase (README: Hooks)", _HOOKS),
     Table("hooks.timeouts", "per-hook timeouts instead of [hooks] timeout", (), HOOK_NAME, _HOOK_TIMEOUT),
-    Table("daemon", "drainer run", _DAEMON),
+    Table("daemon", "the daemon, `drainer run`", _DAEMON),
     Table("metrics", "Prometheus metrics", _METRICS),
-    Table("probe", 'method = "probe": the health probe\'s answer, and a flag file', _PROBE),
+    Table("probe", 'the health probe\'s answer for method = "probe", and a flag file', _PROBE),
     Table("logging", "where and how much drainer logs", _LOGGING),
     Table("retention", "how much state.db keeps", _RETENTION),
 )
