@@ -1,8 +1,9 @@
 """``drainer config check``: what loads fine but does not do what the operator meant.
 
 The loader (``drainer.config``) refuses what is invalid; this module looks for what is valid yet
-wrong: a misspelled phase directory whose hooks never run, a hooks directory that does not exist,
-an option that has no effect without another, two listeners on one port.
+wrong: a misspelled phase directory whose hooks never run, a configured hooks directory that does not
+exist, an option that has no effect without another, an early approval that waits for no connection,
+two listeners on one port.
 """
 
 from __future__ import annotations
