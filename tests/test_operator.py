@@ -138,12 +138,13 @@ def test_config_check_warns_about_a_missing_hooks_dir(agent: Agent) -> None:
 
 
 def test_config_check_says_the_floor_is_not_coordinated_without_a_lease(agent: Agent) -> None:
-    agent.config_text = DEFAULT_CONFIG
+    # (a floor above the default: the default's limits are documented with the key, not warned about)
+    agent.config_text = DEFAULT_CONFIG + "\n[drain]\nmin_in_service = 2\n"
     done = agent.run("config", "check")
     assert done.returncode == 0
-    assert "min_in_service is checked by each VM alone" in done.stderr
+    assert "min_in_service = 2 is checked by each VM alone" in done.stderr
     lease = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/applicationSecurityGroups/l"
-    agent.config_text = DEFAULT_CONFIG + f'\n[fleet]\nlease = "{lease}"\n'
+    agent.config_text = DEFAULT_CONFIG + f'\n[drain]\nmin_in_service = 2\n[fleet]\nlease = "{lease}"\n'
     done = agent.run("config", "check")
     assert done.returncode == 0, done.stderr
     assert "min_in_service" not in done.stderr

@@ -14,12 +14,12 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from drainer import __version__
-from drainer.base.errors import EXIT_OK, EXIT_USAGE, DrainerError, LockedError
+from drainer.base.errors import EXIT_OK, EXIT_USAGE, ConfigError, DrainerError, LockedError
 from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.io.configfile import load
@@ -241,9 +241,9 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         from drainer.app.demo import run_demo  # noqa: PLC0415
 
         return run_demo()
-    config = _load_config(args)
     if command == "config":
-        return _config_command(args.action, config)
+        return _config_command(args)
+    config = _load_config(args)
     if command == "fleet":
         from drainer.app.fleetview import fleet  # noqa: PLC0415 - imports the Azure SDK
 
@@ -330,38 +330,36 @@ def _write_oneshot_metrics(config: Config, recorder: Any, log: Logger) -> None:
         log.error("cannot write the metrics textfile", file=config.metrics.textfile, error=str(exc))
 
 
-def _config_command(action: str, config: Config) -> int:
-    if action == "check":
-        from drainer.app.audit import refusals  # noqa: PLC0415
-        from drainer.config.check import findings  # noqa: PLC0415
+def _config_command(args: argparse.Namespace) -> int:
+    """``config check``: every problem of the file, else the findings; ``config show``: the configuration
+    as the file's tables, every default filled in. Raises ConfigError (``show``: the first problem)."""
+    if args.action == "show":
+        from drainer.config.show import as_tables  # noqa: PLC0415
 
-        refused = refusals(config)
-        for problem in refused:
-            print(f"drainer: refused: {problem}", file=sys.stderr)
-        found = findings(config)
-        for finding in found:
-            print(f"drainer: {finding.severity}: {finding.message}", file=sys.stderr)
-        if refused or any(f.severity == "error" for f in found):
-            return EXIT_USAGE
-        warnings = f" with {len(found)} warning(s)" if found else ""
-        print(f"drainer: configuration OK{warnings} ({config.source}); hooks in {config.hooks.dir}")
+        print(json.dumps(as_tables(_load_config(args)), indent=2))
         return EXIT_OK
-    print(json.dumps(_config_json(config), indent=2))
+    from drainer.base.terminal import printable  # noqa: PLC0415 - the file's text is quoted
+
+    try:
+        config = _load_config(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(printable(f"drainer: error: {problem}"), file=sys.stderr)
+        return exc.exit_code
+    from drainer.app.audit import refusals  # noqa: PLC0415
+    from drainer.config.check import findings  # noqa: PLC0415
+
+    refused = refusals(config)
+    for refusal in refused:
+        print(f"drainer: refused: {refusal}", file=sys.stderr)
+    found = findings(config)
+    for finding in found:
+        print(f"drainer: {finding.severity}: {finding.message}", file=sys.stderr)
+    if refused or any(f.severity == "error" for f in found):
+        return EXIT_USAGE
+    warnings = f" with {len(found)} warning(s)" if found else ""
+    print(f"drainer: configuration OK{warnings} ({config.source}); hooks in {config.hooks.dir}")
     return EXIT_OK
-
-
-def _config_json(config: Config) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if hasattr(value, "_asdict"):
-            return {k: plain(v) for k, v in value._asdict().items()}
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        return value
-
-    data: dict[str, Any] = plain(config)
-    return data
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@ gets a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 EXIT_OK = 0
 EXIT_ACTION_FAILED = 1
 EXIT_USAGE = 2
@@ -19,16 +21,29 @@ class DrainerError(Exception):
 
 
 class ConfigError(DrainerError):
-    """The configuration is invalid: names the file, the key and the reason."""
+    """The configuration is invalid: names the file, the key and the reason.
+
+    ``problems`` holds every problem found in the file, this one first (``drainer config check`` prints
+    them all; the message of a load names the first and counts the others).
+    """
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, path: str, key: str, reason: str) -> None:
+    def __init__(self, path: str, key: str, reason: str, *, problems: Sequence[ConfigError] = ()) -> None:
         self.path = path
         self.key = key
         self.reason = reason
+        self.problems: tuple[ConfigError, ...] = tuple(problems) or (self,)
         where = f"{path}: {key}" if key else path
-        super().__init__(f"{where}: {reason}")
+        more = len(self.problems) - 1
+        also = f" (and {more} more: `drainer config check` lists them all)" if more else ""
+        super().__init__(f"{where}: {reason}{also}")
+
+    @classmethod
+    def of(cls, problems: Sequence[ConfigError]) -> ConfigError:
+        """One error carrying every problem of ``problems`` (at least one), named after the first."""
+        first = problems[0]
+        return cls(first.path, first.key, first.reason, problems=problems)
 
 
 class ImdsError(DrainerError):

@@ -1,8 +1,9 @@
 """``drainer config check``: what loads fine but does not do what the operator meant.
 
 The loader (``drainer.config``) refuses what is invalid; this module looks for what is valid yet
-wrong: a misspelled phase directory whose hooks never run, a hooks directory that does not exist,
-an option that has no effect without another, two listeners on one port.
+wrong: a misspelled phase directory whose hooks never run, a configured hooks directory that does not
+exist, an option that has no effect without another, an early approval that waits for no connection,
+two listeners on one port.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import difflib
 from pathlib import Path
 from typing import NamedTuple
 
-from drainer.config import HOOK_PHASES, Config, parse_address
+from drainer.config import DEFAULT_HOOKS_DIR, HOOK_PHASES, ApprovalConfig, Config, parse_address
 
 # Addresses that listen on every interface (compared, never bound here).
 _ANY_IPV4 = "0.0.0.0"  # noqa: S104  # nosec B104
@@ -26,13 +27,19 @@ class Finding(NamedTuple):
 
 
 def findings(config: Config) -> list[Finding]:
-    """Everything ``config check`` reports beyond refused hooks. Raises nothing."""
-    return [*_hooks_dir(config), *_no_effect(config), *_addresses(config)]
+    """Everything ``config check`` reports beyond refused hooks. Raises nothing.
+
+    A fresh install (the defaults, the package's hooks directory) is clean but for what its operator
+    must decide: a warning that always fires is a warning nobody reads.
+    """
+    return [*_hooks_dir(config), *_no_effect(config), *_approval(config), *_addresses(config)]
 
 
 def _hooks_dir(config: Config) -> list[Finding]:
     base = Path(config.hooks.dir)
     if not base.exists():
+        if config.hooks.dir == DEFAULT_HOOKS_DIR:
+            return []  # no hooks: the default, unless installed from the package (which creates it)
         return [
             Finding(
                 "warning",
@@ -77,12 +84,15 @@ def _no_effect(config: Config) -> list[Finding]:
             )
         )
     arm_method = config.drain.method in ("nic", "admin-state")
-    if arm_method and config.drain.min_in_service and not config.fleet.lease:
+    # The default floor (1: never empty a pool by choice) is a best effort, documented with the key;
+    # an operator who asks for more relies on it for capacity, which only the lease can hold.
+    if arm_method and config.drain.min_in_service > 1 and not config.fleet.lease:
         found.append(
             Finding(
                 "warning",
-                "[drain] min_in_service is checked by each VM alone: VMs deciding in the same second "
-                "can all pass it (set [fleet] lease to coordinate; README: the fleet model)",
+                f"[drain] min_in_service = {config.drain.min_in_service} is checked by each VM alone: "
+                "VMs deciding in the same second can all pass it (set [fleet] lease to coordinate; "
+                "README: the fleet model)",
             )
         )
     if config.fleet.lease and not arm_method:
@@ -90,6 +100,26 @@ def _no_effect(config: Config) -> list[Finding]:
             Finding("warning", f"[fleet] lease has no effect with [drain] method = {config.drain.method!r}")
         )
     return found
+
+
+def waits_for_connections(approval: ApprovalConfig) -> bool:
+    """Whether an approval waits for the service's connections to end: any ports to watch (a list, or
+    a value that finds them, such as "auto") do."""
+    return bool(approval.service_ports)
+
+
+def _approval(config: Config) -> list[Finding]:
+    approval = config.approval
+    if not (approval.enabled and approval.types) or waits_for_connections(approval):
+        return []
+    return [
+        Finding(
+            "warning",
+            "[approval] enabled with no [approval] service_ports: nothing waits for open connections, "
+            "maintenance is approved as soon as the VM is out of rotation and may start while clients "
+            "are still connected (list the service's ports in service_ports, or set enabled = false)",
+        )
+    ]
 
 
 def _overlap(a: str, b: str) -> bool:

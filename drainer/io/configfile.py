@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from drainer.base.errors import ConfigError
-from drainer.config import (
-    DEFAULT_CONFIG_PATH,
-    Config,
-    _check_arm_endpoint,
-    _check_endpoint,
-    from_mapping,
-)
+from drainer.config import DEFAULT_CONFIG_PATH, Config, InvalidValueError, arm_url, endpoint_url, from_mapping
 from drainer.io.trust import TrustError, read_file
 
 
@@ -67,13 +61,21 @@ def load(explicit_path: str | None = None, environ: Mapping[str, str] | None = N
         config = from_mapping(_read_toml(path, data), str(path))
     endpoint = env.get("DRAINER_IMDS_ENDPOINT")
     if endpoint:
-        url = _check_endpoint("$DRAINER_IMDS_ENDPOINT", "", endpoint)
+        url = _checked("DRAINER_IMDS_ENDPOINT", endpoint_url, endpoint)
         config = config._replace(imds=config.imds._replace(endpoint=url))
     arm = env.get("DRAINER_ARM_ENDPOINT")
     if arm:
-        url = _check_arm_endpoint("$DRAINER_ARM_ENDPOINT", "", arm)
+        url = _checked("DRAINER_ARM_ENDPOINT", arm_url, arm)
         config = config._replace(azure=config.azure._replace(arm_endpoint=url))
     state_dir = env.get("DRAINER_STATE_DIR")
     if state_dir:
         config = config._replace(state_dir=state_dir)
     return config
+
+
+def _checked(variable: str, check: Callable[[str], str], value: str) -> str:
+    """An environment override checked like the key it replaces. Raises ConfigError."""
+    try:
+        return check(value)
+    except InvalidValueError as exc:
+        raise ConfigError(f"${variable}", "", str(exc)) from exc
