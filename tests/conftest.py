@@ -53,6 +53,8 @@ deadline = 20.0
 [approval]
 # The tests of the other features keep events Scheduled; tests/test_approval.py turns it on.
 enabled = false
+# Not "auto" (the default): the machine's other listeners must not decide when a test approves.
+service_ports = []
 """
 
 

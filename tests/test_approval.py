@@ -76,7 +76,7 @@ def test_waits_for_established_connections_before_approving(
 ) -> None:
     port, client = connection
     agent.config_text = APPROVING.replace(
-        "[approval]", f"[approval]\nservice_ports = [{port}]\ndrain_timeout = 600"
+        "service_ports = []", f"service_ports = [{port}]\ndrain_timeout = 600"
     )
     event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agent.check().returncode == 0
@@ -98,7 +98,7 @@ def test_connection_wait_is_bounded_by_drain_timeout(
 ) -> None:
     port, _ = connection
     agent.config_text = APPROVING.replace(
-        "[approval]", f"[approval]\nservice_ports = [{port}]\ndrain_timeout = 0"
+        "service_ports = []", f"service_ports = [{port}]\ndrain_timeout = 0"
     )
     pool.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agent.check().returncode == 0

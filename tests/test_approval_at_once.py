@@ -110,7 +110,7 @@ def test_cli_approves_a_user_reboot_once_drained(agent: Agent, pool: EmulatorCon
     try:
         port = server.getsockname()[1]
         agent.config_text = APPROVING.replace(
-            "[approval]", f"[approval]\nservice_ports = [{port}]\ndrain_timeout = 600"
+            "service_ports = []", f"service_ports = [{port}]\ndrain_timeout = 600"
         )
         event = pool.schedule("Reboot", ["web-0"], source="User", not_before_in=900)
         assert agent.check().returncode == 0

@@ -79,13 +79,14 @@ def test_the_shipped_configuration_checks_clean(tmp_path: Path) -> None:
     assert ("warning" in done.stdout) == bool(expected)
 
 
-def test_the_defaults_warn_only_about_open_connections() -> None:
-    (only,) = findings(Config())
+def test_the_defaults_wait_for_connections_and_an_empty_list_warns() -> None:
+    assert findings(Config()) == []  # service_ports = "auto" by default
+    (only,) = findings(Config(approval=ApprovalConfig(service_ports=())))
     assert only.severity == "warning"
     assert only.message.startswith("[approval] enabled with no [approval] service_ports")
     quiet = Config(approval=ApprovalConfig(service_ports=(443,)))
     assert findings(quiet) == []
-    assert findings(quiet._replace(approval=ApprovalConfig(enabled=False))) == []
+    assert findings(quiet._replace(approval=ApprovalConfig(enabled=False, service_ports=()))) == []
 
 
 def test_the_uncoordinated_floor_warns_once_the_operator_raises_it() -> None:

@@ -33,9 +33,7 @@ def approval_facts(
     drained = state.vm.drain_state is DrainState.DRAINED
     connections = None
     if cfg.enabled and cfg.service_ports and drained:
-        from drainer.io.connections import count_established  # noqa: PLC0415
-
-        connections = count_established(cfg.service_ports)
+        connections = _open_connections(config)
     facts = ApprovalFacts(open_connections=connections)
     # Every listed VM, this one included, of the events whose turn it is on this VM.
     listed = {
@@ -100,3 +98,19 @@ def _listed_in_pool(
         },
     )
     return frozenset(inside)
+
+
+def _open_connections(config: Config) -> int | None:
+    """Established connections to the service ports (``"auto"``: every port this VM listens on beyond
+    loopback, except SSH and drainer's own probe and metrics ports); None where they cannot be read."""
+    from drainer.config import parse_address  # noqa: PLC0415
+    from drainer.io.connections import count_established, listening_ports  # noqa: PLC0415
+
+    ports = config.approval.service_ports
+    if ports == "auto":
+        own = {parse_address(config.probe.address)[1], parse_address(config.metrics.address)[1]}
+        found = listening_ports(exclude=own)
+        if found is None:
+            return None
+        ports = tuple(found)
+    return count_established(ports if isinstance(ports, tuple) else ())

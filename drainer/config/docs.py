@@ -13,7 +13,14 @@ from typing import Any
 from drainer.config.schema import TABLES, Key, Table
 
 REGENERATE = "python -m drainer.config.docs > docs/configuration.md"
-_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "list"}
+_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    str: "string",
+    list: "list",
+    object: "string or list",
+}
 
 _HEADER = f"""\
 # Configuration reference

@@ -43,7 +43,7 @@ from drainer.config.values import (
     NICS,
     NOT_EMPTY,
     OPTIONAL_ENDPOINT,
-    PORTS,
+    SERVICE_PORTS,
     URL_PATH,
     WINDOWS_ONLY,
     Check,
@@ -68,7 +68,7 @@ _DAY = 86400
 class Rule:
     """What a field's type and default do not say: the meaning, and a range, choices or a check."""
 
-    __slots__ = ("check", "choices", "high", "low", "meaning")
+    __slots__ = ("check", "choices", "high", "low", "meaning", "of")
 
     def __init__(
         self,
@@ -78,12 +78,14 @@ class Rule:
         *,
         choices: tuple[str, ...] = (),
         check: Check | None = None,
+        of: type | None = None,
     ) -> None:
         self.meaning = meaning
         self.low = low
         self.high = high
         self.choices = choices
         self.check = check
+        self.of = of  # the key's type, where its default's is not it (a string or a list)
 
 
 class Key(Rule):
@@ -93,11 +95,13 @@ class Key(Rule):
     __slots__ = ("default", "kind", "name", "table")
 
     def __init__(self, table: str, name: str, default: Any, rule: Rule, kind: type | None = None) -> None:
-        super().__init__(rule.meaning, rule.low, rule.high, choices=rule.choices, check=rule.check)
+        super().__init__(
+            rule.meaning, rule.low, rule.high, choices=rule.choices, check=rule.check, of=rule.of
+        )
         self.table = table  # "" (the top level), "imds", "policy.actions", ...
         self.name = name
         self.default = default
-        self.kind: type = kind or (list if isinstance(default, tuple) else type(default))
+        self.kind: type = kind or rule.of or (list if isinstance(default, tuple) else type(default))
 
     @property
     def dotted(self) -> str:
@@ -236,7 +240,12 @@ _APPROVAL = _keys(
     ApprovalConfig()._asdict(),
     enabled=Rule("approve maintenance early (StartRequests) once out of rotation"),
     types=Rule("the event types approved early", check=EVENT_TYPES),
-    service_ports=Rule("local TCP ports whose established connections must end first ...", check=PORTS),
+    service_ports=Rule(
+        'local TCP ports whose established connections must end first ("auto": every port this VM listens '
+        "on beyond loopback, except SSH and drainer's own; []: wait for none) ...",
+        check=SERVICE_PORTS,
+        of=object,
+    ),
     drain_timeout=Rule("... or this many seconds after the VM left rotation", 0, _DAY),
     near_seconds=Rule("this close to NotBefore nothing is approved", 0, _DAY),
     slot_seconds=Rule("the listed VMs approve in name order, one slot of this many seconds apart", 0, 3600),

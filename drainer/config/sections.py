@@ -69,7 +69,8 @@ class DrainConfig(NamedTuple):
 class ApprovalConfig(NamedTuple):
     enabled: bool = True
     types: tuple[str, ...] = ("Reboot", "Redeploy", "Freeze", "Terminate")
-    service_ports: tuple[int, ...] = ()
+    # "auto": this VM's listening TCP ports (not SSH, loopback-only or drainer's own); (): none.
+    service_ports: tuple[int, ...] | str = "auto"
     drain_timeout: float = 300.0
     near_seconds: float = 60.0
     when_not_drained: bool = False

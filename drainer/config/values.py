@@ -164,5 +164,16 @@ WINDOWS_ONLY = Check(_windows_only, "true only on Windows")
 NICS = Check(_nics, "NIC names or resource ids")
 EVENT_TYPES = Check(_event_types, ", ".join(_EVENT_TYPES))
 PORTS = Check(_ports, "TCP ports, 1 to 65535")
+
+
+def _service_ports(value: Any) -> tuple[int, ...] | str:
+    if value == "auto":
+        return "auto"
+    if not isinstance(value, list):
+        raise InvalidValueError('must be "auto" or a list of TCP ports (1-65535)')
+    return _ports(value)
+
+
+SERVICE_PORTS = Check(_service_ports, '"auto", or TCP ports 1 to 65535')
 ARGV = Check(_argv, "non-empty strings: program and arguments, no shell")
 HOOK_NAME = Check(hook_timeout_key, "<phase>/<hook name>")
