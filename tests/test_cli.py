@@ -151,7 +151,10 @@ def test_second_run_exits_quickly_while_the_lock_is_held(agent: Agent) -> None:
     with RunLock(agent.state_dir):
         done = agent.check()
     assert done.returncode == 3
-    assert "another drainer run holds" in done.stderr
+    (record,) = log_records(done.stderr)
+    assert record["level"] == "info"  # lock contention is no failure: not logged as one
+    assert record["event"].startswith("skipped: another drainer run holds the lock")
+    assert "another drainer run holds" in record["detail"]
     assert agent.check().returncode == 0
 
 
@@ -266,3 +269,18 @@ def test_idle_run_imports_nothing_heavy_and_writes_no_transaction(agent: Agent, 
     assert not any(m.startswith("structlog") for m in modules)
     assert (db.stat().st_mtime_ns, wal.stat().st_size if wal.exists() else 0) == before
     assert agent.status()["last_check"] is not None
+
+
+def test_last_successful_check_is_never_a_failed_run(agent: Agent, pool: EmulatorControl) -> None:
+    """`status` says when the last successful check was: a run whose drain failed does not move it."""
+    assert agent.check().returncode == 0
+    stamp = agent.state_dir / "last-check"
+    first = stamp.stat().st_mtime_ns
+    os.utime(stamp, ns=(first - 10**10, first - 10**10))  # 10 s earlier: a later touch would show
+    pool.fail_next_lro(1)
+    pool.schedule("Reboot", ["web-0"])
+    failed = agent.check()
+    assert failed.returncode == 1, failed.stderr
+    assert stamp.stat().st_mtime_ns == first - 10**10
+    assert agent.check().returncode == 0  # the retry succeeds
+    assert stamp.stat().st_mtime_ns > first - 10**10

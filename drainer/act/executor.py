@@ -137,7 +137,11 @@ def _change(ex: Executor, state: State, action: Drain | Restore | Reconcile) -> 
     events = tuple(state.events[k] for k in keys if k in state.events)
     ctx = ex.context(events, "" if isinstance(action, Restore) else action.forced)
     actuator = ex.actuator
-    if _spreads(ex.config, action):
+    if _spreads(ex.config, action) and ex.config.fleet.spread_seconds > 0:
+        ex.log.info(
+            f"{action.name}: waiting a random moment before the ARM writes ([fleet] spread_seconds)",
+            up_to_seconds=ex.config.fleet.spread_seconds,
+        )
         ex.effects.spread(ex.config.fleet.spread_seconds)
     ex.seams.checkpoint(f"before-{action.name}")
     started = time.monotonic()
@@ -260,7 +264,9 @@ def _spreads(config: Config, action: Drain | Restore | Reconcile) -> bool:
     if config.drain.method not in ("nic", "admin-state"):
         return False
     if isinstance(action, Drain):
-        return not action.forced and not ({"Preempt", "Terminate"} & set(action.event_types))
+        # An operator's `drainer drain` (no event) is one VM by hand: it does not wait.
+        manual = not action.event_ids
+        return not manual and not action.forced and not ({"Preempt", "Terminate"} & set(action.event_types))
     return isinstance(action, Restore)
 
 

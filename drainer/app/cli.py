@@ -271,12 +271,15 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         recorder = _oneshot_metrics(config)
         try:
             result = run_once(config, logger, seams, manual=manual)
+        except LockedError as exc:
+            # Not a failure: another run (the daemon, a manual drain) is at work; this one yields.
+            logger.info("skipped: another drainer run holds the lock", detail=str(exc))
+            return exc.exit_code
         except DrainerError as exc:
             # One record per failure: the log line is the message (it reaches stderr and, when
             # configured, syslog); printing it again would make cron's syslog show it twice.
             logger.error("check failed; nothing was changed", error=str(exc), error_type=type(exc).__name__)
-            if not isinstance(exc, LockedError):
-                _record(config, str(exc), type(exc).__name__)
+            _record(config, str(exc), type(exc).__name__)
             return exc.exit_code
         finally:
             if recorder is not None:

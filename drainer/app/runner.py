@@ -160,7 +160,6 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     seams.checkpoint("decided")
     # -- commit the decision, then act
     state = run.commit(state, decision, now, changed=changed)
-    run.effects.touch_last_check(config.state_dir)
     seams.checkpoint("saved")
     run.commit.events_seen(state, decision.transitions)
     # Hook phases that failed on earlier runs are retried after this run's actions; a phase that
@@ -192,6 +191,8 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     run.commit.finish(state)
     if earlier:
         executor.run(state, [RetryPhases(tuple(earlier))])
+    if not run.commit.result.errors:  # "the last successful check": only a run whose actions all went
+        run.effects.touch_last_check(config.state_dir)
     return False
 
 
