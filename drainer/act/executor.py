@@ -23,10 +23,10 @@ from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.approval import record_approval, restore_gate
 from drainer.decide.core import record_outcome, record_reconcile
-from drainer.decide.model import Approve, Drain, EventRecord, Reconcile, Restore, State
+from drainer.decide.model import Approve, Drain, EventRecord, Reconcile, Restore, State, Transition
 
 if TYPE_CHECKING:
-    from drainer.act.hooks import HookRunner, PendingPhases
+    from drainer.act.hooks import Hook, HookRunner, PendingPhases
     from drainer.base.instance import InstanceInfo
     from drainer.io.imds import ImdsClient
     from drainer.store.state import StateStore
@@ -94,7 +94,9 @@ class Executor:
         if self._hooks is None:
             from drainer.act.hooks import HookRunner, PendingPhases  # noqa: PLC0415
 
-            runner = HookRunner(self.config, self.log, os.environ, dry_run=self.effects.rehearsal)
+            runner = HookRunner(
+                self.config, self.log, os.environ, dry_run=self.effects.rehearsal, note=self._note_hook
+            )
             self._hooks = (runner, PendingPhases(self.store))
         return self._hooks
 
@@ -111,6 +113,13 @@ class Executor:
                 plain = FailingActuator(exc)
             self._actuator = HookedActuator(plain, *self.hooks)
         return self._actuator
+
+    def _note_hook(self, hook: Hook, outcome: str, detail: str) -> None:
+        """Every hook run is a line of history (``drainer history`` shows what filled a gap)."""
+        line = Transition(
+            subject="hook", from_state=f"{hook.phase}/{hook.name}", to_state=outcome, reason=detail
+        )
+        self.store.append_history(self.seams.now(), [line])
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
         from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415

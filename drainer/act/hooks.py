@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -237,13 +237,22 @@ class HookRunner:
     """Runs the hooks of one phase with the contract, logging every run."""
 
     def __init__(
-        self, config: Config, log: Logger, inherited_env: Mapping[str, str], *, dry_run: bool = False
+        self,
+        config: Config,
+        log: Logger,
+        inherited_env: Mapping[str, str],
+        *,
+        dry_run: bool = False,
+        note: Callable[[Hook, str, str], None] | None = None,
     ) -> None:
-        """``dry_run``: the contract's DRAINER_DRY_RUN (given by the effects seam)."""
+        """``dry_run``: the contract's DRAINER_DRY_RUN (given by the effects seam). ``note``: told of
+        every hook run (the hook, its outcome: ``ok``, ``exit N``, ``timed out``, ``refused``, and a
+        hint), for the history."""
         self.config = config
         self.log = log
         self.inherited_env = inherited_env
         self.dry_run = dry_run
+        self.note = note
 
     def run_phase(
         self, phase: str, *, vm: InstanceInfo, events: Sequence[EventRecord], manual: bool = False
@@ -270,6 +279,7 @@ class HookRunner:
             except TrustError as exc:  # changed since discovery
                 failures.append(f"{hook.name}: refused: {exc}")
                 self.log.error("hook refused", phase=phase, hook=hook.name, reason=str(exc))
+                self._note(hook, "refused", str(exc))
                 continue
             try:
                 done = process.run(
@@ -297,13 +307,20 @@ class HookRunner:
             if done.timed_out:
                 failures.append(f"{hook.name}: timed out after {hook.timeout:g}s")
                 self.log.error("hook timed out; its process group was killed", timeout=hook.timeout, **fields)
+                self._note(hook, "timed out", f"after {hook.timeout:g}s; its process group was killed")
             elif done.start_error or done.exit_code != 0:
                 hint = _hint(done.exit_code, done.start_error)
                 failures.append(f"{hook.name}: {hint or f'exit {done.exit_code}'}")
                 self.log.error("hook failed", hint=hint or None, **fields)
+                self._note(hook, f"exit {done.exit_code}", hint or f"{done.seconds:.1f}s")
             else:
                 self.log.info("hook ran", **fields)
+                self._note(hook, "ok", f"{done.seconds:.1f}s")
         return PhaseResult(phase, len(hooks), tuple(failures))
+
+    def _note(self, hook: Hook, outcome: str, detail: str) -> None:
+        if self.note is not None:
+            self.note(hook, outcome, detail)
 
 
 class PendingPhases:

@@ -370,7 +370,14 @@ def record_outcome(
         return Decision(state=state._replace(vm=vm), transitions=(transition,))
     if error is not None:
         vm = vm._replace(attempts=vm.attempts + 1, last_error=error, held="", last_attempt_at=now)
-        return Decision(state=state._replace(vm=vm))
+        # Every failed attempt is a line of history: a gap between draining and drained has its reason.
+        attempt = Transition(
+            subject="vm",
+            from_state=vm.drain_state.value,
+            to_state=f"{action.name} failed",
+            reason=f"attempt {vm.attempts}: {error}",
+        )
+        return Decision(state=state._replace(vm=vm), transitions=(attempt,))
     transitions: list[Transition] = []
     done = DrainState.DRAINED if isinstance(action, Drain) else DrainState.IN_ROTATION
     held_by = vm.held_by if isinstance(action, Drain) else ()

@@ -394,6 +394,29 @@ class StateStore:
         if self._cacheable:
             _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
 
+    def append_history(self, now: datetime, transitions: Sequence[Transition]) -> None:
+        """Add lines of history that change no state (a hook run), in one transaction. Raises StateError."""
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT INTO history (at, subject, event_id, event_type, from_state, to_state,"
+                    " reason) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (
+                            ts(now),
+                            t.subject,
+                            t.event_id,
+                            t.event_type,
+                            t.from_state,
+                            t.to_state,
+                            redact_text(t.reason),
+                        )
+                        for t in transitions
+                    ],
+                )
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
     # -- the ledger of changes to undo --------------------------------------------------------
 
     def ledger(self, method: str | None = None) -> list[LedgerEntry]:
