@@ -95,7 +95,7 @@ class Executor:
             from drainer.act.hooks import HookRunner, PendingPhases  # noqa: PLC0415
 
             runner = HookRunner(
-                self.config, self.log, os.environ, dry_run=self.effects.rehearsal, note=self._note_hook
+                self.config, self.log, os.environ, rehearsal=self.effects.rehearsal, note=self._note_hook
             )
             self._hooks = (runner, PendingPhases(self.store))
         return self._hooks

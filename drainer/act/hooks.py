@@ -242,16 +242,16 @@ class HookRunner:
         log: Logger,
         inherited_env: Mapping[str, str],
         *,
-        dry_run: bool = False,
+        rehearsal: bool = False,
         note: Callable[[Hook, str, str], None] | None = None,
     ) -> None:
-        """``dry_run``: the contract's DRAINER_DRY_RUN (given by the effects seam). ``note``: told of
+        """``rehearsal``: the contract's DRAINER_DRY_RUN (the effects seam says whether this is one). ``note``: told of
         every hook run (the hook, its outcome: ``ok``, ``exit N``, ``timed out``, ``refused``, and a
         hint), for the history."""
         self.config = config
         self.log = log
         self.inherited_env = inherited_env
-        self.dry_run = dry_run
+        self.rehearsal = rehearsal
         self.note = note
 
     def run_phase(
@@ -266,7 +266,7 @@ class HookRunner:
             phase,
             vm=vm,
             events=events,
-            dry_run=self.dry_run,
+            dry_run=self.rehearsal,
             state_dir=self.config.state_dir,
             manual=manual,
         )
