@@ -245,9 +245,9 @@ class HookRunner:
         rehearsal: bool = False,
         note: Callable[[Hook, str, str], None] | None = None,
     ) -> None:
-        """``rehearsal``: the contract's DRAINER_DRY_RUN (the effects seam says whether this is one). ``note``: told of
-        every hook run (the hook, its outcome: ``ok``, ``exit N``, ``timed out``, ``refused``, and a
-        hint), for the history."""
+        """``rehearsal``: the contract's DRAINER_DRY_RUN (the effects seam says whether this is one).
+        ``note``: told of every hook run (the hook, its outcome: ``ok``, ``exit N``, ``timed out``,
+        ``refused``, and a hint), for the history."""
         self.config = config
         self.log = log
         self.inherited_env = inherited_env
