@@ -56,6 +56,7 @@ class EmulatorControl:
         self.fault(match=match, method=method, count=count, drip=seconds)
 
     def clear_faults(self) -> None:
+        """No more faults; answers dripping now end (mid-body)."""
         self._call("DELETE", "faults")
 
     def imds_etags(self, on: bool) -> None:

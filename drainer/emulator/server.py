@@ -23,7 +23,7 @@ Control routes (JSON in, JSON out):
                                                substring of the path, or its end when it ends with
                                                "$"; drip: the usual answer, its body one byte every
                                                that many seconds)
-  DELETE /_emulator/faults
+  DELETE /_emulator/faults                    (answers dripping now end too)
   POST   /_emulator/etags                     {"on": bool}  ETag/304 on scheduled events (default on)
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
@@ -108,14 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
         """One byte, then a pause, until the body is out or the client has gone (a drip fault)."""
         drip, self._drip = self._drip, 0.0
         self.close_connection = True  # a client that gave up mid-body must not get the next answer here
-        stop = self.server.stopping
+        stop = self.server.drips_end  # set when the faults are cleared or the emulator stops
         for index in range(len(payload)):
             try:
                 self.wfile.write(payload[index : index + 1])
             except OSError:
                 return  # the client gave up (its deadline): that is the point of the fault
             if stop.wait(drip):
-                return  # the emulator is stopping: do not hold its shutdown for the rest of the body
+                return  # the fault was cleared, or the emulator is stopping
 
     def _record(self, path: str, status: int | str) -> None:
         model = self.server.model
@@ -416,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "faults" and method == "DELETE":
                 with model.lock:
                     model.faults.clear()
+                self.server.end_drips()
                 self._send(200, {})
             elif route == "etags" and method == "POST":
                 with model.lock:
@@ -639,12 +640,18 @@ class EmulatorServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, model: ImdsModel) -> None:
         self.model = model
         self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
-        self.stopping = threading.Event()  # set by RunningEmulator.stop: drip faults stop dripping
+        # Set when the faults are cleared or the emulator stops: answers dripping then end at once.
+        self.drips_end = threading.Event()
         super().__init__((host, port), _Handler)
         # NIC PUTs being answered right now, and the most seen at once (GET /_emulator/state).
         self._puts = 0
         self.max_concurrent_puts = 0
         self._puts_lock = threading.Lock()
+
+    def end_drips(self) -> None:
+        """End the answers dripping now (the connection closes mid-body); later drips start afresh."""
+        ending, self.drips_end = self.drips_end, threading.Event()
+        ending.set()
 
     @contextlib.contextmanager
     def in_flight(self, delay: float) -> Iterator[None]:
@@ -687,7 +694,7 @@ class RunningEmulator:
         return f"{self.url}/vm/{name}"
 
     def stop(self) -> None:
-        self.server.stopping.set()
+        self.server.end_drips()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
