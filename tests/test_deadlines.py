@@ -13,6 +13,9 @@ long it holds the run lock every later run and the daemon need:
 Each run must end within its deadline plus a generous margin (process start, the other IMDS call,
 a loaded CI machine), with exit 1 and one error line naming the deadline; a second check started when
 the first should have ended is not turned away by the lock.
+
+And a refused ``[restore] health_command`` is a configuration error, named by ``config check``, by
+the restore gate and by ``status``, instead of a health check that silently fails.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from drainer.base.errors import EXIT_ACTION_FAILED, EXIT_LOCKED
+from drainer.base.errors import EXIT_ACTION_FAILED, EXIT_LOCKED, EXIT_USAGE
 from drainer.emulator.control import EmulatorControl
 from tests.conftest import DEFAULT_CONFIG, Agent, log_records
 
@@ -216,3 +219,74 @@ def test_a_dripping_arm_answer_fails_the_drain_at_the_azure_deadline(
     assert done.returncode == 0, done.stderr[-3000:]
     assert agent.status()["vm"]["drain_state"] == "drained"
     assert pool.nic_pools("web-0-nic") == []
+
+
+# -- a refused health command ------------------------------------------------------------------
+
+
+def _not_executable(agent: Agent) -> str:
+    path = agent.tmp / "bin" / "check-health"
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o644)
+    return str(path)
+
+
+REFUSED = {
+    "missing program": lambda agent: "no-such-health-check",
+    "missing path": lambda agent: str(agent.tmp / "nowhere" / "check-health"),
+    "not executable": _not_executable,
+}
+
+
+@pytest.mark.parametrize("why", list(REFUSED))
+def test_config_check_names_a_refused_health_command(agent: Agent, why: str) -> None:
+    program = REFUSED[why](agent)
+    agent.config_text = DEFAULT_CONFIG + f'\n[restore]\nhealth_command = ["{program}", "--quick"]\n'
+    checked = agent.run("config", "check")
+    assert checked.returncode == EXIT_USAGE, checked.stderr
+    lines = [line for line in checked.stderr.splitlines() if line.startswith("drainer: refused:")]
+    named = [line for line in lines if f"restore.health_command {program}:" in line]
+    assert named, checked.stderr
+    assert "the restore gate cannot check health" in named[0]  # and what that means
+
+
+def test_a_refused_health_command_is_a_configuration_error_at_run_time(
+    agent: Agent, pool: EmulatorControl
+) -> None:
+    program = str(agent.tmp / "nowhere" / "check-health")
+    agent.config_text = DEFAULT_CONFIG + (
+        f'\n[restore]\nhealth_command = ["{program}"]\nhealth_timeout = 3600\n'
+    )
+    event_id = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["drain_state"] == "drained"
+    pool.remove(event_id)
+    done = agent.check()
+    records = log_records(done.stderr)
+    refused = [r for r in records if r.get("key") == "restore.health_command"]
+    assert len(refused) == 1, done.stderr
+    assert refused[0]["level"] == "error"
+    assert "configuration error" in refused[0]["event"], refused[0]
+    assert refused[0]["command"] == [program]
+    assert "nowhere: cannot stat" in refused[0]["reason"]
+    assert not any(r["event"] == "restore health check" for r in records)  # never run, never "unhealthy"
+    # It waits, within health_timeout, as for a check that does not pass (see drainer/act/health.py).
+    status = agent.status()
+    assert status["vm"]["drain_state"] == "restoring"
+    assert any("restore.health_command" in e and program in e for e in status["configuration_errors"]), status
+    text = agent.run("status")
+    assert f"configuration error: restore.health_command {program}" in text.stdout, text.stdout
+    # Fixed: the next run checks health and puts the VM back.
+    agent.config_text = DEFAULT_CONFIG + '\n[restore]\nhealth_command = ["true"]\nhealth_timeout = 3600\n'
+    assert agent.check().returncode == 0
+    status = agent.status()
+    assert status["vm"]["in_rotation"] is True
+    assert status["configuration_errors"] == []
+
+
+def test_status_lists_no_configuration_error_for_a_usable_health_command(agent: Agent) -> None:
+    agent.config_text = DEFAULT_CONFIG + '\n[restore]\nhealth_command = ["true"]\n'
+    assert agent.check().returncode == 0
+    assert agent.status()["configuration_errors"] == []
+    assert "configuration error" not in agent.run("status").stdout
