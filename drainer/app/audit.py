@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from drainer.act.health import configuration_error
 from drainer.config import Config
-from drainer.io.trust import TrustError, check, check_dir, find_program
+from drainer.io.trust import TrustError, check, check_dir
 
 
 def refusals(config: Config) -> list[str]:
     """One line per refused path: what it is for, the component that fails, and why."""
-    from drainer.act.hooks import DEFAULT_PATH, problems  # noqa: PLC0415
+    from drainer.act.hooks import problems  # noqa: PLC0415
 
     found: list[str] = []
     if Path(config.hooks.dir).exists():
@@ -21,12 +21,9 @@ def refusals(config: Config) -> list[str]:
         except TrustError as exc:
             found.append(f"hooks dir {config.hooks.dir}: {exc}")
     found += [f"hook {problem}" for problem in problems(config)]
-    if config.restore.health_command:
-        name = config.restore.health_command[0]
-        try:
-            check(find_program(name, os.environ.get("PATH", DEFAULT_PATH)))
-        except TrustError as exc:
-            found.append(f"restore.health_command {name}: {exc}")
+    gate = configuration_error(config)  # the restore gate's own check, in the environment it runs in
+    if gate:
+        found.append(gate)
     reason = check_dir(config.state_dir)
     if reason:
         found.append(f"state_dir {config.state_dir}: {reason}")

@@ -148,6 +148,7 @@ def status(config: Config, *, as_json: bool) -> int:
         last_check(config.state_dir),
         disabled=Path(config.disabled_file).exists(),
         poll_interval=config.daemon.poll_interval,
+        configuration_errors=configuration_errors(config),
     )
     data = {**health, **data}
     code = EXIT_ACTION_FAILED if health["health"] in ("failing", "stale") else EXIT_OK
@@ -209,6 +210,17 @@ def status(config: Config, *, as_json: bool) -> int:
     return code
 
 
+def configuration_errors(config: Config) -> tuple[str, ...]:
+    """What the configuration keeps from working as meant, checked now as a run would: a
+    ``[restore] health_command`` the restore gate refuses."""
+    if not config.restore.health_command:
+        return ()
+    from drainer.act.health import configuration_error  # noqa: PLC0415 - only with a health command
+
+    gate = configuration_error(config)
+    return (gate,) if gate else ()
+
+
 def print_health(health: dict[str, Any]) -> None:
     """The answer to "is drainer working on this VM?", first."""
     word = health["health"]
@@ -226,6 +238,8 @@ def print_health(health: dict[str, Any]) -> None:
         _say(f"  last failed check: {failure['at']}: {failure['error']}")
     if health["failing_since"]:
         _say(f"  failing since: {health['failing_since']}")
+    for error in health.get("configuration_errors") or []:
+        _say(f"  configuration error: {error}")
     _say(f"  state dir: {health['state_dir']}")
 
 

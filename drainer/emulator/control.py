@@ -50,7 +50,13 @@ class EmulatorControl:
         """Fail matching requests: ``match`` is a substring of the path, or its end if it ends with $."""
         self._call("POST", "faults", fields)
 
+    def drip(self, match: str, seconds: float, *, method: str | None = None, count: int = 1) -> None:
+        """Answer the next ``count`` matching requests as usual, but their body one byte every
+        ``seconds`` (each byte well within a read timeout, the whole answer far beyond any deadline)."""
+        self.fault(match=match, method=method, count=count, drip=seconds)
+
     def clear_faults(self) -> None:
+        """No more faults; answers dripping now end (mid-body)."""
         self._call("DELETE", "faults")
 
     def imds_etags(self, on: bool) -> None:

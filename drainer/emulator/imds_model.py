@@ -150,6 +150,11 @@ class Fault:
     reset: bool = False  # drop the connection without answering
     headers: dict[str, str] = field(default_factory=dict)
     method: str | None = None  # only requests with this method (default: any)
+    # > 0: not a failure of its own: the usual answer (status, headers, body) is sent whole, then its
+    # body one byte every ``drip`` seconds (a slow proxy or middlebox: each byte arrives well within
+    # any read timeout, the answer never does). ``status``, ``body``, ``delay`` and ``reset`` are not
+    # used then.
+    drip: float = 0.0
 
 
 @dataclass

@@ -19,9 +19,11 @@ Control routes (JSON in, JSON out):
   PUT    /_emulator/document                  serve this body verbatim (any bytes) until DELETE
   DELETE /_emulator/document
   POST   /_emulator/faults                    {"match", "status", "count", "body", "delay",
-                                               "retry_after", "reset"}  (match: a substring of
-                                               the path, or its end when it ends with "$")
-  DELETE /_emulator/faults
+                                               "retry_after", "reset", "method", "drip"}  (match: a
+                                               substring of the path, or its end when it ends with
+                                               "$"; drip: the usual answer, its body one byte every
+                                               that many seconds)
+  DELETE /_emulator/faults                    (answers dripping now end too)
   POST   /_emulator/etags                     {"on": bool}  ETag/304 on scheduled events (default on)
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
@@ -61,6 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: EmulatorServer
     protocol_version = "HTTP/1.1"
     _log_path: str | None = None
+    _drip: float = 0.0  # > 0: this answer's body goes out one byte every _drip seconds (a drip fault)
     # Headers and body go out in separate writes: with Nagle's algorithm the body waited for the
     # client's delayed ACK (about 40 ms per answer on a kept-alive connection). Off, as on Azure's
     # front ends, so benchmarks measure drainer rather than the emulator.
@@ -96,7 +99,23 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if self._drip > 0:
+            self._drip_out(payload)
+            return
         self.wfile.write(payload)
+
+    def _drip_out(self, payload: bytes) -> None:
+        """One byte, then a pause, until the body is out or the client has gone (a drip fault)."""
+        drip, self._drip = self._drip, 0.0
+        self.close_connection = True  # a client that gave up mid-body must not get the next answer here
+        stop = self.server.drips_end  # set when the faults are cleared or the emulator stops
+        for index in range(len(payload)):
+            try:
+                self.wfile.write(payload[index : index + 1])
+            except OSError:
+                return  # the client gave up (its deadline): that is the point of the fault
+            if stop.wait(drip):
+                return  # the fault was cleared, or the emulator is stopping
 
     def _record(self, path: str, status: int | str) -> None:
         model = self.server.model
@@ -128,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
             path = "/" + tail
         body = self._body()
         fault = self.server.model.take_fault(path, self.command)
+        if fault is not None and fault.drip > 0:
+            self._drip = fault.drip  # answered as usual below, slowly
+            fault = None
         if fault is not None:
             self._record(path, "fault")
             self._fault(fault, arm=path.startswith("/subscriptions/"))
@@ -394,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif route == "faults" and method == "DELETE":
                 with model.lock:
                     model.faults.clear()
+                self.server.end_drips()
                 self._send(200, {})
             elif route == "etags" and method == "POST":
                 with model.lock:
@@ -617,11 +640,18 @@ class EmulatorServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, model: ImdsModel) -> None:
         self.model = model
         self.lro_host: str | None = None  # host:port for Azure-AsyncOperation URLs; None: the Host header
+        # Set when the faults are cleared or the emulator stops: answers dripping then end at once.
+        self.drips_end = threading.Event()
         super().__init__((host, port), _Handler)
         # NIC PUTs being answered right now, and the most seen at once (GET /_emulator/state).
         self._puts = 0
         self.max_concurrent_puts = 0
         self._puts_lock = threading.Lock()
+
+    def end_drips(self) -> None:
+        """End the answers dripping now (the connection closes mid-body); later drips start afresh."""
+        ending, self.drips_end = self.drips_end, threading.Event()
+        ending.set()
 
     @contextlib.contextmanager
     def in_flight(self, delay: float) -> Iterator[None]:
@@ -664,6 +694,7 @@ class RunningEmulator:
         return f"{self.url}/vm/{name}"
 
     def stop(self) -> None:
+        self.server.end_drips()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)

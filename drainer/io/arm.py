@@ -10,7 +10,9 @@ Imported only when there is something to drain or restore: the Azure SDK costs t
 - The token goes to the configured ARM endpoint only, and answers are size-capped
   (``drainer.io.armguard``).
 - SDK retries (429 with ``Retry-After``, ``RetryableErrorDueToAnotherOperation``, 5xx) never sleep past
-  the deadline; long-running operations are polled at ``poll_interval`` and waited for only until it.
+  the deadline; long-running operations are polled at ``poll_interval`` and waited for only until it;
+  and every exchange (the managed-identity token's too) ends by it, however slowly its answer drips
+  (``drainer.io.deadline``).
 - Retries are jittered (``Retry-After`` plus up to half of it again; backoff with full jitter), so a
   fleet throttled together does not come back together; every HTTP request to ARM, retries and
   operation polls included, takes a token from one process-wide bucket (``[azure]
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.mgmt.network import NetworkManagementClient
@@ -44,7 +46,8 @@ from azure.mgmt.network.models import (
 from drainer.base import metrics
 from drainer.base.errors import ActionError
 from drainer.config import AzureConfig, is_loopback
-from drainer.io.armguard import ArmOnlyPolicy, ArmRefusedError, arm_session
+from drainer.io.armguard import ArmDeadlineError, ArmOnlyPolicy, ArmRefusedError, arm_session
+from drainer.io.deadline import Deadline, DeadlineAdapter
 
 # The SDK's own log lines would reach stderr through logging's last-resort handler: raw, unredacted
 # and unescaped (an IMDS or ARM answer can carry anything). drainer reports SDK failures itself.
@@ -63,14 +66,6 @@ class ArmError(ActionError):
         self.status = status
         self.code = code
         super().__init__(what, reason)
-
-
-class ArmDeadlineError(Exception):
-    """The next retry would start after the deadline.
-
-    Deliberately not an AzureError: azure-core's retry loop treats those as retryable and would
-    swallow it.
-    """
 
 
 def _describe(exc: BaseException) -> tuple[str, int | None, str]:
@@ -98,9 +93,11 @@ def _describe(exc: BaseException) -> tuple[str, int | None, str]:
 
 class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
     """azure-core's retries (429 with Retry-After, 5xx, connection errors), never sleeping past
-    ``deadline`` (a ``time.monotonic()`` value set before each action)."""
+    ``deadline`` (started before each action)."""
 
-    deadline = float("inf")
+    def __init__(self, deadline: Deadline, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deadline = deadline
 
     def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
         wait: float | None = None
@@ -115,7 +112,7 @@ class _DeadlineRetryPolicy(RetryPolicy[Any, Any]):
         else:
             # At least what ARM asked for, plus up to half of it: a fleet throttled together spreads.
             wait += random.uniform(0, min(wait, 10.0) / 2)  # noqa: S311 - a delay, not a secret  # nosec B311
-        if time.monotonic() + wait > self.deadline:
+        if time.monotonic() + wait > self.deadline.at:
             raise ArmDeadlineError(f"the next retry (in {wait:g}s) would pass the ARM deadline")
         if wait > 0:
             transport.sleep(wait)
@@ -140,11 +137,11 @@ class RateLimiter:
             self._tokens -= 1
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
-    def acquire(self, deadline: float) -> None:
-        """Wait for a token. Raises ArmDeadlineError when that would pass ``deadline`` (monotonic)."""
+    def acquire(self, deadline: Deadline) -> None:
+        """Wait for a token. Raises ArmDeadlineError when that would pass ``deadline``."""
         wait = self.wait_time()
         if wait > 0:
-            if time.monotonic() + wait > deadline:
+            if time.monotonic() + wait > deadline.at:
                 raise ArmDeadlineError(
                     f"the ARM rate limit would delay the call past the deadline ({wait:.1f}s)"
                 )
@@ -191,14 +188,19 @@ def _body_text(http_response: Any) -> str:
         return ""
 
 
-def _imds_session() -> requests.Session:
+def _imds_session(deadline: Deadline | None) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # the managed-identity token comes from IMDS: never through a proxy
+    if deadline is not None:
+        # The token is fetched within an action (the first ARM call asks for it): its deadline holds.
+        adapter = DeadlineAdapter(deadline)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
     return session
 
 
-def make_credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
-    """The token credential ``cfg.identity`` asks for."""
+def make_credential(cfg: AzureConfig, imds_endpoint: str, deadline: Deadline | None = None) -> Any:
+    """The token credential ``cfg.identity`` asks for; its IMDS exchanges end by ``deadline`` if given."""
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
 
     if cfg.identity == "default":
@@ -209,7 +211,7 @@ def make_credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
     # another IMDS host with AZURE_POD_IDENTITY_AUTHORITY_HOST"). drainer's configured endpoint wins
     # over whatever the inherited environment says.
     os.environ["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = imds_endpoint
-    transport = RequestsTransport(session=_imds_session(), session_owner=True)
+    transport = RequestsTransport(session=_imds_session(deadline), session_owner=True)
     if cfg.client_id:
         return ManagedIdentityCredential(client_id=cfg.client_id, transport=transport)
     return ManagedIdentityCredential(transport=transport)
@@ -245,12 +247,17 @@ class ArmNetwork:
     def __init__(self, cfg: AzureConfig, *, subscription_id: str, imds_endpoint: str) -> None:
         self.cfg = cfg
         self._calls = 0
-        self._retry = _DeadlineRetryPolicy(retry_total=10, retry_backoff_factor=0.5, retry_backoff_max=30)
+        # One deadline per action (``start``): its retries, waits, operation polls and every socket
+        # operation of its exchanges end by it.
+        self._deadline = Deadline(cfg.deadline)
+        self._retry = _DeadlineRetryPolicy(
+            self._deadline, retry_total=10, retry_backoff_factor=0.5, retry_backoff_max=30
+        )
         host = urlsplit(cfg.arm_endpoint).hostname
         # Bearer tokens over plain http only to a loopback emulator (the config refuses it elsewhere).
         self._call_options: dict[str, Any] = {"enforce_https": False} if is_loopback(host) else {}
         self._client = NetworkManagementClient(
-            make_credential(cfg, imds_endpoint),
+            make_credential(cfg, imds_endpoint, self._deadline),
             subscription_id,
             base_url=cfg.arm_endpoint,
             credential_scopes=[cfg.arm_endpoint.rstrip("/") + "/.default"],
@@ -262,7 +269,7 @@ class ArmNetwork:
             else [],
             custom_hook_policy=ArmOnlyPolicy(cfg.arm_endpoint),
             transport=RequestsTransport(
-                session=arm_session(),
+                session=arm_session(self._deadline),
                 session_owner=True,
                 connection_timeout=cfg.connect_timeout,
                 read_timeout=cfg.read_timeout,
@@ -279,10 +286,10 @@ class ArmNetwork:
 
     def start(self) -> None:
         """Begin a new action: its ARM calls share one deadline from now."""
-        self._retry.deadline = time.monotonic() + self.cfg.deadline
+        self._deadline.start()
 
     def _remaining(self) -> float:
-        return self._retry.deadline - time.monotonic()
+        return self._deadline.remaining()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._remaining() <= 0:
@@ -291,19 +298,26 @@ class ArmNetwork:
         try:
             return fn(*args, **self._call_options, raw_response_hook=_count_response, **kwargs)
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
-            reason, status, code = _describe(exc)
-            raise ArmError(what, reason, status=status, code=code) from exc
+            raise self._failed(what, exc) from exc
 
     def _wait(self, what: str, poller: Any) -> Any:
         try:
             poller.wait(timeout=max(0.0, self._remaining()))
             if not poller.done():
-                limit = f"{self.cfg.deadline:g}s"
+                limit = f"{self.cfg.deadline:g} s"
                 raise ArmError(what, f"the operation did not finish within the {limit} deadline")
             return poller.result()
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
-            reason, status, code = _describe(exc)
-            raise ArmError(what, reason, status=status, code=code) from exc
+            raise self._failed(what, exc) from exc
+
+    def _failed(self, what: str, exc: BaseException) -> ArmError:
+        """The ArmError for ``exc``. An exchange cut short by the deadline (a connect or a read that
+        could not finish in time, through the retries too) says so, whatever layer noticed it."""
+        cut_short = isinstance(exc, (ArmDeadlineError, ServiceRequestError, ServiceResponseError))
+        if cut_short and self._deadline.passed():
+            return ArmError(what, f"ARM did not complete within the {self.cfg.deadline:g} s deadline")
+        reason, status, code = _describe(exc)
+        return ArmError(what, reason, status=status, code=code)
 
     def list_nics(self, resource_group: str) -> list[NetworkInterface]:
         what = f"list NICs of {resource_group}"

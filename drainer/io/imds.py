@@ -3,7 +3,9 @@
 Every request carries ``Metadata: true`` and a fresh ``x-ms-client-request-id``, never goes through a
 proxy (IMDS is link-local; environment proxy settings are ignored), and is retried with exponential
 backoff and jitter on connection errors and on the status codes below, honouring ``Retry-After``, but
-never past the configured deadline.
+never past the configured deadline. The deadline bounds the whole call, not each read: connect, send
+and every read of the answer of every attempt (``drainer.io.deadline``), so an answer dripped a byte
+at a time ends at the deadline too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from drainer.base import metrics
@@ -23,6 +25,7 @@ from drainer.base.errors import ImdsHttpError, ImdsUnavailableError, MalformedDo
 from drainer.base.events import EventsDocument, parse_document
 from drainer.base.instance import InstanceInfo
 from drainer.config import ImdsConfig
+from drainer.io.deadline import Deadline, DeadlineAdapter
 
 # Status codes worth another try, and why.
 RETRY_STATUSES = frozenset(
@@ -73,12 +76,12 @@ class _DeadlineRetry(Retry):
         time.sleep(wait)
 
 
-class _RetryingAdapter(HTTPAdapter):
-    """Builds a fresh deadline-bounded Retry for each request (keep-alive is kept across requests)."""
+class _RetryingAdapter(DeadlineAdapter):
+    """Starts the call's deadline and builds a fresh deadline-bounded Retry for each request
+    (keep-alive is kept across requests)."""
 
     def __init__(self, config: ImdsConfig) -> None:
-        self._config = config
-        super().__init__(max_retries=0, pool_connections=1, pool_maxsize=1)
+        super().__init__(Deadline(config.deadline), max_retries=0, pool_connections=1, pool_maxsize=1)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         retry = _DeadlineRetry(
@@ -96,7 +99,8 @@ class _RetryingAdapter(HTTPAdapter):
             respect_retry_after_header=True,
             raise_on_status=False,  # we want the last status and body for the error
         )
-        retry.deadline = time.monotonic() + self._config.deadline
+        self.deadline.start()
+        retry.deadline = self.deadline.at
         self.max_retries = retry
         return super().send(request, **kwargs)
 
@@ -112,6 +116,7 @@ class ImdsClient:
         adapter = _RetryingAdapter(config)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        self._deadline = adapter.deadline  # started by each request; the body is read within it too
         self.requests_made = 0
         self.last_etag: str | None = None
         # The last scheduled events answer (its ETag, if any; its body; its document). Where IMDS
@@ -164,6 +169,8 @@ class ImdsClient:
                 message = f"IMDS unreachable ({exc.error or 'no answer'}) until the {limit}"
             raise ImdsUnavailableError(message, url=shown, status=exc.status) from exc
         except requests.RequestException as exc:
+            if self._deadline.passed():
+                raise self._deadline_error(shown, exc) from exc
             metrics.current.inc("imds_requests", {"status": "error"})
             reason = type(exc).__name__
             raise ImdsUnavailableError(f"IMDS unreachable ({reason})", url=shown) from exc
@@ -171,6 +178,8 @@ class ImdsClient:
             try:
                 payload = self._read_capped(response, shown)
             except requests.RequestException as exc:
+                if self._deadline.passed():
+                    raise self._deadline_error(shown, exc) from exc
                 raise ImdsUnavailableError(
                     f"IMDS connection broke while reading ({type(exc).__name__})", url=shown
                 ) from exc
@@ -187,6 +196,14 @@ class ImdsClient:
                 f"IMDS kept failing until the deadline: {detail}", url=shown, status=status
             )
         raise ImdsHttpError("IMDS refused the request", url=shown, status=status, body=detail)
+
+    def _deadline_error(self, shown: str, exc: Exception) -> ImdsUnavailableError:
+        """The call ran out of time mid-exchange (a slow connect, or an answer still arriving)."""
+        metrics.current.inc("imds_requests", {"status": "deadline"})
+        return ImdsUnavailableError(
+            f"IMDS request did not complete within the {self.config.deadline:g} s deadline ({_cause(exc)})",
+            url=shown,
+        )
 
     def _read_capped(self, response: requests.Response, shown: str) -> bytes:
         limit = self.config.max_body_bytes
@@ -253,6 +270,15 @@ def _request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _cause(exc: Exception) -> str:
+    """What stopped the exchange, as urllib3 saw it (``ReadTimeoutError``, ``ConnectTimeoutError``,
+    ...): requests wraps it, and urllib3's retry wraps it again."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    if isinstance(inner, MaxRetryError) and inner.reason is not None:
+        inner = inner.reason
+    return type(inner).__name__
 
 
 def _error_text(payload: bytes) -> str:

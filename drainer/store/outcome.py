@@ -70,12 +70,14 @@ def summary(
     disabled: bool,
     poll_interval: float,
     now: float | None = None,
+    configuration_errors: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """What ``status`` shows: a one-word health and the facts behind it.
 
     health: ``disabled`` (the kill switch is on), ``failing`` (the last check failed), ``stale`` (no
     successful check for a while: is the timer or the daemon running?), ``unknown`` (no check yet),
-    else ``ok``.
+    else ``ok``. ``configuration_errors``: what the configuration keeps from working as meant although
+    checks succeed (a restore gate that cannot run its health check), listed beside the health.
     """
     current = _read(Path(state_dir) / FAILING)
     last_failure = current or _read(Path(state_dir) / LAST_FAILURE)
@@ -107,6 +109,7 @@ def summary(
         ),
         "consecutive_failures": consecutive if isinstance(consecutive, int) else 1,
         "failing_since": current.get("since") if current else None,
+        "configuration_errors": list(configuration_errors),
     }
 
 
