@@ -92,5 +92,7 @@ def test_the_process_wide_arm_limit_holds_across_concurrent_nic_writes(
     times = sorted(r["at"] for r in control.requests() if str(r["path"]).startswith("/subscriptions/"))
     assert len(times) > 4 * burst  # enough requests that the limit must have spread them
     for i, j in itertools.combinations(range(len(times)), 2):
-        # 50 ms of slack: the emulator stamps a request when it has read it, not when it was sent.
-        assert j - i + 1 <= burst + rate * (times[j] - times[i] + 0.05), (i, j, times[j] - times[i])
+        # 250 ms of slack: the emulator stamps a request when its thread has read it, not when it was
+        # sent, and on a busy machine requests sent apart are read together (two CI failures at 50 ms).
+        # Without the limit a dozen requests arrive within a few hundred ms: still far above this.
+        assert j - i + 1 <= burst + rate * (times[j] - times[i] + 0.25), (i, j, times[j] - times[i])
