@@ -455,13 +455,15 @@ def test_a_taken_port_says_who_reads_the_squatters_answers(agent: Agent, role: s
             assert "\n" not in line and "Traceback" not in line
         else:
             daemon_config(agent, port)
-            with subprocess.Popen(DRAINER, env=agent.env(), stderr=subprocess.PIPE, text=True) as daemon:
-                try:
-                    assert daemon.stderr is not None
-                    line = next(ln for ln in daemon.stderr if "metrics are not served" in ln)
+            log = agent.tmp / "daemon.log"
+            with log.open("w") as err, subprocess.Popen(DRAINER, env=agent.env(), stderr=err) as daemon:
+                try:  # metrics are for people: the daemon runs on without them
+                    wait_until(lambda: "metrics are not served" in log.read_text(), what="the error")
+                    assert daemon.poll() is None
                 finally:
                     daemon.send_signal(signal.SIGTERM)
-                    daemon.communicate(timeout=30)
+                    daemon.wait(timeout=30)
+            line = next(ln for ln in log.read_text().splitlines() if "metrics are not served" in ln)
     assert f"{role}.address: cannot listen on 127.0.0.1:{port}: another process holds port {port}" in line
     reader = "the load balancer's health probe" if role == "probe" else "monitoring (/healthz, /metrics)"
     assert f"{reader} reads its answers in drainer's place" in line
