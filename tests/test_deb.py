@@ -17,6 +17,8 @@ import pytest
 
 from tests import debroot
 
+SOCKETS = ("drainer-metrics.socket", "drainer-probe.socket")
+
 _ok, _why = debroot.enabled()
 pytestmark = pytest.mark.skipif(not _ok, reason=_why)
 
@@ -70,7 +72,7 @@ def test_contents_relocated_and_reproducible_inputs(deb: Path, tmp_path: Path) -
         ["grep", "-rlF", "debian/drainer/opt", str(venv)], capture_output=True, text=True, check=False
     ).stdout
     assert leaked == ""
-    for name in ("drainer.service", "drainer-check.service", "drainer-check.timer"):
+    for name in ("drainer.service", *SOCKETS, "drainer-check.service", "drainer-check.timer"):
         assert (tree / "lib/systemd/system" / name).is_file()
     assert (tree / "usr/share/drainer/cron.d-drainer").is_file()
     # The cloud-init snippet names the package this build produced.
@@ -80,27 +82,46 @@ def test_contents_relocated_and_reproducible_inputs(deb: Path, tmp_path: Path) -
 
 
 def test_install_upgrade_remove_purge(deb: Path, root: debroot.DebianRoot, tmp_path: Path) -> None:
-    # Install: drainer.service enabled (preset) and started; the timer is the alternative, left off.
+    # Install: the sockets that hold the daemon's ports enabled and started first, then
+    # drainer.service enabled (preset) and started on them; the timer is the alternative, left off.
     root.dpkg("-i", root.put(deb))
     calls = _show("install", root.calls())
-    assert calls == ["preset drainer.service", "daemon-reload", "start drainer.service", "daemon-reload"]
-    assert root.active() == {"drainer.service"}
-    assert root.wants() == {"drainer.service"}
+    assert calls == [
+        "preset drainer-metrics.socket",
+        "preset drainer-probe.socket",
+        "daemon-reload",
+        "start drainer-metrics.socket drainer-probe.socket",
+        "preset drainer.service",
+        "daemon-reload",
+        "start drainer.service",
+        "daemon-reload",
+    ]
+    assert root.active() == {"drainer.service", *SOCKETS}
+    assert root.wants() == {"drainer.service", *SOCKETS}
+    assert {p.name for p in (root.path / "etc/systemd/system/sockets.target.wants").iterdir()} == set(SOCKETS)
     assert (root.path / "var/lib/drainer").stat().st_mode & 0o777 == 0o750
     for argv in (("drainer", "--version"), ("drainer", "config", "check")):
         done = root.run(*argv)
         assert done.returncode == 0, done.stdout + done.stderr
     assert list((root.path / "opt/drainer").rglob("__pycache__")), "postinst byte-compiles the venv"
 
-    # Upgrade: the running daemon is restarted, never stopped; the operator's config is kept.
+    # Upgrade: the running daemon is restarted, never stopped; the sockets are neither stopped nor
+    # restarted (they hold the ports meanwhile), only started if they were not listening (a no-op
+    # for systemd when they are); the operator's config is kept.
     config = root.path / "etc/drainer/config.toml"
     config.write_text(config.read_text() + "\n# the operator's change\n")
     newer = debroot.bump_version(deb, "0.1.0-2", tmp_path)
     root.dpkg("-i", root.put(newer))
     calls = _show("upgrade", root.calls())
-    assert calls == ["daemon-reload", "restart drainer.service", "daemon-reload"]
+    assert calls == [
+        "daemon-reload",
+        "start drainer-metrics.socket drainer-probe.socket",
+        "daemon-reload",
+        "restart drainer.service",
+        "daemon-reload",
+    ]
     assert not any(c.startswith("stop") for c in calls)
-    assert root.active() == {"drainer.service"}
+    assert root.active() == {"drainer.service", *SOCKETS}
     assert config.read_text().endswith("# the operator's change\n")
     assert "upgraded to 0.1.0-2" in (root.path / "lib/systemd/system/drainer.service").read_text()
     done = root.run("drainer", "config", "check")
@@ -112,6 +133,8 @@ def test_install_upgrade_remove_purge(deb: Path, root: debroot.DebianRoot, tmp_p
     assert calls == [
         "stop drainer-check.timer",
         "stop drainer-check.service drainer.service",
+        "stop drainer-metrics.socket drainer-probe.socket",  # the daemon first, then its ports
+        "daemon-reload",
         "daemon-reload",
         "daemon-reload",
     ]
@@ -122,7 +145,8 @@ def test_install_upgrade_remove_purge(deb: Path, root: debroot.DebianRoot, tmp_p
     # Purge: the config, the state directory and the unit symlinks are gone.
     root.dpkg("-P", "drainer")
     calls = _show("purge", root.calls())
-    assert calls == ["daemon-reload"]  # deb-systemd-helper purge, after removing the links
+    # deb-systemd-helper purge, after removing the links: of the sockets, of drainer.service.
+    assert calls == ["daemon-reload", "daemon-reload"]
     assert root.wants() == set()
     assert not (root.path / "etc/drainer/config.toml").exists()
     assert not (root.path / "var/lib/drainer").exists()
@@ -132,10 +156,11 @@ def test_upgrade_keeps_the_operators_choice_of_timer(
     deb: Path, root: debroot.DebianRoot, tmp_path: Path
 ) -> None:
     root.dpkg("-i", root.put(deb))
-    # The operator runs the one-shot timer instead of the daemon.
+    # The operator runs the one-shot timer instead of the daemon (and its sockets, which would
+    # start the daemon on a connection).
     for argv in (
-        ("systemctl", "disable", "drainer.service"),
-        ("systemctl", "stop", "drainer.service"),
+        ("systemctl", "disable", "drainer.service", *SOCKETS),
+        ("systemctl", "stop", "drainer.service", *SOCKETS),
         ("systemctl", "enable", "drainer-check.timer"),
         ("systemctl", "start", "drainer-check.timer"),
     ):
@@ -143,7 +168,7 @@ def test_upgrade_keeps_the_operators_choice_of_timer(
     root.calls()
     root.dpkg("-i", root.put(debroot.bump_version(deb, "0.1.0-2", tmp_path)))
     calls = _show("upgrade with the timer chosen", root.calls())
-    assert calls == ["daemon-reload", "daemon-reload", "restart drainer-check.timer"]
+    assert calls == ["daemon-reload", "daemon-reload", "daemon-reload", "restart drainer-check.timer"]
     assert root.active() == {"drainer-check.timer"}
     assert root.wants() == {"drainer-check.timer"}
     root.dpkg("-r", "drainer")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from drainer.config import MetricsConfig, ProbeConfig, is_loopback, parse_address
 from tests.conftest import ROOT
 
 if sys.version_info >= (3, 11):
@@ -25,6 +26,7 @@ PACKAGING = ROOT / "packaging"
 UNITS = PACKAGING / "systemd"
 DEBIAN = PACKAGING / "deb" / "debian"
 SERVICES = ("drainer.service", "drainer-check.service")
+SOCKETS = ("drainer-probe.socket", "drainer-metrics.socket")
 needs_systemd_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)"
 )
@@ -58,7 +60,8 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    # A directive systemd cannot parse is a warning on stderr ("..., ignoring"), not an exit code.
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     assert _directives("drainer.service")["Restart"] == ["always"]
     check = _directives("drainer-check.service")
     assert check["Type"] == ["oneshot"] and check["SuccessExitStatus"] == ["3"]
@@ -97,6 +100,48 @@ def test_sandbox_leaves_hooks_what_they_need(unit: str) -> None:
     assert {"CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"} <= caps
     assert not caps & {"CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO"}
     assert found["SystemCallFilter"] == ["@system-service"]
+
+
+def test_socket_units_hold_the_daemons_default_ports() -> None:
+    """The ports drainer serves by default, bound by systemd for drainer.service (sd_listen_fds):
+    while the daemon is down no local user can take them (tests/test_sockets.py shows the daemon's
+    side under systemd-socket-activate)."""
+    probe, metrics = _directives("drainer-probe.socket"), _directives("drainer-metrics.socket")
+    # The probe on every address of its port, IPv4 and IPv6 through one dual-stack socket.
+    assert probe["ListenStream"] == [str(parse_address(ProbeConfig().address)[1])]
+    assert probe["BindIPv6Only"] == ["both"]
+    assert ProbeConfig().address == "0.0.0.0:8088"  # what the dual-stack socket serves
+    assert metrics["ListenStream"] == [MetricsConfig().address]
+    assert is_loopback(parse_address(MetricsConfig().address)[0])
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    assert example["probe"]["address"] == ProbeConfig().address
+    assert example["metrics"]["address"] == MetricsConfig().address
+    for unit, name in (("drainer-probe.socket", "probe"), ("drainer-metrics.socket", "metrics")):
+        found = _directives(unit)
+        assert found["FileDescriptorName"] == [name], unit  # what drainer run looks for
+        assert found["Service"] == ["drainer.service"], unit
+        # One listening socket handed to the daemon; nobody else may bind beside it.
+        assert found["Accept"] == ["no"] and found["ReusePort"] == ["no"], unit
+        assert found["WantedBy"] == ["sockets.target"], unit
+    service = _directives("drainer.service")
+    # Restarting the daemon starts a socket that is not listening (first upgrade to these units).
+    assert set(service["Wants"][-1].split()) == set(SOCKETS)
+    assert "Also" not in service  # an Also= would make the package restart the sockets on upgrade
+
+
+def test_the_package_ships_every_unit_and_never_restarts_the_sockets() -> None:
+    shipped = {
+        Path(line.split()[0]).name
+        for line in (DEBIAN / "drainer.install").read_text().splitlines()
+        if line.startswith("packaging/systemd/")
+    }
+    assert shipped == {unit.name for unit in UNITS.iterdir()}
+    rules = (DEBIAN / "rules").read_text()
+    calls = re.findall(r"^\tdh_installsystemd (.*)$", rules, re.M)
+    # The sockets: their snippets first (started before the daemon on install), enabled, stopped on
+    # removal, never stopped or restarted on upgrade (the ports would be free for a moment).
+    assert calls[0].split() == ["--no-stop-on-upgrade", *SOCKETS]
+    assert all(not set(SOCKETS) & set(call.split()) for call in calls[1:])
 
 
 def test_units_leave_the_state_dir_to_the_config() -> None:
@@ -265,6 +310,11 @@ def test_cloud_init_installs_then_configures() -> None:
     install = script.index("apt-get install")
     assert script.index("sha256sum -c") < install < script.index("/etc/drainer/config.toml")
     assert "set -eu" in script.splitlines()[2]
+    # The sockets enabled for every boot, after the install made them, before the daemon restarts
+    # on them (not --now: systemd refuses to start a socket while its service runs).
+    enable = script.index(f"systemctl enable {' '.join(SOCKETS)}\n")
+    assert install < enable < script.index("systemctl restart drainer.service")
+    assert not re.search(r"^\s*systemctl .*--now", script, re.M)
     # The name of the package build.sh produces: drainer_<changelog version>_<arch>.deb.
     version = re.match(r"drainer \(([^)]+)\)", (DEBIAN / "changelog").read_text())
     assert version

@@ -12,14 +12,26 @@ every ``[daemon] poll_interval`` seconds (one at a time, missed runs coalesced).
   503 while drained; that address serves nothing else.
 - Both servers bound their connections and time them out (``drainer.io.httpserve``): idle or slow
   clients cannot take the descriptors or threads a drain needs. An address that cannot be bound is
-  one line on stderr and exit code 2.
+  one line on stderr and exit code 2 (for metrics: an error in the log, and no metrics).
+- Socket activation (``drainer.io.listenfds``; packaging/systemd/drainer-probe.socket and
+  drainer-metrics.socket): a socket systemd passed named ``probe`` or ``metrics`` (or, named
+  otherwise, on one of the two configured addresses) is served instead of binding, so the port stays
+  ours while the daemon is down. The socket unit is the source of truth: a passed socket on another
+  address than the config's is served all the same, with a warning naming both (refusing it would
+  leave nobody able to bind the configured address while systemd holds the port, and the unit is
+  where the load balancer's probe port is decided). A passed socket is served whatever the config
+  says: ``probe`` answers readiness from the drain state with any drain method, ``metrics`` answers
+  /healthz (and /metrics when ``[metrics] enabled``). Without passed sockets, the daemon binds the
+  configured addresses itself.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +47,7 @@ from drainer.base.typing import Logger
 from drainer.config import Config, parse_address
 from drainer.io.httpserve import QuietHandler, serve
 from drainer.io.imds import ImdsClient
+from drainer.io.listenfds import address_of, listen_fds, serves
 
 
 class ErrorThrottle:
@@ -107,12 +120,75 @@ class _ProbeHandler(QuietHandler):
             self.answer(404, b"not found\n")
 
 
-def _listen(config: Config, key: str, address: str, handler: type[QuietHandler], status: _Status) -> Any:
-    """Serve ``handler`` on ``address``. Raises ConfigError (one line, exit 2) when it cannot listen."""
+# Who reads each address: a squatter's answers reach them in drainer's place.
+_READERS = {"metrics": "monitoring (/healthz, /metrics)", "probe": "the load balancer's health probe"}
+
+
+def _configured(config: Config, role: str) -> str:
+    return config.metrics.address if role == "metrics" else config.probe.address
+
+
+def _passed_sockets(config: Config, log: Any) -> dict[str, list[socket.socket]]:
+    """The sockets systemd passed (drainer.io.listenfds), by role: named ``probe`` or ``metrics``, or
+    named otherwise and on that role's configured address. Raises ListenFdsError (exit 2)."""
+    passed, ignored = listen_fds()
+    if ignored:
+        log.warning("socket activation variables are not for this process: ignored", reason=ignored)
+    roles = {role: passed.pop(role, []) for role in _READERS}
+    for name, sockets in passed.items():
+        for sock in sockets:
+            role = next((r for r in roles if serves(sock, parse_address(_configured(config, r)))), None)
+            if role is None:
+                log.warning(
+                    "a socket systemd passed is not used: named neither probe nor metrics, and on "
+                    "neither configured address",
+                    name=name,
+                    address=address_of(sock),
+                )
+                sock.close()
+            else:
+                roles[role].append(sock)
+    return roles
+
+
+def _listen(
+    config: Config,
+    log: Any,
+    role: str,
+    *,
+    passed: list[socket.socket],
+    handler: type[QuietHandler],
+    status: _Status,
+) -> list[Any]:
+    """Serve ``handler`` on the sockets systemd passed for ``role``, else on its configured address.
+    Raises ConfigError (one line, exit 2) when it cannot listen."""
+    address = _configured(config, role)
+    if passed:
+        for sock in passed:
+            if not serves(sock, parse_address(address)):
+                log.warning(
+                    "the socket systemd passed is not on the configured address: serving on the socket "
+                    "(the socket unit decides; make the two agree)",
+                    role=role,
+                    socket=address_of(sock),
+                    configured=address,
+                )
+        return [serve(sock, handler, status=status, role=role) for sock in passed]
     try:
-        return serve(parse_address(address), handler, status=status)
+        return [serve(parse_address(address), handler, status=status, role=role)]
     except OSError as exc:
-        raise ConfigError(config.source, key, f"cannot listen on {address}: {exc.strerror or exc}") from exc
+        raise ConfigError(config.source, f"{role}.address", _cannot_listen(role, address, exc)) from exc
+
+
+def _cannot_listen(role: str, address: str, exc: OSError) -> str:
+    if exc.errno != errno.EADDRINUSE:
+        return f"cannot listen on {address}: {exc.strerror or exc}"
+    port = parse_address(address)[1]
+    return (
+        f"cannot listen on {address}: another process holds port {port} (address already in use), and "
+        f"{_READERS[role]} reads its answers in drainer's place; see which with ss -ltnp 'sport = :{port}'. "
+        f"drainer-{role}.socket holds the port from boot and across restarts"
+    )
 
 
 def _record_outcome(config: Config, error: str, error_type: str) -> None:
@@ -134,21 +210,26 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
         raise ConfigError(
             config.source, "probe.address", "must differ from metrics.address (it serves readiness only)"
         )
+    passed = _passed_sockets(config, log)
     servers: list[Any] = []
     try:
         if config.metrics.enabled:
             from drainer.io.prom import enable  # noqa: PLC0415
 
             status.recorder = enable()
-            address = config.metrics.address
+        if config.metrics.enabled or passed["metrics"]:
             try:
-                servers.append(_listen(config, "metrics.address", address, _MetricsHandler, status))
+                servers += _listen(
+                    config, log, "metrics", passed=passed["metrics"], handler=_MetricsHandler, status=status
+                )
             except ConfigError as exc:
                 # /metrics is for people; the drain is the job. A taken port (another process, or a
                 # local user squatting it) must not stop drainer: serve no metrics, say so, go on.
                 log.error("metrics are not served; drainer runs without them", error=str(exc))
-        if probe:
-            servers.append(_listen(config, "probe.address", config.probe.address, _ProbeHandler, status))
+        if probe or passed["probe"]:
+            servers += _listen(
+                config, log, "probe", passed=passed["probe"], handler=_ProbeHandler, status=status
+            )
     except ConfigError:
         for server in servers:
             server.server_close()
@@ -222,6 +303,10 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
         poll_interval=config.daemon.poll_interval,
         method=config.drain.method,
         metrics=config.metrics.address if config.metrics.enabled else None,
+        listening=[
+            f"{server.role} {address_of(server.socket)}{' (from systemd)' if server.adopted else ''}"
+            for server in servers
+        ],
         pid=os.getpid(),
     )
     signal.signal(signal.SIGTERM, on_signal)

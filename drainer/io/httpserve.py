@@ -8,6 +8,9 @@ cannot take what a drain needs:
   shut down (an idle or trickling client cannot hold a slot);
 - one request per connection (HTTP/1.0), request lines and headers bounded by http.server.
 
+A server binds its address itself, or serves a listening socket it is given (one systemd passed,
+drainer.io.listenfds): then the port stays bound while drainer is down.
+
 The standard library's http.server is the server (no dependency; nothing to import on the idle path);
 the bounds are added here.
 """
@@ -53,7 +56,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | socket.socket,
         handler: type[BaseHTTPRequestHandler],
         *,
         max_connections: int = MAX_CONNECTIONS,
@@ -68,10 +71,22 @@ class BoundedServer(ThreadingHTTPServer):
         self._live: dict[socket.socket, tuple[float, str]] = {}
         self._live_lock = threading.Lock()
         self._stop = threading.Event()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+        self.adopted = isinstance(address, socket.socket)  # a listening socket given, not bound here
+        if isinstance(address, socket.socket):
+            self._adopt(address, handler)
+        else:
+            if ":" in address[0]:
+                self.address_family = socket.AF_INET6
+            super().__init__(address, handler)
         threading.Thread(target=self._watchdog, name="http deadline", daemon=True).start()
+
+    def _adopt(self, listening: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
+        """Serve ``listening`` (bound and listening already) instead of binding a socket."""
+        self.address_family = listening.family
+        super().__init__(listening.getsockname(), handler, bind_and_activate=False)
+        self.socket.close()  # the one TCPServer made, never bound
+        self.socket = listening
+        self.server_name, self.server_port = listening.getsockname()[:2]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = _bucket(str(client_address[0]) if isinstance(client_address, tuple) else "")
@@ -153,11 +168,14 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def serve(address: tuple[str, int], handler: type[BaseHTTPRequestHandler], **attrs: Any) -> BoundedServer:
-    """Bind and serve in a background thread. ``attrs`` are set on the server for the handler.
-    Raises OSError when the address cannot be bound."""
+def serve(
+    address: tuple[str, int] | socket.socket, handler: type[BaseHTTPRequestHandler], **attrs: Any
+) -> BoundedServer:
+    """Bind ``address`` (or take a listening socket) and serve in a background thread. ``attrs`` are
+    set on the server for the handler. Raises OSError when the address cannot be bound."""
     server = BoundedServer(address, handler)
     for key, value in attrs.items():
         setattr(server, key, value)
-    threading.Thread(target=server.serve_forever, name=f"http {address}", daemon=True).start()
+    name = f"http {server.server_address}"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

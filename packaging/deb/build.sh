@@ -5,7 +5,8 @@
 #   /opt/drainer            a virtual environment: drainer and its pinned, hashed dependencies
 #   /usr/bin/drainer        -> /opt/drainer/bin/drainer
 #   /etc/drainer/           config.toml (a conffile) and hooks.d/<phase>/
-#   /lib/systemd/system     drainer.service (enabled), drainer-check.service + .timer
+#   /lib/systemd/system     drainer.service (enabled) with drainer-probe.socket and
+#                           drainer-metrics.socket (enabled), drainer-check.service + .timer
 #   /usr/share/drainer      example hooks, the cron.d file, the Azure roles, the cloud-init snippet
 # Needs: debhelper, dpkg-dev, python3.11-venv, and PyPI (pip downloads the locked wheels).
 # The source tree is copied first, so the checkout is never written to.
