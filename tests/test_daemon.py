@@ -349,3 +349,53 @@ def test_the_daemon_follows_its_state_and_lock_when_they_are_moved(
     # The kept descriptor is unlocked between polls: a one-shot run gets the lock then.
     wait_until(lambda: agent.run("check").returncode == 0, what="a one-shot check between two polls")
     assert daemon.stop() == 0
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_the_daemon_sheds_the_sdk_when_idle_and_keeps_its_port_and_pid(
+    agent: Agent, pool: EmulatorControl, daemon: Daemon
+) -> None:
+    """A drain loads the Azure SDK (~45 MiB); once back in rotation with nothing to do for
+    [daemon] shed_sdk_after seconds, the daemon re-executes itself: the same pid, the metrics socket
+    handed over (never unbound: a bind to it fails throughout), much less memory, and the next drain
+    works as before."""
+    port = free_port()
+    daemon_config(agent, port)
+    agent.config_text = agent.config_text.replace(
+        "stop_timeout = 20\n", "stop_timeout = 20\nshed_sdk_after = 1\n"
+    )
+    daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    wait_until(lambda: fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="healthz")
+    event_id = pool.schedule("Reboot", ["web-0"])
+    wait_until(lambda: not _in_pool(pool), what="the drain")
+    loaded = _rss_mib(pid)
+    pool.remove(event_id)
+    wait_until(lambda: _in_pool(pool), what="the restore")
+    wait_until(lambda: "re-executing to free the Azure SDK" in daemon.log(), what="the shed")
+    wait_until(lambda: daemon.log().count("daemon started") == 2, what="the new image's start")
+    assert daemon.process.poll() is None and daemon.process.pid == pid
+    squatter = socket.socket()
+    try:
+        with pytest.raises(OSError):  # the port stayed bound across the exec
+            squatter.bind(("127.0.0.1", port))
+    finally:
+        squatter.close()
+    wait_until(lambda: fetch(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="healthz after the shed")
+    more_polls(pool, 2)
+    shed = _rss_mib(pid)
+    assert shed < loaded - 15, (loaded, shed)
+    # The SDK comes back when needed: the next maintenance drains as before.
+    second = pool.schedule("Reboot", ["web-0"])
+    wait_until(lambda: not _in_pool(pool), what="the drain after the shed")
+    pool.remove(second)
+    wait_until(lambda: _in_pool(pool), what="the restore after the shed")
+    assert daemon.stop() == 0

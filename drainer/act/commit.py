@@ -24,6 +24,7 @@ class RunResult:
         self.transitions: list[Transition] = []
         self.errors: list[str] = []
         self.held_by: list[str] = []  # events holding the VM out after the run
+        self.drain_state = ""  # after the run ("in_rotation", ...; "" when it stopped early)
 
 
 def log_transitions(log: Logger, transitions: Sequence[Transition]) -> None:
@@ -107,4 +108,5 @@ class Commit:
             self.result.held_by = [
                 state.events[k].event.event_id for k in state.vm.held_by if k in state.events
             ]
+        self.result.drain_state = state.vm.drain_state.value
         metrics.record_drain_state(state.vm.drain_state.value)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from drainer.decide.model import Drain, Restore, State
     from drainer.io.arm import Network
     from drainer.io.imds import ImdsClient
+    from drainer.io.lock import RunLock
     from drainer.store.state import StateStore
 
 
@@ -105,7 +106,7 @@ class Resident:
 
     def __init__(self, recheck: float = 60.0) -> None:
         self.recheck = recheck
-        self.lock: AbstractContextManager[object] | None = None
+        self.lock: RunLock | None = None
         self.store: StateStore | None = None
         self.store_checked = 0.0
 
@@ -113,6 +114,13 @@ class Resident:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    def close(self) -> None:
+        """Before the process goes (or re-executes): the database closed, the lock file too."""
+        self.forget_store()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
 class RealEffects(Effects):

@@ -41,7 +41,7 @@ from typing import Any
 
 from drainer.act.effects import Resident, effects_for
 from drainer.act.probe import out_of_rotation
-from drainer.app.runner import Seams, run_once
+from drainer.app.runner import RunResult, Seams, run_once
 from drainer.base.errors import EXIT_OK, ConfigError, DrainerError, LockedError
 from drainer.base.typing import Logger
 from drainer.config import Config, parse_address
@@ -243,6 +243,7 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
     disabled_said = False
     # When the last check ended (monotonic): a much later start means the VM stalled (decide.recovery).
     last_end: list[float] = []
+    shed = _Shed(config.daemon.shed_sdk_after)
 
     def check() -> None:
         nonlocal disabled_said
@@ -265,6 +266,13 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
             status.last_ok = time.time()
             throttle.succeeded()
             _record_outcome(config, "; ".join(result.errors), "ActionError")
+            if shed.due(result):
+                log.info(
+                    "re-executing to free the Azure SDK's memory (in rotation, nothing to do)",
+                    idle_seconds=config.daemon.shed_sdk_after,
+                )
+                stopping.set()
+                scheduler.shutdown(wait=False)
         except LockedError:
             log.debug("another drainer run holds the lock; skipping this poll")
         except DrainerError as exc:
@@ -294,7 +302,9 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
             return  # a second signal (e.g. from a supervisor and the terminal): already stopping
         stopping.set()
         log.info("stopping", signal=signal.Signals(signum).name)
-        scheduler.shutdown(wait=False)
+        # Not here: the handler runs on the main thread, which may be inside the scheduler's
+        # submit holding the executor's lock that shutdown takes (a deadlock, seen under load).
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
 
     # The first record builds the logger (imports structlog): before the handlers, which log too,
     # so a signal during that import cannot re-enter it.
@@ -315,6 +325,11 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
     finished = idle.wait(config.daemon.stop_timeout)
     for server in servers:
         server.shutdown()
+    if shed.requested and finished:
+        resident.close()
+        imds.close()
+        _reexec(servers)  # returns only when the exec failed: then stop as usual
+    for server in servers:
         server.server_close()
     if not finished:
         log.warning(
@@ -326,6 +341,65 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
     imds.close()
     log.info("daemon stopped")
     return EXIT_OK
+
+
+class _Shed:
+    """When the daemon gives the Azure SDK's memory back: the SDK is loaded (a drain, a restore or a
+    reconcile imported it), and for ``after`` seconds every check found the VM in rotation with
+    nothing to do. Re-executing is the only way: Python cannot unload modules."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self.quiet_since: float | None = None
+        self.requested = False
+
+    def due(self, result: RunResult) -> bool:
+        now = time.monotonic()
+        busy = result.transitions or result.errors or result.held_by or result.drain_state != "in_rotation"
+        if busy or self.quiet_since is None:
+            self.quiet_since = now
+            return False
+        if self.after <= 0 or "azure.core" not in sys.modules or now - self.quiet_since < self.after:
+            return False
+        self.requested = True
+        return True
+
+
+def _reexec(servers: list[Any]) -> None:
+    """Replace this process with a fresh ``drainer run`` (same pid: systemd sees no restart), handing
+    over the listening sockets by the sd_listen_fds protocol so the ports are never unbound: no local
+    user can take them in between. Returns only when the exec failed."""
+    import fcntl  # noqa: PLC0415
+
+    sockets = [(server.role, server.socket.fileno()) for server in servers]
+    argv = _argv()
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
+    if sockets:
+        env.update(
+            LISTEN_PID=str(os.getpid()),
+            LISTEN_FDS=str(len(sockets)),
+            LISTEN_FDNAMES=":".join(role for role, _ in sockets),
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        # Out of the way first (a socket may already sit on 3 or 4), then onto 3, 4, ... inheritable.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for _, fd in sockets]
+        for i, fd in enumerate(high):
+            os.dup2(fd, 3 + i, inheritable=True)
+        os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and argv, no shell
+    except OSError as exc:
+        print(f"drainer: cannot re-execute {argv}: {exc}; stopping instead", file=sys.stderr)
+
+
+def _argv() -> list[str]:
+    """How this process was started, for ``_reexec``: ``python -m drainer ...`` or ``python SCRIPT ...``
+    (a console script, or a test's entry point)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "drainer.__main__":
+        return [sys.executable, "-m", "drainer", *sys.argv[1:]]
+    return [sys.executable, *sys.argv]
 
 
 def _stall(last_end: list[float], poll_interval: float) -> float:

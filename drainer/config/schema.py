@@ -276,6 +276,12 @@ _DAEMON = _keys(
     poll_interval=Rule("seconds between checks (a Spot eviction gives 30 s of notice)", 0.1, 3600),
     stop_timeout=Rule("on SIGTERM, the running check gets this long to finish", 0, 3600),
     error_log_interval=Rule("the same error is logged once, then at most this often", 0, _DAY),
+    shed_sdk_after=Rule(
+        "after this many seconds in rotation with nothing to do, the daemon re-executes itself (same pid, "
+        "its listening sockets kept) to free the Azure SDK's memory; 0: never",
+        0,
+        7 * _DAY,
+    ),
 )
 _METRICS = _keys(
     "metrics",

@@ -96,6 +96,7 @@ class DaemonConfig(NamedTuple):
     poll_interval: float = 1.0
     stop_timeout: float = 20.0
     error_log_interval: float = 600.0
+    shed_sdk_after: float = 600.0
 
 
 class MetricsConfig(NamedTuple):

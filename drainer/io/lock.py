@@ -80,6 +80,13 @@ class RunLock:
                 os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
+    def close(self) -> None:
+        """Unlock and close the kept descriptor too (the process is about to go)."""
+        self.release()
+        if self._kept is not None:
+            os.close(self._kept)
+            self._kept = None
+
     def __enter__(self) -> RunLock:
         self.acquire()
         return self
