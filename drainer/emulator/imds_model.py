@@ -150,6 +150,7 @@ class Fault:
     reset: bool = False  # drop the connection without answering
     headers: dict[str, str] = field(default_factory=dict)
     method: str | None = None  # only requests with this method (default: any)
+    echo_token: bool = False  # "%TOKEN%" in ``body`` becomes the request's bearer token
 
 
 @dataclass
