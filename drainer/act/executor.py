@@ -113,10 +113,12 @@ class Executor:
         return self._actuator
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
+        from drainer.act.records import RecordGuard  # noqa: PLC0415
         from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
+            records=RecordGuard(self.effects.record_keys(self.config), self.vm, self.log, self.seams.now),
             config=self.config,
             vm=self.vm,
             events=events,
@@ -168,6 +170,8 @@ def _change(ex: Executor, state: State, action: Drain | Restore | Reconcile) -> 
     def said(after: State) -> None:
         if ctx.notes:
             ex.store.set_floor_breach(now, ctx.notes)
+        if ctx.records.checked:  # the action read its NICs' records: what it found stands for status
+            ex.store.set_record_problems(now, ctx.records.problems)
         ex.seams.checkpoint(f"recorded-{action.name}")
         ex.commit.action(action.name, error, held=held, seconds=elapsed)
         if error is None and isinstance(action, Restore):

@@ -122,6 +122,9 @@ class DrainConfig(NamedTuple):
     # 404 at least this many times over at least this many seconds (one answer proves nothing).
     gone_after_reads: int = 3
     gone_after_seconds: int = 300
+    # The key drainer signs its records on the NICs with (a drain counter lives beside it). Outside
+    # the state dir; empty: "<state_dir>-record/record.key" (drainer.io.recordkey).
+    record_key: str = ""
 
 
 class ApprovalConfig(NamedTuple):
@@ -416,6 +419,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         gone_after_reads=drain_s.number("gone_after_reads", int, 3, low=1, high=1000),
         gone_after_seconds=drain_s.number("gone_after_seconds", int, 300, low=0, high=30 * 86400),
         nics=tuple(nics),
+        record_key=drain_s.get("record_key", str, ""),
     )
     drain_s.done()
 

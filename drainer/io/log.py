@@ -28,7 +28,14 @@ REDACTED = "[redacted]"
 # Warnings about a standing condition (a file skipped in a hooks directory, an event IMDS keeps
 # serving with an unknown type): the daemon would repeat them on every drain or every poll. Each is
 # written once per process for the same fields; repeats go to debug.
-ONCE_PER_CONDITION = frozenset({"hook skipped", "scheduled event not taken at face value"})
+ONCE_PER_CONDITION = frozenset(
+    {
+        "hook skipped",
+        "scheduled event not taken at face value",
+        "a drainer record on the NIC cannot be verified: never acted on",
+        "the NIC's record and the local copy disagree; restoring both",
+    }
+)
 
 
 def redact_text(text: str) -> str:

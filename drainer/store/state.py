@@ -64,6 +64,7 @@ _PENDING_PHASES = "pending_phases"
 _FLOOR_BREACH = "floor_breach"
 _PEER_CHECK = "peer_check"
 _LISTED_NICS = "listed_nics"
+_RECORD_PROBLEMS = "record_problems"
 
 
 class StateStore:
@@ -182,6 +183,24 @@ class StateStore:
     def set_floor_breach(self, now: datetime, what: Sequence[str]) -> None:
         """Raises StateError."""
         self._set_meta({_FLOOR_BREACH: json.dumps({"at": now.isoformat(), "what": list(what)})})
+
+    def record_problems(self) -> list[dict[str, Any]]:
+        """What the last action that read the NICs' records found wrong with them (for ``status``):
+        records that do not verify, and records that disagree with the local copy."""
+        return [p for p in self._meta_json(_RECORD_PROBLEMS, list) or [] if isinstance(p, dict)]
+
+    def set_record_problems(self, now: datetime, problems: Sequence[dict[str, Any]]) -> None:
+        """Replace them (nothing is written when they are the same; a problem seen before keeps the
+        time it was first seen). Raises StateError."""
+        before = {_problem_key(p): p for p in self.record_problems()}
+        after = []
+        for problem in problems:
+            clean = {k: _redacted(v) for k, v in problem.items() if k != "since"}
+            known = before.get(_problem_key(clean))
+            clean["since"] = known["since"] if known and "since" in known else now.isoformat()
+            after.append(clean)
+        if [_problem_key(p) for p in after] != list(before):
+            self._set_meta({_RECORD_PROBLEMS: json.dumps(after)})
 
     def peer_check(self) -> dict[str, Any]:
         """Early approval's last read of the listed VMs' pools (``drainer.act.approve``)."""
@@ -479,6 +498,18 @@ class StateStore:
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+
+
+def _problem_key(problem: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in problem.items() if k != "since"}, sort_keys=True)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 GENERATION = "generation"
