@@ -151,8 +151,9 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
         actions=[a.name for a in decision.actions],
     )
     if any(a.name == "drain" for a in decision.actions) and not store.fresh:
-        # Before every drain: make sure the cached identity is still this VM's.
-        current = identity.read(run.imds)
+        # Before every drain: make sure the cached identity (verified in this boot) is still this
+        # VM's; IMDS failing leaves it standing, only a different answer stops the drain.
+        current = identity.recheck(run.imds, found, boot_id, log)
         if not identity.same_vm(found, current):
             return _other_vm(run, found, current)
     seams.checkpoint("decided")
@@ -224,7 +225,7 @@ def _identify(run: Run, *, boot_id: str | None) -> InstanceInfo | bool:
     known = store.identity()
     if known is not None and not store.fresh and boot_id == store.boot_id():
         return known
-    current = identity.read(run.imds)
+    current = identity.read_or_known(run.imds, boot_id, run.log)
     if known is None and not store.fresh and store.holds_anything():
         # A state that never said whose it is: it cannot be shown to be this VM's, so it is never
         # acted on (the records on the NICs are the truth; the next pass reconciles with them).
