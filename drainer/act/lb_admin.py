@@ -195,12 +195,12 @@ class AdminStateDrain:
 
         try:
             read_modify_write(f"NIC {rid.name}", lambda: read_nic(self.network, nic_id), plan, write, ctx)
-        except (_NoRoomError, ArmError, RecordKeyError) as exc:
+        except RecordKeyError as exc:
+            ctx.records.unsigned(nic_id, exc)
+        except (_NoRoomError, ArmError) as exc:
             if isinstance(exc, ArmError) and exc.status != 403:
                 raise
-            ctx.log.warning(
-                "keeping the admin-state record locally: the NIC cannot hold it", nic=rid.name, error=str(exc)
-            )
+            ctx.log.warning("keeping the admin-state record locally: the NIC cannot hold it", nic=rid.name)
         if add:
             ctx.ledger.record([_entry(r) for r in records])
 

@@ -264,6 +264,7 @@ class NicDrain:
         local = any(e.status == "removed" for e in self._local(ctx, nic_id))
         reads = [first]
         tags_work: list[bool] = []  # whether this run's write kept drainer's tags on the NIC
+        unsigned: list[bool] = []  # the record could not be signed (said so already)
 
         def read() -> NetworkInterface:
             return reads.pop() if reads else read_nic(self.network, nic_id)
@@ -277,9 +278,8 @@ class NicDrain:
                 try:
                     change = change._replace(tags=ctx.records.seal(nic_id, change.tags))
                 except RecordKeyError as exc:
-                    ctx.log.error(
-                        "cannot sign drainer's record: keeping it locally", nic=rid.name, error=str(exc)
-                    )
+                    ctx.records.unsigned(nic_id, exc)
+                    unsigned.append(True)
                     change = change._replace(on_nic=False)
             if local or not change.on_nic:
                 change = change._replace(tags=dict(nic.tags or {}), on_nic=False)
@@ -313,7 +313,7 @@ class NicDrain:
                 )
                 ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
             elif not p.on_nic:
-                if not local:
+                if not local and not unsigned:
                     ctx.log.warning(
                         "the NIC's tags cannot hold drainer's record (Azure's limit of 50 tags): "
                         "keeping it locally",

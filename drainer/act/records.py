@@ -72,6 +72,7 @@ class RecordGuard:
         self.now = now
         self.checked: set[str] = set()  # NICs whose records were read (lower-cased ids)
         self.problems: list[dict[str, Any]] = []  # for `drainer status`
+        self.errors: list[str] = []  # what failed the run although the action went on
         self._said: set[tuple[str, str, str]] = set()
         self._lock = threading.RLock()
 
@@ -107,6 +108,18 @@ class RecordGuard:
                 raise RecordKeyError(f"{self.keys.path}: no record key")
             counter = self.keys.open_drain(self.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
             return seal(tags, key, Seal(nic_id, self.vm.vm_id, counter.number, counter.since))
+
+    def unsigned(self, nic_id: str, exc: RecordKeyError) -> None:
+        """The record could not be signed (the key or the counter refused or unwritable): it is kept
+        in the local ledger instead; the action goes on and the run fails, saying why."""
+        with self._lock:
+            self.log.error(
+                "cannot sign drainer's record on the NIC: keeping it locally",
+                nic=_name(nic_id),
+                error=str(exc),
+            )
+            if str(exc) not in self.errors:
+                self.errors.append(str(exc))
 
     def close(self) -> None:
         """The drain ended (everything restored): its records are refused from now on. Raises

@@ -34,7 +34,7 @@ from drainer.decide.approval import approval_candidates, approve_at_once, at_onc
 from drainer.decide.core import DrainState, Observation, State, own_events, set_manual, step
 from drainer.decide.inert import split_remembered
 from drainer.io.imds import ImdsClient
-from drainer.store.state import Retention, StateStore
+from drainer.store.state import Retention, StateCorruptError, StateStore
 
 __all__ = ["BOOT_ID_PATH", "RunResult", "Seams", "run_once"]
 
@@ -73,7 +73,8 @@ def run_once(
     with effects.lock(config.state_dir):
         client = imds or ImdsClient(config.imds)
         try:
-            for _ in range(2):  # a second pass only after setting another VM's state aside
+            # A second pass only after setting a state aside: another VM's, or a damaged one.
+            for attempt in range(2):
                 store, state, note = effects.open_store(config.state_dir)
                 try:
                     if note:
@@ -87,7 +88,18 @@ def run_once(
                         client,
                         Commit(store, log, result, _retention(config)),
                     )
-                    again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
+                    try:
+                        again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
+                    except StateCorruptError as exc:
+                        # Found damaged mid-run (a malformed page the open did not touch).
+                        if attempt or not effects.set_aside(store, "corrupt"):
+                            raise
+                        log.error(
+                            "the state database is damaged: moved aside; starting over on a new one, "
+                            "reconciled with Azure",
+                            error=str(exc),
+                        )
+                        again = True
                 finally:
                     store.close()
                 if not again:
@@ -159,7 +171,11 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     seams.checkpoint("decided")
     # -- commit the decision, then act
     state = run.commit(state, decision, now, changed=changed)
-    run.effects.touch_last_check(config.state_dir)
+    try:
+        run.effects.touch_last_check(config.state_dir)
+    except OSError as exc:  # a symlink planted there (refused), a full disk: the actions still go on
+        log.error("cannot record the successful check", error=str(exc))
+        run.commit.problem(f"{Path(config.state_dir) / 'last-check'}: {exc.strerror or exc}")
     seams.checkpoint("saved")
     run.commit.events_seen(state, decision.transitions)
     # Hook phases that failed on earlier runs are retried after this run's actions; a phase that
