@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
+from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
@@ -45,6 +46,12 @@ from drainer.base import metrics
 from drainer.base.errors import ActionError
 from drainer.config import AzureConfig, is_loopback
 from drainer.io.armguard import ArmOnlyPolicy, ArmRefusedError, arm_session
+from drainer.io.log import register_secret
+
+# An answer nested deeper than Python's JSON parser goes (``RecursionError`` in the SDK's
+# deserializer): one ARM error line, never a traceback. No real ARM resource is nested beyond a few
+# dozen levels.
+_TOO_DEEP = "an ARM answer nested too deeply to read (refused)"
 
 # The SDK's own log lines would reach stderr through logging's last-resort handler: raw, unredacted
 # and unescaped (an IMDS or ARM answer can carry anything). drainer reports SDK failures itself.
@@ -197,8 +204,41 @@ def _imds_session() -> requests.Session:
     return session
 
 
+class _Registered:
+    """A token credential whose every token is registered for masking by value (``register_secret``)
+    as it is obtained: an ARM error, a proxy or a bug that quotes it back never brings it to a log,
+    stderr, ``last-failure.json`` or ``state.db``, whatever its shape."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        token: AccessToken = self._inner.get_token(*scopes, **kwargs)
+        register_secret(token.token)
+        return token
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        # azure-core's bearer policy prefers get_token_info when a credential has it.
+        getter = getattr(self._inner, "get_token_info", None)
+        if getter is None:
+            token = self.get_token(*scopes)
+            return AccessTokenInfo(token.token, token.expires_on)
+        info: AccessTokenInfo = getter(*scopes, options=options)
+        register_secret(info.token)
+        return info
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
 def make_credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
-    """The token credential ``cfg.identity`` asks for."""
+    """The token credential ``cfg.identity`` asks for, its tokens registered for masking."""
+    return _Registered(_credential(cfg, imds_endpoint))
+
+
+def _credential(cfg: AzureConfig, imds_endpoint: str) -> Any:
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
 
     if cfg.identity == "default":
@@ -293,6 +333,8 @@ class ArmNetwork:
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
+        except RecursionError as exc:
+            raise ArmError(what, _TOO_DEEP) from exc
 
     def _wait(self, what: str, poller: Any) -> Any:
         try:
@@ -304,6 +346,8 @@ class ArmNetwork:
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             reason, status, code = _describe(exc)
             raise ArmError(what, reason, status=status, code=code) from exc
+        except RecursionError as exc:
+            raise ArmError(what, _TOO_DEEP) from exc
 
     def list_nics(self, resource_group: str) -> list[NetworkInterface]:
         what = f"list NICs of {resource_group}"

@@ -521,11 +521,12 @@ class StateStore:
             raise db_error(self.path, "unreadable state", exc) from exc
 
     def _set_meta(self, values: dict[str, str]) -> None:
-        """Write meta keys in one transaction. Raises StateError."""
+        """Write meta keys in one transaction (secrets masked: hook output, ARM errors). Raises
+        StateError."""
         try:
             with self._transaction() as db:
                 for key, value in values.items():
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, redact_text(value)))
         except sqlite3.Error as exc:
             raise db_error(self.path, "cannot save the state", exc) from exc
 
