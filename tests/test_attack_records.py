@@ -269,3 +269,48 @@ def test_the_record_format(tagged: Agent, two_pools: EmulatorControl) -> None:
     key = tagged.tmp / "state-record" / "record.key"
     assert key.stat().st_mode & 0o777 == 0o600
     assert json.loads((key.parent / "record.drain").read_text())["drain"] == 1
+
+
+# -- the key is checked like OpenSSH checks a private key ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setup", "why"),
+    [
+        ("key readable by others", "readable or writable by group or others (mode 0644)"),
+        ("key dir writable by others", "world-writable"),
+        ("key not a key", "not a record key"),
+    ],
+)
+def test_a_key_others_could_read_or_replace_is_refused(
+    tagged: Agent, two_pools: EmulatorControl, setup: str, why: str
+) -> None:
+    """Refused and named: the drain still goes ahead, its record kept locally (exit 1 says why), and
+    the restore puts the VM back from that local copy."""
+    key_dir = tagged.tmp / "state-record"
+    key_dir.mkdir(mode=0o700)
+    key = key_dir / "record.key"
+    key.write_text(("zz" if setup == "key not a key" else "ab") * 32 + "\n")
+    key.chmod(0o644 if setup == "key readable by others" else 0o600)
+    if setup == "key dir writable by others":
+        key_dir.chmod(0o777)
+    event_id = two_pools.schedule("Reboot", ["web-0"])
+    done = tagged.check()
+    assert done.returncode == 1 and why in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert pools_of(two_pools, "web-0-nic") == []
+    assert "drainer:mac" not in drainer_tags(two_pools, "web-0-nic")
+    two_pools.remove(event_id)
+    tagged.check()
+    assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
+
+
+def test_a_dry_run_makes_no_key_and_opens_no_drain(tagged: Agent, two_pools: EmulatorControl) -> None:
+    two_pools.schedule("Reboot", ["web-0"])
+    ok(tagged.run("--dry-run", "check"))
+    assert not (tagged.tmp / "state-record").exists()
+    ok(tagged.check())
+    counter = tagged.tmp / "state-record" / "record.drain"
+    before = counter.read_bytes()
+    ok(tagged.run("--dry-run", "restore"))
+    assert counter.read_bytes() == before
