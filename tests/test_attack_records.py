@@ -314,3 +314,15 @@ def test_a_dry_run_makes_no_key_and_opens_no_drain(tagged: Agent, two_pools: Emu
     before = counter.read_bytes()
     ok(tagged.run("--dry-run", "restore"))
     assert counter.read_bytes() == before
+
+
+def test_config_check_names_a_refused_key(tagged: Agent) -> None:
+    key_dir = tagged.tmp / "state-record"
+    key_dir.mkdir(mode=0o700)
+    (key_dir / "record.key").write_text("ab" * 32 + "\n")
+    (key_dir / "record.key").chmod(0o640)
+    done = tagged.run("config", "check")
+    assert done.returncode == 2, done.stderr
+    assert f"drain.record_key {key_dir / 'record.key'}" in done.stderr and "mode 0640" in done.stderr
+    (key_dir / "record.key").chmod(0o600)
+    assert tagged.run("config", "check").returncode == 0
