@@ -46,6 +46,13 @@ def read(imds: ImdsClient, boot_id: str | None = None) -> InstanceInfo:
     return info
 
 
+def verified(boot_id: str | None, info: InstanceInfo) -> InstanceInfo:
+    """``info`` was verified in this boot (the state's identity, cached at this boot's first run)."""
+    if boot_id:
+        _THIS_BOOT[boot_id] = info
+    return info
+
+
 def read_or_known(imds: ImdsClient, boot_id: str | None, log: Logger) -> InstanceInfo:
     """The identity IMDS gives now; when IMDS fails, the one it gave this process in this boot.
     Raises ImdsError, MalformedDocumentError when there is none."""

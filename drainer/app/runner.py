@@ -240,7 +240,7 @@ def _identify(run: Run, *, boot_id: str | None) -> InstanceInfo | bool:
     store = run.store
     known = store.identity()
     if known is not None and not store.fresh and boot_id == store.boot_id():
-        return known
+        return identity.verified(boot_id, known)
     current = identity.read_or_known(run.imds, boot_id, run.log)
     if known is None and not store.fresh and store.holds_anything():
         # A state that never said whose it is: it cannot be shown to be this VM's, so it is never

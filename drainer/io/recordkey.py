@@ -27,6 +27,8 @@ import os
 import posixpath
 import secrets
 import stat
+import sys
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from drainer.base.errors import DrainerError
@@ -101,6 +103,8 @@ class FileKeyStore:
         """A new key, linked into place only once complete (a concurrent run's key wins)."""
         self._dir()
         data = secrets.token_hex(KEY_BYTES).encode() + b"\n"
+        if sys.platform == "win32":  # pragma: no cover - no dir_fd there; ACLs are not modelled
+            return self._create_here(data)
         name = posixpath.basename(self.path)
         temp = f".{name}.{secrets.token_hex(8)}.tmp"
         directory = os.open(self.dir, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
@@ -130,6 +134,22 @@ class FileKeyStore:
         if found is None:  # pragma: no cover - removed between the link and the read
             raise RecordKeyError(f"{self.path}: the record key vanished while it was being created")
         return found
+
+    def _create_here(self, data: bytes) -> bytes:  # pragma: no cover - Windows only
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        except FileExistsError:
+            return Path(self.path).read_bytes()
+        except OSError as exc:
+            raise RecordKeyError(f"{self.path}: cannot create the record key: {exc.strerror}") from exc
+        try:
+            os.write(fd, data)
+        except OSError as exc:
+            os.close(fd)
+            Path(self.path).unlink(missing_ok=True)
+            raise RecordKeyError(f"{self.path}: cannot create the record key: {exc.strerror}") from exc
+        os.close(fd)
+        return data
 
     def _dir(self) -> None:
         try:
@@ -170,11 +190,12 @@ class FileKeyStore:
         text = json.dumps({"drain": counter.number, "open": counter.open, "since": counter.since})
         try:
             write_atomic(self.counter_path, (text + "\n").encode(), 0o600)
-            directory = os.open(self.dir, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-            try:
-                os.fsync(directory)  # the rename itself survives a power loss
-            finally:
-                os.close(directory)
+            if sys.platform != "win32":  # a directory cannot be opened there
+                directory = os.open(self.dir, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+                try:
+                    os.fsync(directory)  # the rename itself survives a power loss
+                finally:
+                    os.close(directory)
         except OSError as exc:
             raise RecordKeyError(
                 f"{self.counter_path}: cannot write the drain counter: {exc.strerror}"
@@ -233,7 +254,7 @@ def _read_private(path: str, *, secret: bool) -> bytes | None:
         raise RecordKeyError(f"refused: {exc}") from exc
     try:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if secret and mode & 0o077:
+        if secret and mode & 0o077 and sys.platform != "win32":  # Windows: ACLs are not modelled
             raise RecordKeyError(
                 f"{checked.real}: readable or writable by group or others (mode {mode:04o}): whoever reads "
                 "it can forge drainer's records; make it 0600 (or remove it: the records signed with it "
