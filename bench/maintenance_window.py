@@ -40,6 +40,7 @@ from drainer.config import (
     ApprovalConfig,
     AzureConfig,
     Config,
+    DrainConfig,
     FleetConfig,
     ImdsConfig,
     LoggingConfig,
@@ -138,6 +139,7 @@ def play(name: str, policy: PolicyConfig, approval: ApprovalConfig, *, second: b
         seams = Seams(boot_id_path=str(boot_file))
         config = Config(
             state_dir=state_dir,
+            drain=DrainConfig(record_key=f"{state_dir}/record/record.key"),  # gone with the directory
             imds=ImdsConfig(endpoint=emulator.vm_url("web-0"), deadline=5.0),
             azure=AzureConfig(arm_endpoint=emulator.url, poll_interval=0.05, deadline=30.0),
             # drainer's spread before a drain or restore (5 s on Azure), at the benchmark's pace

@@ -100,6 +100,7 @@ def test_install_upgrade_remove_purge(deb: Path, root: debroot.DebianRoot, tmp_p
     assert root.wants() == {"drainer.service", *SOCKETS}
     assert {p.name for p in (root.path / "etc/systemd/system/sockets.target.wants").iterdir()} == set(SOCKETS)
     assert (root.path / "var/lib/drainer").stat().st_mode & 0o777 == 0o750
+    assert (root.path / "var/lib/drainer-record").stat().st_mode & 0o777 == 0o700  # the record key's
     for argv in (("drainer", "--version"), ("drainer", "config", "check")):
         done = root.run(*argv)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -150,6 +151,7 @@ def test_install_upgrade_remove_purge(deb: Path, root: debroot.DebianRoot, tmp_p
     assert root.wants() == set()
     assert not (root.path / "etc/drainer/config.toml").exists()
     assert not (root.path / "var/lib/drainer").exists()
+    assert not (root.path / "var/lib/drainer-record").exists()
 
 
 def test_upgrade_keeps_the_operators_choice_of_timer(

@@ -5,15 +5,19 @@ from __future__ import annotations
 import pytest
 
 from drainer.decide.nicrecord import (
+    MAC,
     MAX_TAGS,
     AdminRecord,
     NicView,
     Ref,
+    Seal,
     decode,
     encode,
     plan_admin,
     plan_drain,
     plan_restore,
+    seal,
+    verify,
     with_records,
 )
 
@@ -72,18 +76,102 @@ def test_the_longest_legal_names_fit() -> None:
 
 
 def test_foreign_tags_are_kept_and_the_limit_of_50_is_respected() -> None:
-    foreign = {f"team{i}": "x" for i in range(46)}
+    foreign = {f"team{i}": "x" for i in range(45)}
     assert with_records(foreign, [WEB, API], [], SUB, "out") == {
         **foreign,
         "drainer:lb:ipconfig1:0": "rg-app/lb-web/api",
         "drainer:lb:ipconfig1:1": "rg-app/lb-web/web",
         "drainer:out": "out",
-    }
-    full = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
+    }  # 45 + 2 records + the summary, and one slot for the MAC
+    full = {f"team{i}": "x" for i in range(MAX_TAGS - 3)}
     fits = with_records(full, [WEB, API], [], SUB, "out")
-    assert fits is not None and "drainer:out" not in fits  # 48 + 2 records: the summary gives way
-    crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 1)}
-    assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 49 + 2 > 50
+    assert fits is not None and "drainer:out" not in fits  # 47 + 2 records + MAC: the summary gives way
+    assert len(seal(fits, KEY, BINDING)) == MAX_TAGS
+    crowded = {f"team{i}": "x" for i in range(MAX_TAGS - 2)}
+    assert with_records(crowded, [WEB, API], [], SUB, "out") is None  # 48 + 2 + MAC > 50
+
+
+KEY = bytes(range(32))
+BINDING = Seal(NIC, "vm-id-0", 3, "2026-11-30T03:40:00Z")
+
+
+def _sealed() -> dict[str, str]:
+    tags = with_records({"owner": "me"}, [WEB, API], [], SUB, "out: Reboot")
+    assert tags is not None
+    return seal(tags, KEY, BINDING)
+
+
+def test_a_sealed_record_verifies_for_its_open_drain() -> None:
+    tags = _sealed()
+    version, drain, since, mac = tags[MAC].split(" ")
+    assert (version, drain, since, len(mac)) == ("v1", "3", "2026-11-30T03:40:00Z", 43)
+    verdict = verify(tags, KEY, NIC.upper(), "VM-ID-0", (3, "2026-11-30T03:40:00Z"))
+    assert verdict.reason == "" and verdict.untrusted == {}
+    assert verdict.trusted == {k: v for k, v in tags.items() if k != MAC}
+    assert {r.key for r in decode(verdict.trusted, SUB).refs} == {WEB.key, API.key}
+
+
+def _changed(change: str) -> tuple[dict[str, str], bytes, str, str, tuple[int, str] | None]:
+    """A sealed record, then one thing changed; returns verify's arguments."""
+    tags, key, nic, vm = _sealed(), KEY, NIC, "vm-id-0"
+    drain: tuple[int, str] | None = (3, "2026-11-30T03:40:00Z")
+    if change == "a pool added":
+        tags["drainer:lb:ipconfig1:2"] = "rg-app/lb-web/other"
+    elif change == "a pool removed":
+        del tags["drainer:lb:ipconfig1:0"]
+    elif change == "the summary changed":
+        tags["drainer:out"] = "out: nothing to see"
+    elif change == "a name's case changed":
+        tags["drainer:LB:ipconfig1:0"] = tags.pop("drainer:lb:ipconfig1:0")
+    elif change == "another key":
+        key = bytes(32)
+    elif change == "another NIC":
+        nic = NIC + "2"
+    elif change == "another VM":
+        vm = "vm-id-1"
+    elif change == "the drain ended":
+        drain = None
+    elif change == "a later drain is open":
+        drain = (4, "2026-12-01T00:00:00Z")
+    elif change == "no MAC":
+        del tags[MAC]
+    elif change == "a garbled MAC":
+        tags[MAC] = "v1 three"
+    return tags, key, nic, vm, drain
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("a pool added", "mac-mismatch"),
+        ("a pool removed", "mac-mismatch"),
+        ("the summary changed", "mac-mismatch"),
+        ("a name's case changed", ""),  # Azure's tag names are case-insensitive
+        ("another key", "mac-mismatch"),
+        ("another NIC", "mac-mismatch"),
+        ("another VM", "mac-mismatch"),
+        ("the drain ended", "ended-drain"),
+        ("a later drain is open", "ended-drain"),
+        ("no MAC", "no-mac"),
+        ("a garbled MAC", "malformed"),
+    ],
+)
+def test_what_makes_a_record_unverifiable(change: str, reason: str) -> None:
+    tags, key, nic, vm, drain = _changed(change)
+    verdict = verify(tags, key, nic, vm, drain)
+    assert verdict.reason == reason, verdict.detail
+    if reason:
+        assert decode(verdict.trusted, SUB).refs == [] and verdict.trusted == {"owner": "me"}
+        assert MAC not in verdict.trusted and set(verdict.untrusted) >= {"drainer:lb:ipconfig1:1"}
+
+
+def test_no_key_verifies_nothing_and_nothing_to_verify_needs_no_key() -> None:
+    assert verify(_sealed(), None, NIC, "vm-id-0", (3, "2026-11-30T03:40:00Z")).reason == "no-key"
+    assert verify({"owner": "me"}, None, NIC, "vm-id-0", None) == (({"owner": "me"}), {}, "", "")
+
+
+def test_sealing_nothing_removes_the_mac() -> None:
+    assert seal({"owner": "me", MAC: "v1 1 x y"}, KEY, BINDING) == {"owner": "me"}
 
 
 def test_unreadable_drainer_tags_are_kept_untouched() -> None:

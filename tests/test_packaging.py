@@ -91,7 +91,7 @@ def test_sandbox_leaves_hooks_what_they_need(unit: str) -> None:
     assert found["NoNewPrivileges"] == ["yes"] and found["ProtectHome"] == ["read-only"]
     # The state and runtime directories stay writable; so do logs, for tools hooks run, and
     # node_exporter's textfile directory, the example place for [metrics] textfile.
-    assert found["StateDirectory"] == ["drainer"] and found["RuntimeDirectory"] == ["drainer"]
+    assert found["StateDirectory"] == ["drainer drainer-record"] and found["RuntimeDirectory"] == ["drainer"]
     assert found["ReadWritePaths"] == ["-/var/log -/var/lib/prometheus/node-exporter"]
     families = found["RestrictAddressFamilies"][0].split()
     # IMDS/ARM/webhooks, syslog and systemctl, ss(8) in the wait-connections example hook.

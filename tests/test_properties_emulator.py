@@ -57,7 +57,7 @@ class EmulatorMachine(RuleBasedStateMachine):
             self.control.join(vm, "lb-web", "pool-b")
         self.tmp = tempfile.TemporaryDirectory()
         self.config = Config(
-            state_dir=self.tmp.name,
+            state_dir=f"{self.tmp.name}/state",  # its record key beside it, in the same directory
             imds=ImdsConfig(endpoint=self.emulator.vm_url("web-0"), deadline=2.0, read_timeout=1.0),
             azure=AzureConfig(arm_endpoint=self.emulator.url, poll_interval=0.02, deadline=5.0),
             approval=ApprovalConfig(near_seconds=0),

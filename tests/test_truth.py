@@ -124,7 +124,7 @@ def test_state_dir_lost_while_the_event_is_still_listed_keeps_the_vm_out(
     shutil.rmtree(tagged.state_dir)
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic") == []  # still out: the event still holds it
-    assert len(drainer_tags(two_pools, "web-0-nic")) == 3  # summary and the two pools
+    assert len(drainer_tags(two_pools, "web-0-nic")) == 4  # summary, the two pools, the MAC
     two_pools.remove(event_id)
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
@@ -143,7 +143,7 @@ def test_one_transient_404_during_a_restore_never_drops_the_pool(
     assert done.returncode == 1  # the restore is incomplete, and says so
     assert "answered 404" in done.stderr
     assert pools_of(two_pools, "web-0-nic") == []
-    assert len(drainer_tags(two_pools, "web-0-nic")) == 3  # the record stays on the NIC
+    assert len(drainer_tags(two_pools, "web-0-nic")) == 4  # the record (and its MAC) stays on the NIC
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic") == sorted([WEB_POOL, API_POOL])
     assert drainer_tags(two_pools, "web-0-nic") == {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
+from drainer.act.records import RecordGuard, memory_guard
 from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
 from drainer.config import Config
@@ -37,6 +38,8 @@ class ActionContext:
     forced: str = ""
     # Lines for `status` the action leaves behind (e.g. a drain forced below the pool's floor).
     notes: list[str] = field(default_factory=list)
+    # Checks the records read from NICs and signs those written (drainer.act.records).
+    records: RecordGuard = field(default_factory=memory_guard)
 
 
 class Actuator(Protocol):

@@ -85,6 +85,12 @@ class Commit:
             self.result.errors.append(error)
             self.result.exit_code = EXIT_ACTION_FAILED
 
+    def problem(self, error: str) -> None:
+        """Something the run could not do although its actions went on (a refused file, a record it
+        could not sign): the run fails (exit 1) and ``status`` says why."""
+        self.result.errors.append(error)
+        self.result.exit_code = EXIT_ACTION_FAILED
+
     def events_seen(self, state: State, transitions: Sequence[Transition]) -> None:
         """Count the events seen for the first time (or again after they cleared)."""
         for t in transitions:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from drainer.io.arm import Network
     from drainer.io.imds import ImdsClient
     from drainer.io.lock import RunLock
+    from drainer.io.recordkey import KeyStore
     from drainer.store.state import StateStore
 
 
@@ -95,6 +96,10 @@ class Effects(Protocol):
 
     def retry_phases(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Of the hook phases that failed on earlier runs, those to run again now."""
+        ...
+
+    def record_keys(self, config: Config) -> KeyStore:
+        """The key drainer signs its NIC records with, and the drain counter beside it."""
         ...
 
 
@@ -218,6 +223,11 @@ class RealEffects(Effects):
     def retry_phases(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return pending
 
+    def record_keys(self, config: Config) -> KeyStore:
+        from drainer.io.recordkey import FileKeyStore, key_path  # noqa: PLC0415
+
+        return FileKeyStore(key_path(config.state_dir, config.drain.record_key))
+
 
 class DryRunEffects(Effects):
     """Reads as usual, changes nothing: no lock, an in-memory copy of the state, ARM writes and
@@ -274,6 +284,12 @@ class DryRunEffects(Effects):
 
     def retry_phases(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []  # a rehearsal does not run again what real runs left failing
+
+    def record_keys(self, config: Config) -> KeyStore:
+        from drainer.io.recordkey import FileKeyStore, MemoryKeyStore, key_path  # noqa: PLC0415
+
+        # Read as they are; a key the run would make, and the drain it would open, stay in memory.
+        return MemoryKeyStore(FileKeyStore(key_path(config.state_dir, config.drain.record_key)))
 
 
 def effects_for(config: Config, seams: Seams, resident: Resident | None = None) -> Effects:

@@ -24,6 +24,7 @@ from drainer.config import Config
 from drainer.decide.approval import record_approval, restore_gate
 from drainer.decide.core import record_outcome, record_reconcile
 from drainer.decide.model import Approve, Drain, EventRecord, Reconcile, Restore, State, Transition
+from drainer.store.schema import StateCorruptError
 
 if TYPE_CHECKING:
     from drainer.act.hooks import Hook, HookRunner, PendingPhases
@@ -122,10 +123,12 @@ class Executor:
         self.store.append_history(self.seams.now(), [line])
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
+        from drainer.act.records import RecordGuard  # noqa: PLC0415
         from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
+            records=RecordGuard(self.effects.record_keys(self.config), self.vm, self.log, self.seams.now),
             config=self.config,
             vm=self.vm,
             events=events,
@@ -167,6 +170,8 @@ def _change(ex: Executor, state: State, action: Drain | Restore | Reconcile) -> 
             changed, found = actuator.reconcile(action.out, ctx)
     except DrainHeldError as exc:
         error, held = exc.reason, True
+    except StateCorruptError:
+        raise  # the run starts over on a rebuilt state (drainer.app.runner), not a failed action
     except DrainerError as exc:
         error = str(exc)
     elapsed = round(time.monotonic() - started, 3)
@@ -181,6 +186,10 @@ def _change(ex: Executor, state: State, action: Drain | Restore | Reconcile) -> 
     def said(after: State) -> None:
         if ctx.notes:
             ex.store.set_floor_breach(now, ctx.notes)
+        if ctx.records.checked:  # the action read its NICs' records: what it found stands for status
+            ex.store.set_record_problems(now, ctx.records.problems)
+        for problem in ctx.records.errors:  # e.g. a record kept locally: its key could not be used
+            ex.commit.problem(problem)
         ex.seams.checkpoint(f"recorded-{action.name}")
         ex.commit.action(action.name, error, held=held, seconds=elapsed)
         if error is None and isinstance(action, Restore):

@@ -53,6 +53,7 @@ class _Restoring:
     def restore(self, action: Restore, ctx: ActionContext) -> None:
         self.method.restore(action, ctx)
         self.other.reconcile(False, ctx)
+        ctx.records.close()  # everything is back: a record of this drain is refused from now on
         release_claim(self.network, ctx)
 
     def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
@@ -61,6 +62,7 @@ class _Restoring:
             renew_claim(self.network, ctx)
             return changed, found
         also, other = self.other.reconcile(False, ctx)
+        ctx.records.close()
         if changed or also:
             release_claim(self.network, ctx)
         return changed or also, f"{found}; {other}" if also else found

@@ -28,11 +28,12 @@ from drainer.act.lb_common import (
     same,
     vnet_of,
 )
-from drainer.act.lb_nic import view_of
+from drainer.act.lb_nic import trusted_view
 from drainer.base.errors import ActionError
 from drainer.decide.core import Drain, Restore
 from drainer.decide.nicrecord import AdminRecord, decode, plan_admin, subscription_of, summary_text
 from drainer.io.arm import ArmError, Network
+from drainer.io.recordkey import RecordKeyError
 from drainer.store.state import LedgerEntry
 
 METHOD = "admin-state"
@@ -129,7 +130,11 @@ class AdminStateDrain:
             }
             for _, pool in targets
         }
-        out = {r.pool_id for n in nics for r in decode(dict(n.tags or {}), subscription_of(str(n.id))).admin}
+        out = {
+            r.pool_id
+            for n in nics
+            for r in decode(trusted_view(ctx, n).tags, subscription_of(str(n.id))).admin
+        }
         addresses = {f"ip:{ip}" for ip, _ in mine}
         hold_floor(self.network, ctx, action, in_service, addresses, "backend address", already_out=out)
         records = [
@@ -171,17 +176,18 @@ class AdminStateDrain:
         summary = summary_text("admin state Down", ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
 
         def plan(nic: NetworkInterface) -> Any:
-            existing = decode(dict(nic.tags or {}), subscription_of(nic_id)).admin
+            view = trusted_view(ctx, nic)  # a forged record is never signed along with ours
+            existing = decode(view.tags, subscription_of(nic_id)).admin
             if add:
                 wanted = {r.key: r for r in existing} | {r.key: r for r in records}
             else:
                 wanted = {r.key: r for r in existing if r.key not in keys}
             if set(wanted) == {r.key for r in existing}:
                 return None
-            change = plan_admin(view_of(nic), wanted.values(), summary)
+            change = plan_admin(view, wanted.values(), summary)
             if change is None:
                 raise _NoRoomError
-            return change
+            return change._replace(tags=ctx.records.seal(nic_id, change.tags))
 
         def write(nic: NetworkInterface, change: Any) -> None:
             nic.tags = dict(change.tags) or None
@@ -189,6 +195,8 @@ class AdminStateDrain:
 
         try:
             read_modify_write(f"NIC {rid.name}", lambda: read_nic(self.network, nic_id), plan, write, ctx)
+        except RecordKeyError as exc:
+            ctx.records.unsigned(nic_id, exc)
         except (_NoRoomError, ArmError) as exc:
             if isinstance(exc, ArmError) and exc.status != 403:
                 raise
@@ -249,7 +257,9 @@ class AdminStateDrain:
         nics = self._nics(ctx)
         mine = self._addresses(nics)
         records = {
-            r.key: r for nic in nics for r in decode(dict(nic.tags or {}), subscription_of(str(nic.id))).admin
+            r.key: r
+            for nic in nics
+            for r in decode(trusted_view(ctx, nic).tags, subscription_of(str(nic.id))).admin
         }
         for entry in ctx.ledger.entries(METHOD):
             records.setdefault(_record(entry).key, _record(entry))

@@ -1,10 +1,13 @@
 """Drain method ``nic``: take the VM's NICs out of their backend pools, recording on each NIC (in the
 same PUT) what was taken out; put back exactly that, removing the record in the same PUT.
 
-The record on the NIC (``drainer.decide.nicrecord``) is the truth: it survives the loss of the state
-directory, and a refused write records nothing. Where an Azure Policy refuses or rewrites drainer's
-tags, or the record does not fit Azure's tag limits, that NIC's record is kept in the local ledger
-instead (written before the write, as the only place it can be).
+The record on the NIC (``drainer.decide.nicrecord``) survives the loss of the state directory, and a
+refused write records nothing. It is signed (``drainer.act.records``): a record drainer cannot verify
+is reported and never acted on. The local ledger keeps a copy of every record drainer wrote: a
+restore puts back the union of the two (either copy is enough), saying so when they disagree. Where
+an Azure Policy refuses or rewrites drainer's tags, or the record does not fit Azure's tag limits,
+that NIC's record is kept in the local ledger only (written before the write, as the only place it
+can be).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from drainer.decide.nicrecord import (
     summary_text,
 )
 from drainer.io.arm import ArmError, Network
+from drainer.io.recordkey import RecordKeyError
 from drainer.store.state import LedgerEntry
 
 UNIFORM_HELP = (
@@ -65,6 +69,12 @@ def view_of(nic: NetworkInterface) -> NicView:
         for ref in getattr(config, attr) or []
     )
     return NicView(str(nic.id), dict(nic.tags or {}), refs)
+
+
+def trusted_view(ctx: ActionContext, nic: NetworkInterface) -> NicView:
+    """The NIC as drainer may act on it: its tags without the records that do not verify."""
+    view = view_of(nic)
+    return view._replace(tags=ctx.records.trusted(view.nic_id, view.tags))
 
 
 def apply(nic: NetworkInterface, plan: Plan) -> None:
@@ -104,6 +114,26 @@ def _why(ctx: ActionContext) -> str:
         more = f" +{len(ctx.events) - 1}" if len(ctx.events) > 1 else ""
         return f"{first.event_type.value} {first.event_id}{more}"
     return "held out by drainer"
+
+
+def _compare(
+    ctx: ActionContext, nic_id: str, recorded: list[Ref], mine: list[LedgerEntry], present: set[Any]
+) -> None:
+    """Say so when the NIC's verified record and the local copies of its drain (``mine``) differ,
+    pools already back on the NIC aside; a restore puts back the union."""
+    cached = {_ref(e).key: e for e in mine if e.status == CACHED}
+    if not cached:
+        return  # no copy of a NIC record here (the state was lost, or the record was never on the NIC)
+    on_nic = {r.key for r in recorded}
+    lacking = sorted(e.target for k, e in cached.items() if k not in on_nic and k not in present)
+    if lacking:
+        ctx.records.disagree(
+            nic_id, "the NIC's record lacks pools the local copy has (its tags replaced?)", lacking
+        )
+    known = {_ref(e).key for e in mine}
+    extra = sorted(r.pool_id for r in recorded if r.key not in known and r.key not in present)
+    if extra:
+        ctx.records.disagree(nic_id, "the local copy lacks pools the NIC's record has", extra)
 
 
 class NicDrain:
@@ -159,9 +189,13 @@ class NicDrain:
         """The pools drainer's records say this VM has left: on the NICs, or kept locally (a local
         copy of an interrupted write counts only once the NIC no longer has the reference)."""
         still = {r.pool_id.lower() for r in planned}
-        out = {r.pool_id for i, n in nics.items() for r in decode(view_of(n).tags, subscription_of(i)).refs}
+        out = {
+            r.pool_id
+            for n in nics.values()
+            for r in decode(trusted_view(ctx, n).tags, subscription_of(str(n.id))).refs
+        }
         for entry in ctx.ledger.entries("nic"):
-            if entry.status == "removed" or (
+            if entry.status in ("removed", CACHED) or (
                 entry.status == "removing" and entry.target.lower() not in still
             ):
                 out.add(entry.target)
@@ -197,12 +231,14 @@ class NicDrain:
         NIC's record holds: cached. Otherwise the write happened without its tags (a policy that
         strips them), unless this run showed that the NIC keeps drainer's tags: then the write never
         happened either, and the reference was removed by someone else (forgotten: never re-added)."""
-        view = view_of(nic if nic is not None else read_nic(self.network, nic_id))
+        view = trusted_view(ctx, nic if nic is not None else read_nic(self.network, nic_id))
         recorded = decode(view.tags, subscription_of(nic_id)).refs
         on_nic = {r.key for r in recorded}
         present = {r.key for r in view.refs}
         mine = [e for e in ctx.ledger.entries("nic") if same(e.resource_id, nic_id)]
         known = {_ref(e).key for e in mine}
+        _compare(ctx, nic_id, recorded, mine, present)
+        # Only records drainer verified are copied: the ledger is drainer's own word.
         ctx.ledger.record([_entry(nic_id, r, CACHED) for r in recorded if r.key not in known])
         settled: list[LedgerEntry] = []
         gone: list[LedgerEntry] = []
@@ -228,14 +264,23 @@ class NicDrain:
         local = any(e.status == "removed" for e in self._local(ctx, nic_id))
         reads = [first]
         tags_work: list[bool] = []  # whether this run's write kept drainer's tags on the NIC
+        unsigned: list[bool] = []  # the record could not be signed (said so already)
 
         def read() -> NetworkInterface:
             return reads.pop() if reads else read_nic(self.network, nic_id)
 
         def plan(nic: NetworkInterface) -> tuple[NetworkInterface, Plan] | None:
-            change = plan_drain(view_of(nic), kinds, summary)
+            # Planned from what verifies only: a forged record is never signed along with ours.
+            change = plan_drain(trusted_view(ctx, nic), kinds, summary)
             if not change.removed:
                 return None
+            if not local and change.on_nic:
+                try:
+                    change = change._replace(tags=ctx.records.seal(nic_id, change.tags))
+                except RecordKeyError as exc:
+                    ctx.records.unsigned(nic_id, exc)
+                    unsigned.append(True)
+                    change = change._replace(on_nic=False)
             if local or not change.on_nic:
                 change = change._replace(tags=dict(nic.tags or {}), on_nic=False)
             return nic, change
@@ -268,7 +313,7 @@ class NicDrain:
                 )
                 ctx.ledger.record([_entry(nic_id, r, "removed") for r in p.removed])
             elif not p.on_nic:
-                if not local:
+                if not local and not unsigned:
                     ctx.log.warning(
                         "the NIC's tags cannot hold drainer's record (Azure's limit of 50 tags): "
                         "keeping it locally",
@@ -382,17 +427,21 @@ class NicDrain:
         def plan(nic: NetworkInterface | None) -> Plan | None:
             if nic is None:
                 return None
+            view = trusted_view(ctx, nic)
             # An unconfirmed copy ("removing") counts only if its write surely happened: none of the
             # references it took out is still on the NIC (else that write never applied).
-            present = {r.key for r in view_of(nic).refs}
+            present = {r.key for r in view.refs}
             pending = [e for e in local if e.status == "removing"]
             stale[:] = pending if any(_ref(e).key in present for e in pending) else []
-            usable = [e for e in local if e not in stale]
+            # Either copy is enough: the NIC's verified record and every local copy of this drain.
+            usable = [e for e in local if e not in stale] + cached
+            _compare(ctx, nic_id, decode(view.tags, subscription_of(nic_id)).refs, local + cached, present)
             change = plan_restore(
-                view_of(nic), [_ref(e) for e in usable], lambda r: presence.pool(r.kind, r.pool_id), summary
+                view, [_ref(e) for e in usable], lambda r: presence.pool(r.kind, r.pool_id), summary
             )
+            change = change._replace(tags=ctx.records.seal(nic_id, change.tags))
             computed[:] = [change]
-            return change if change.changes(view_of(nic)) else None
+            return change if change.changes(view) else None
 
         def write(nic: NetworkInterface | None, change: Plan) -> None:
             if nic is None:  # plan() returns None for an absent NIC: never reached

@@ -32,4 +32,22 @@ def refusals(config: Config) -> list[str]:
         reason = check_dir(flag_dir)
         if reason:
             found.append(f"probe.flag_file directory {flag_dir}: {reason}")
+    if config.drain.method in ("nic", "admin-state"):
+        found += _record_key(config)
     return found
+
+
+def _record_key(config: Config) -> list[str]:
+    """The record key and the drain counter, read as a drain reads them (nothing is created)."""
+    from drainer.io.recordkey import FileKeyStore, RecordKeyError, key_path  # noqa: PLC0415
+
+    keys = FileKeyStore(key_path(config.state_dir, config.drain.record_key))
+    reason = check_dir(keys.dir)
+    if reason:
+        return [f"drain.record_key directory {keys.dir}: {reason}"]
+    try:
+        keys.key(create=False)
+        keys.counter()
+    except RecordKeyError as exc:
+        return [f"drain.record_key {keys.path}: {exc}"]
+    return []

@@ -184,8 +184,10 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
             _exit_now(code)
     except DrainerError as exc:
         from drainer.base.terminal import printable  # noqa: PLC0415
+        from drainer.io.log import redact_text  # noqa: PLC0415
 
-        print(printable(f"drainer: {exc}"), file=sys.stderr)  # may quote IMDS or ARM answers
+        # May quote IMDS or ARM answers, and so a token: masked by value.
+        print(printable(redact_text(f"drainer: {exc}")), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -195,7 +197,9 @@ def main(argv: Sequence[str] | None = None, *, seams: Any = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception:  # noqa: BLE001 - the last resort: a bug gets its traceback and a request
-        traceback.print_exc()
+        from drainer.io.log import redact_text  # noqa: PLC0415
+
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
         print(
             f"drainer: unexpected error (a bug in drainer {__version__}); please report it with the "
             "traceback above and the command you ran",

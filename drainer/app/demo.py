@@ -16,7 +16,7 @@ from collections.abc import Callable
 from drainer.app.report import format_history
 from drainer.app.runner import run_once
 from drainer.base.errors import EXIT_OK
-from drainer.config import AzureConfig, Config, ImdsConfig, LoggingConfig
+from drainer.config import AzureConfig, Config, DrainConfig, ImdsConfig, LoggingConfig
 from drainer.decide.core import Transition
 from drainer.emulator.control import EmulatorControl
 from drainer.emulator.server import RunningEmulator
@@ -57,6 +57,8 @@ def run_demo(out: io.TextIOBase | None = None) -> int:
         config = Config(
             source="<demo>",
             state_dir=state_dir,
+            # The record key in the temporary directory too (its default is beside the state dir).
+            drain=DrainConfig(record_key=f"{state_dir}/record/record.key"),
             imds=ImdsConfig(endpoint=emulator.vm_url(THIS_VM), deadline=5.0),
             azure=AzureConfig(arm_endpoint=emulator.url, poll_interval=0.1, deadline=30.0),
             logging=LoggingConfig(format="json"),

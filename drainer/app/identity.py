@@ -1,12 +1,25 @@
 """Who this VM is: instance metadata, cached in the state (``StateStore.identity``), re-read at every
 boot, whenever the local state is new, and before every drain. A cached identity that differs from
-what IMDS says (a state directory captured in an image, or copied from another VM) is never acted on."""
+what IMDS says (a state directory captured in an image, or copied from another VM) is never acted on.
+
+A known identity stands: within one boot, when instance metadata fails (429, 5xx, time-outs, a
+malformed answer) while Scheduled Events answer, the identity IMDS already gave in this boot is used
+(the state's, verified at this boot's first run; or, in the daemon, the one this process read). Only
+a *different* identity stops a drain. The re-read before a drain is bounded (``REREAD_SECONDS``): a
+Preempt gives 30 seconds' notice.
+"""
 
 from __future__ import annotations
 
+from drainer.base.errors import ImdsError
 from drainer.base.instance import InstanceInfo
+from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.io.imds import ImdsClient
+
+REREAD_SECONDS = 5.0
+# boot id -> the identity IMDS gave this process in that boot (the daemon's runs share it).
+_THIS_BOOT: dict[str, InstanceInfo] = {}
 
 
 def same_vm(a: InstanceInfo, b: InstanceInfo) -> bool:
@@ -25,6 +38,52 @@ def with_override(config: Config, info: InstanceInfo) -> InstanceInfo:
     return info
 
 
-def read(imds: ImdsClient) -> InstanceInfo:
+def read(imds: ImdsClient, boot_id: str | None = None) -> InstanceInfo:
     """The identity IMDS gives now. Raises ImdsError, MalformedDocumentError."""
-    return imds.instance()
+    info = imds.instance()
+    if boot_id:
+        _THIS_BOOT[boot_id] = info
+    return info
+
+
+def verified(boot_id: str | None, info: InstanceInfo) -> InstanceInfo:
+    """``info`` was verified in this boot (the state's identity, cached at this boot's first run)."""
+    if boot_id:
+        _THIS_BOOT[boot_id] = info
+    return info
+
+
+def read_or_known(imds: ImdsClient, boot_id: str | None, log: Logger) -> InstanceInfo:
+    """The identity IMDS gives now; when IMDS fails, the one it gave this process in this boot.
+    Raises ImdsError, MalformedDocumentError when there is none."""
+    try:
+        return read(imds, boot_id)
+    except ImdsError as exc:
+        known = _THIS_BOOT.get(boot_id or "")
+        if known is None:
+            raise
+        _stands(log, known, exc)
+        return known
+
+
+def recheck(imds: ImdsClient, verified: InstanceInfo, boot_id: str | None, log: Logger) -> InstanceInfo:
+    """Before a drain: the identity IMDS gives now (within ``REREAD_SECONDS``), or ``verified`` (this
+    boot's) when IMDS fails. The caller compares: only a different identity stops the drain."""
+    config = imds.config._replace(deadline=min(imds.config.deadline, REREAD_SECONDS))
+    client = ImdsClient(config)
+    try:
+        return read(client, boot_id)
+    except ImdsError as exc:
+        _stands(log, verified, exc)
+        return verified
+    finally:
+        client.close()
+
+
+def _stands(log: Logger, known: InstanceInfo, exc: ImdsError) -> None:
+    log.warning(
+        "instance metadata failed: this boot's identity stands (only a different identity stops a drain)",
+        vm=known.name,
+        vm_id=known.vm_id,
+        error=str(exc),
+    )

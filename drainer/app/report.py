@@ -74,6 +74,7 @@ def status_json(
     *,
     state_dir: str = "",
     absent: dict[str, tuple[datetime, int]] | None = None,
+    record_problems: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     vm = state.vm
     name = str(vm_info.get("name", ""))
@@ -110,6 +111,9 @@ def status_json(
                 {"resource_id": rid, "since": format_iso(first), "reads": reads}
                 for rid, (first, reads) in sorted((absent or {}).items())
             ],
+            # Records on the NICs drainer did not act on (they do not verify), and records that
+            # disagree with the local copy, as the last action that read them found them.
+            "record_problems": list(record_problems or []),
         },
         "last_reconcile": {
             "at": format_iso(vm.last_reconcile_at) or None,
@@ -139,6 +143,7 @@ def status(config: Config, *, as_json: bool) -> int:
                 store.ledger(),
                 state_dir=config.state_dir,
                 absent=store.absent(),
+                record_problems=store.record_problems(),
             )
             data["floor_breach"] = store.floor_breach()
         finally:
@@ -182,6 +187,16 @@ def status(config: Config, *, as_json: bool) -> int:
         _say(f"  last error ({vm['attempts']} attempts): {vm['last_error']}")
     for gone in vm["absent"]:
         _say(f"  answered 404 ({gone['reads']} reads since {gone['since']}): {gone['resource_id']}")
+    for problem in vm["record_problems"]:
+        nic = str(problem.get("nic", "")).rsplit("/", 1)[-1]
+        if problem.get("kind") == "unverified":
+            _say(f"  UNVERIFIED record on {nic} (since {problem.get('since')}): never acted on")
+            _say(f"    why: {problem.get('detail')}")
+            _say(f"    tags: {', '.join(problem.get('tags') or [])}")
+            _say(f"    by hand: {problem.get('by_hand')}")
+        else:
+            pools = ", ".join(problem.get("pools") or [])
+            _say(f"  records disagree on {nic}: {problem.get('detail')}: {pools}")
     breach = data.get("floor_breach")
     if breach:
         _say(

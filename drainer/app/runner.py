@@ -34,7 +34,7 @@ from drainer.decide.approval import approval_candidates, approve_at_once, at_onc
 from drainer.decide.core import DrainState, Observation, State, own_events, set_manual, step
 from drainer.decide.inert import split_remembered
 from drainer.io.imds import ImdsClient
-from drainer.store.state import Retention, StateStore
+from drainer.store.state import Retention, StateCorruptError, StateStore
 
 __all__ = ["BOOT_ID_PATH", "RunResult", "Seams", "run_once"]
 
@@ -75,7 +75,8 @@ def run_once(
     with effects.lock(config.state_dir):
         client = imds or ImdsClient(config.imds)
         try:
-            for _ in range(2):  # a second pass only after setting another VM's state aside
+            # A second pass only after setting a state aside: another VM's, or a damaged one.
+            for attempt in range(2):
                 store, state, note = effects.open_store(config.state_dir)
                 try:
                     if note:
@@ -89,7 +90,18 @@ def run_once(
                         client,
                         Commit(store, log, result, _retention(config)),
                     )
-                    again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
+                    try:
+                        again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
+                    except StateCorruptError as exc:
+                        # Found damaged mid-run (a malformed page the open did not touch).
+                        if attempt or not effects.set_aside(store, "corrupt"):
+                            raise
+                        log.error(
+                            "the state database is damaged: moved aside; starting over on a new one, "
+                            "reconciled with Azure",
+                            error=str(exc),
+                        )
+                        again = True
                 finally:
                     effects.close_store(store)
                 if not again:
@@ -153,8 +165,9 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
         actions=[a.name for a in decision.actions],
     )
     if any(a.name == "drain" for a in decision.actions) and not store.fresh:
-        # Before every drain: make sure the cached identity is still this VM's.
-        current = identity.read(run.imds)
+        # Before every drain: make sure the cached identity (verified in this boot) is still this
+        # VM's; IMDS failing leaves it standing, only a different answer stops the drain.
+        current = identity.recheck(run.imds, found, boot_id, log)
         if not identity.same_vm(found, current):
             return _other_vm(run, found, current)
     seams.checkpoint("decided")
@@ -192,7 +205,11 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     if earlier:
         executor.run(state, [RetryPhases(tuple(earlier))])
     if not run.commit.result.errors:  # "the last successful check": only a run whose actions all went
-        run.effects.touch_last_check(config.state_dir)
+        try:
+            run.effects.touch_last_check(config.state_dir)
+        except OSError as exc:  # a symlink planted there (refused), a full disk: say so, fail the run
+            log.error("cannot record the successful check", error=str(exc))
+            run.commit.problem(f"{Path(config.state_dir) / 'last-check'}: {exc.strerror or exc}")
     return False
 
 
@@ -226,8 +243,8 @@ def _identify(run: Run, *, boot_id: str | None) -> InstanceInfo | bool:
     store = run.store
     known = store.identity()
     if known is not None and not store.fresh and boot_id == store.boot_id():
-        return known
-    current = identity.read(run.imds)
+        return identity.verified(boot_id, known)
+    current = identity.read_or_known(run.imds, boot_id, run.log)
     if known is None and not store.fresh and store.holds_anything():
         # A state that never said whose it is: it cannot be shown to be this VM's, so it is never
         # acted on (the records on the NICs are the truth; the next pass reconciles with them).

@@ -10,6 +10,7 @@ Families (Prometheus names; see the README for their meaning):
   drainer_imds_requests_total{status}                       counter
   drainer_arm_requests_total{status}                        counter
   drainer_hook_runs_total{phase,result}                     counter
+  drainer_unverified_records_total{reason}                  counter (records on NICs never acted on)
   drainer_last_successful_check_timestamp_seconds           gauge
 """
 

@@ -214,6 +214,10 @@ _DRAIN = _keys(
         "a NIC, load balancer or pool answering 404 leaves a restore after this many ...", 1, 1000
     ),
     gone_after_seconds=Rule("... over at least this many seconds", 0, 30 * _DAY),
+    record_key=Rule(
+        "the key drainer signs its records on the NICs with (and the drain counter beside it), outside "
+        'the state dir; "": <state_dir>-record/record.key'
+    ),
 )
 _AZURE = _keys(
     "azure",

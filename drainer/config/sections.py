@@ -64,6 +64,9 @@ class DrainConfig(NamedTuple):
     nics: tuple[str, ...] = ()
     gone_after_reads: int = 3
     gone_after_seconds: int = 300
+    # The key drainer signs its records on the NICs with (a drain counter lives beside it). Outside
+    # the state dir; empty: "<state_dir>-record/record.key" (drainer.io.recordkey).
+    record_key: str = ""
 
 
 class ApprovalConfig(NamedTuple):

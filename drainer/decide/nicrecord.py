@@ -13,18 +13,28 @@ case-insensitive, none of ``<>%&\\?/``; values up to 256 characters):
   (a NIC can only reference pools of its own subscription; resource group names are at most 90
   characters, load balancer, gateway and pool names at most 80, so the value is at most 252);
 - ``drainer:adm:<previous state>:<address name>``: a backend address of an IP-based pool that the
-  ``admin-state`` method set ``Down``, valued ``<resource group>/<load balancer>/<pool>``.
+  ``admin-state`` method set ``Down``, valued ``<resource group>/<load balancer>/<pool>``;
+- ``drainer:mac``: ``v1 <drain> <since> <mac>``, the record's authentication (see ``seal``): an
+  HMAC-SHA256 with the VM's record key over every other ``drainer:`` tag, the NIC id, the VM's vmId,
+  and the drain it belongs to (its number and when it began). Anyone who can write the NIC's tags (a
+  "Tag Contributor") can delete or garble a record, but cannot make one drainer acts on.
 
 Every other tag is foreign and is written back untouched. Everything here is pure: the planners
-take a view of the NIC and return the NIC to write.
+take a view of the NIC and return the NIC to write; ``seal`` and ``verify`` take the key.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 SUMMARY = "drainer:out"  # a tag named just "drainer" is an operator's: foreign
+MAC = "drainer:mac"  # the record's authentication (``seal``): never covered by itself
+MAC_VERSION = "v1"
 PREFIX = "drainer:"
 MAX_TAGS = 50
 MAX_NAME = 512
@@ -79,7 +89,15 @@ class Plan(NamedTuple):
     on_nic: bool = True  # the record fits in the NIC's tags (else: keep it locally)
 
     def changes(self, view: NicView) -> bool:
-        return {r.key for r in self.refs} != {r.key for r in view.refs} or dict(view.tags) != self.tags
+        """Whether writing this plan changes the NIC (its MAC aside: sealing the same records for
+        the same drain gives the same MAC)."""
+        return {r.key for r in self.refs} != {r.key for r in view.refs} or _unsealed(view.tags) != _unsealed(
+            self.tags
+        )
+
+
+def _unsealed(tags: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k.lower() != MAC}
 
 
 def is_ours(tag_name: str) -> bool:
@@ -165,7 +183,7 @@ def decode(tags: Mapping[str, str], subscription: str) -> Records:
     """The records in a NIC's tags."""
     out = Records([], [], {})
     for name, value in tags.items():
-        if not name.lower().startswith(PREFIX) or name.lower() == SUMMARY:
+        if not name.lower().startswith(PREFIX) or name.lower() in (SUMMARY, MAC):
             continue
         parts = name[len(PREFIX) :].split(":")
         pieces = value.split("/")
@@ -194,7 +212,8 @@ def with_records(
     summary: str,
 ) -> dict[str, str] | None:
     """``tags`` with drainer's records replaced by these (and the summary), foreign and unreadable
-    ``drainer:`` tags kept. None when the records do not fit Azure's limits."""
+    ``drainer:`` tags kept, the MAC left out (``seal`` adds it). None when the records and their MAC
+    do not fit Azure's limits."""
     refs, admin = list(refs), list(admin)
     kept = foreign(tags) | decode(tags, "").unreadable
     if not refs and not admin:
@@ -203,9 +222,9 @@ def with_records(
     if records is None:
         return None
     out = kept | records
-    if len(out) + 1 <= MAX_TAGS:
+    if len(out) + 2 <= MAX_TAGS:  # one slot stays for the MAC
         out[SUMMARY] = summary[:MAX_VALUE]  # the summary is for people: the records come first
-    return out if len(out) <= MAX_TAGS else None
+    return out if len(out) + 1 <= MAX_TAGS else None
 
 
 def plan_drain(view: NicView, kinds: Iterable[str], summary: str) -> Plan:
@@ -276,3 +295,97 @@ def plan_admin(view: NicView, admin: Iterable[AdminRecord], summary: str) -> Pla
     if tags is None:
         return None
     return Plan(refs=view.refs, tags=tags)
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+class Seal(NamedTuple):
+    """What a record's MAC binds it to besides its tags."""
+
+    nic_id: str
+    vm_id: str
+    drain: int  # the drain it belongs to (drainer.io.recordkey's counter)
+    since: str  # when that drain began (UTC, ISO 8601 seconds: no spaces)
+
+
+def _covered(tags: Mapping[str, str]) -> list[list[str]]:
+    """Every ``drainer:`` tag but the MAC, names lower-cased (Azure compares them case-insensitively)."""
+    return sorted([k.lower(), v] for k, v in tags.items() if is_ours(k) and k.lower() != MAC)
+
+
+def _mac(key: bytes, covered: list[list[str]], seal: Seal) -> str:
+    # JSON of a fixed list: an unambiguous encoding whatever the names and values contain.
+    message = json.dumps(
+        [MAC_VERSION, seal.nic_id.lower(), seal.vm_id.lower(), seal.drain, seal.since, covered],
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()  # 43 characters
+
+
+def seal(tags: Mapping[str, str], key: bytes, binding: Seal) -> dict[str, str]:
+    """``tags`` with ``drainer:mac`` set over every other ``drainer:`` tag (removed when there is none).
+    The caller leaves out whatever it could not verify: what it seals, it vouches for."""
+    out = {k: v for k, v in tags.items() if k.lower() != MAC}
+    covered = _covered(out)
+    if covered:
+        out[MAC] = f"{MAC_VERSION} {binding.drain} {binding.since} {_mac(key, covered, binding)}"
+    return out
+
+
+class Verdict(NamedTuple):
+    """What ``verify`` found. ``trusted``: the foreign tags, plus drainer's own when they verify (the
+    MAC tag never). ``untrusted``: drainer's tags that do not. ``reason``: "" (verified, or no record)
+    or a short code: ``no-key``, ``no-mac``, ``malformed``, ``mac-mismatch``, ``ended-drain``;
+    ``detail`` says it for people."""
+
+    trusted: dict[str, str]
+    untrusted: dict[str, str]
+    reason: str = ""
+    detail: str = ""
+
+
+def verify(
+    tags: Mapping[str, str], key: bytes | None, nic_id: str, vm_id: str, open_drain: tuple[int, str] | None
+) -> Verdict:
+    """Whether drainer wrote the ``drainer:`` tags on this NIC itself, for the drain still open
+    (``open_drain``: its number and beginning; None when no drain is open)."""
+    ours = {k: v for k, v in tags.items() if is_ours(k) and k.lower() != MAC}
+    trusted = foreign(tags)
+    if not ours:
+        return Verdict(trusted, {})
+    mac = next((v for k, v in tags.items() if k.lower() == MAC), None)
+    untrusted = {k: v for k, v in tags.items() if is_ours(k)}
+
+    def refuse(reason: str, detail: str) -> Verdict:
+        return Verdict(trusted, untrusted, reason, detail)
+
+    if mac is None:
+        return refuse(
+            "no-mac",
+            "no drainer:mac tag: not written by drainer (or by a release before records were signed)",
+        )
+    parts = mac.split(" ")
+    if len(parts) != 4 or parts[0] != MAC_VERSION or not parts[1].isdigit():
+        return refuse("malformed", f"drainer:mac is not '{MAC_VERSION} <drain> <since> <mac>'")
+    if key is None:
+        return refuse(
+            "no-key", "this VM has no record key (lost, or never made): the record cannot be checked"
+        )
+    binding = Seal(nic_id, vm_id, int(parts[1]), parts[2])
+    if not hmac.compare_digest(parts[3], _mac(key, _covered(ours), binding)):
+        return refuse(
+            "mac-mismatch",
+            "the MAC does not match: the tags were forged or changed by someone else, or signed with "
+            "another key (this VM reimaged, or its record key replaced)",
+        )
+    if open_drain is None or (binding.drain, binding.since) != open_drain:
+        now = f"drain {open_drain[0]} is open" if open_drain else "no drain is open"
+        return refuse(
+            "ended-drain",
+            f"the record of drain {binding.drain} (since {binding.since}), which has ended ({now}): an old "
+            "record written back?",
+        )
+    return Verdict(trusted | ours, {})

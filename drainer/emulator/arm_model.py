@@ -684,6 +684,48 @@ class ArmModel:
             self.writes.append({"kind": "nic-tags", "name": name, "if_match": None, "failed": False})
             return copy.deepcopy(nic)
 
+    def tags_at_scope(self, name: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``Microsoft.Resources/tags`` extension resource of a NIC (``{nic id}/providers/
+        Microsoft.Resources/tags/default``): what Azure's built-in "Tag Contributor" role
+        (``Microsoft.Resources/tags/*``, no access to the NIC itself) can do. GET reads the NIC's
+        tags; PUT replaces them ("Tags - Create Or Update At Scope"); PATCH ("Tags - Update At
+        Scope") with ``operation`` ``Replace`` (the whole set), ``Merge`` (add or overwrite these
+        names) or ``Delete`` (these names; with a value, only where it matches). Nothing else of the
+        NIC changes. https://learn.microsoft.com/rest/api/resources/tags/update-at-scope
+        Raises ArmError."""
+        with self.lock:
+            nic = self._nic(name)
+            scope = f"{nic['id']}/providers/Microsoft.Resources/tags/default"
+            if method != "GET":
+                given = check_tags((body.get("properties") or {}).get("tags"))
+                current = dict(nic.get("tags") or {})
+                operation = str(body.get("operation") or "Replace") if method == "PATCH" else "Replace"
+                if operation == "Merge":
+                    lowered = {k.lower() for k in given}
+                    tags = {k: v for k, v in current.items() if k.lower() not in lowered} | given
+                elif operation == "Delete":
+                    drop = {k.lower(): v for k, v in given.items()}
+                    tags = {
+                        k: v
+                        for k, v in current.items()
+                        if k.lower() not in drop or drop[k.lower()] not in ("", v)
+                    }
+                elif operation == "Replace":
+                    tags = given
+                else:
+                    raise ArmError(400, "InvalidTagOperation", f"The tag operation '{operation}' is invalid.")
+                nic["tags"] = self._apply_tag_policy(check_tags(tags))
+                nic["etag"] = new_etag()
+                for config in nic["properties"]["ipConfigurations"]:
+                    config["etag"] = nic["etag"]
+                self.writes.append({"kind": "tags", "name": name, "if_match": None, "failed": False})
+            return {
+                "id": scope,
+                "name": "default",
+                "type": "Microsoft.Resources/tags",
+                "properties": {"tags": copy.deepcopy(nic.get("tags") or {})},
+            }
+
     def operation_status(self, operation: str) -> dict[str, Any]:
         with self.lock:
             op = self.operations.get(operation)

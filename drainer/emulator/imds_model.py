@@ -155,6 +155,7 @@ class Fault:
     # any read timeout, the answer never does). ``status``, ``body``, ``delay`` and ``reset`` are not
     # used then.
     drip: float = 0.0
+    echo_token: bool = False  # "%TOKEN%" in ``body`` becomes the request's bearer token
 
 
 @dataclass

@@ -19,10 +19,12 @@ Control routes (JSON in, JSON out):
   PUT    /_emulator/document                  serve this body verbatim (any bytes) until DELETE
   DELETE /_emulator/document
   POST   /_emulator/faults                    {"match", "status", "count", "body", "delay",
-                                               "retry_after", "reset", "method", "drip"}  (match: a
-                                               substring of the path, or its end when it ends with
-                                               "$"; drip: the usual answer, its body one byte every
-                                               that many seconds)
+                                               "retry_after", "reset", "method", "drip",
+                                               "echo_token"}  (match: a substring of the path, or
+                                               its end when it ends with "$"; drip: the usual
+                                               answer, its body one byte every that many seconds;
+                                               echo_token: "%TOKEN%" in the body is replaced by
+                                               the caller's bearer token)
   DELETE /_emulator/faults                    (answers dripping now end too)
   POST   /_emulator/etags                     {"on": bool}  ETag/304 on scheduled events (default on)
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
@@ -174,6 +176,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Retry-After"] = fault.retry_after
         if fault.body is not None:
             body = fault.body
+            if fault.echo_token:  # an answer that quotes the caller's token back (a careless proxy)
+                auth = self.headers.get("Authorization") or ""
+                body = body.replace("%TOKEN%", auth.removeprefix("Bearer "))
         elif arm:
             # ARM's error shape: {"error": {"code", "message"}}, with the codes Azure uses.
             code, message = _ARM_ERRORS.get(fault.status, ("InternalServerError", "An error occurred."))
@@ -304,6 +309,18 @@ class _Handler(BaseHTTPRequestHandler):
             if listing.group(2).lower() == "networkinterfaces":
                 return 200, arm.list_nics(None), limits
             return 200, arm.list_lbs(None), limits
+        tags = _TAGS_AT_SCOPE.match(path)
+        if tags:
+            subscription, group, name = tags.groups()
+            if subscription.lower() != arm.subscription_id.lower():
+                raise ArmError(
+                    404, "SubscriptionNotFound", f"The subscription '{subscription}' could not be found."
+                )
+            arm.locate("networkInterfaces", name, group)
+            if self.command not in ("GET", "PUT", "PATCH"):
+                raise ArmError(405, "MethodNotAllowed", f"{self.command} is not supported on {path}")
+            given = _json_body(body) if self.command != "GET" else {}
+            return 200, arm.tags_at_scope(name, self.command, given), limits
         match = _RESOURCE.match(path)
         if not match:
             raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for {path}.")
@@ -576,6 +593,12 @@ _RESOURCE = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
     r"(networkInterfaces|loadBalancers|applicationGateways|applicationSecurityGroups)(?:/([^/]+))?"
     r"(?:/backendAddressPools/([^/]+))?/?$",
+    re.IGNORECASE,
+)
+# A NIC's tags as the Microsoft.Resources/tags extension resource (Tag Contributor's way in).
+_TAGS_AT_SCOPE = re.compile(
+    r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkInterfaces/"
+    r"([^/]+)/providers/Microsoft\.Resources/tags/default/?$",
     re.IGNORECASE,
 )
 _SUBSCRIPTION_LIST = re.compile(

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
+from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
@@ -48,6 +49,12 @@ from drainer.base.errors import ActionError
 from drainer.config import AzureConfig, is_loopback
 from drainer.io.armguard import ArmDeadlineError, ArmOnlyPolicy, ArmRefusedError, arm_session
 from drainer.io.deadline import Deadline, DeadlineAdapter
+from drainer.io.log import register_secret
+
+# An answer nested deeper than Python's JSON parser goes (``RecursionError`` in the SDK's
+# deserializer): one ARM error line, never a traceback. No real ARM resource is nested beyond a few
+# dozen levels.
+_TOO_DEEP = "an ARM answer nested too deeply to read (refused)"
 
 # The SDK's own log lines would reach stderr through logging's last-resort handler: raw, unredacted
 # and unescaped (an IMDS or ARM answer can carry anything). drainer reports SDK failures itself.
@@ -199,8 +206,42 @@ def _imds_session(deadline: Deadline | None) -> requests.Session:
     return session
 
 
+class _Registered:
+    """A token credential whose every token is registered for masking by value (``register_secret``)
+    as it is obtained: an ARM error, a proxy or a bug that quotes it back never brings it to a log,
+    stderr, ``last-failure.json`` or ``state.db``, whatever its shape."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        token: AccessToken = self._inner.get_token(*scopes, **kwargs)
+        register_secret(token.token)
+        return token
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        # azure-core's bearer policy prefers get_token_info when a credential has it.
+        getter = getattr(self._inner, "get_token_info", None)
+        if getter is None:
+            token = self.get_token(*scopes)
+            return AccessTokenInfo(token.token, token.expires_on)
+        info: AccessTokenInfo = getter(*scopes, options=options)
+        register_secret(info.token)
+        return info
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
 def make_credential(cfg: AzureConfig, imds_endpoint: str, deadline: Deadline | None = None) -> Any:
-    """The token credential ``cfg.identity`` asks for; its IMDS exchanges end by ``deadline`` if given."""
+    """The token credential ``cfg.identity`` asks for, its tokens registered for masking; its IMDS
+    exchanges end by ``deadline`` if given."""
+    return _Registered(_credential(cfg, imds_endpoint, deadline))
+
+
+def _credential(cfg: AzureConfig, imds_endpoint: str, deadline: Deadline | None) -> Any:
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential  # noqa: PLC0415
 
     if cfg.identity == "default":
@@ -299,6 +340,8 @@ class ArmNetwork:
             return fn(*args, **self._call_options, raw_response_hook=_count_response, **kwargs)
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             raise self._failed(what, exc) from exc
+        except RecursionError as exc:
+            raise ArmError(what, _TOO_DEEP) from exc
 
     def _wait(self, what: str, poller: Any) -> Any:
         try:
@@ -309,6 +352,8 @@ class ArmNetwork:
             return poller.result()
         except (AzureError, ArmDeadlineError, ArmRefusedError) as exc:
             raise self._failed(what, exc) from exc
+        except RecursionError as exc:
+            raise ArmError(what, _TOO_DEEP) from exc
 
     def _failed(self, what: str, exc: BaseException) -> ArmError:
         """The ArmError for ``exc``. An exchange cut short by the deadline (a connect or a read that

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -64,10 +65,16 @@ class RunLock:
                 f"another drainer run holds {self.path}{holder}; this run exits without acting"
             ) from exc
         mine = f"{os.getpid()}\n".encode()
-        if os.read(fd, 32) != mine:  # the daemon's every poll would rewrite the same pid
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, mine)
+        # The pid is for people; the lock itself is the flock, held. Written over the old pid, then
+        # cut to length: a full disk leaves the old one whole. (The daemon's every poll would rewrite
+        # the same pid: only a different one is written.)
+        with contextlib.suppress(OSError):
+            if (
+                os.read(fd, 32) != mine
+                and os.lseek(fd, 0, os.SEEK_SET) == 0
+                and os.write(fd, mine) == len(mine)
+            ):
+                os.ftruncate(fd, len(mine))
         self._fd = fd
         if self._keep:
             self._kept, self._opened = fd, time.monotonic()

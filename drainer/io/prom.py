@@ -40,6 +40,11 @@ _COUNTERS = {
         "Records dropped from a restore because their NIC or pool was confirmed gone",
         ("kind",),
     ),
+    "unverified_records": (
+        "drainer_unverified_records_total",
+        "drainer records on NICs that did not verify (never acted on), by reason",
+        ("reason",),
+    ),
     "floor_breaches": (
         "drainer_floor_breaches_total",
         "Drains the platform forced while they took a pool below its floor",

@@ -61,8 +61,9 @@ def _is_symlink(path: str | os.PathLike[str]) -> bool:
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data``: a new ``O_EXCL`` file under a random name in the same directory,
-    written, synced, then renamed over ``path`` (a symlink there is replaced, never followed).
-    Raises OSError."""
+    written, synced, then renamed over ``path``. A symlink at ``path`` is refused (UnsafeFileError),
+    never followed nor replaced; a write that fails (a full disk) leaves ``path`` as it was and no
+    temporary file behind. Raises OSError."""
     import secrets  # noqa: PLC0415 - only when a file is written, never on the idle path
 
     target = Path(path)
@@ -76,17 +77,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     directory = os.open(target.parent, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     temp = f".{target.name}.{secrets.token_hex(8)}.tmp"
     try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(target.name, dir_fd=directory).st_mode):
+                raise UnsafeFileError(f"{target} is a symlink; drainer does not write through one")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         fd = os.open(temp, flags, mode, dir_fd=directory)
         try:
-            os.fchmod(fd, mode)  # exactly this mode, whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            try:
+                os.fchmod(fd, mode)  # exactly this mode, whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, target.name, src_dir_fd=directory, dst_dir_fd=directory)
         except OSError:
             with contextlib.suppress(OSError):

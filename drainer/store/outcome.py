@@ -114,10 +114,19 @@ def summary(
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``: never through a symlink (what it points to is not drainer's)."""
+    import os  # noqa: PLC0415
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        data = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
     return data if isinstance(data, dict) else None
 
 

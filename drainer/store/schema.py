@@ -194,6 +194,32 @@ class StateRefusedError(StateError):
     others can write to, a database of a newer drainer): the run stops, saying why."""
 
 
+class StateCorruptError(StateError):
+    """The database is damaged (a malformed page, not a database, rows this version cannot read):
+    it is moved aside and rebuilt, then reconciled with Azure."""
+
+
+def db_error(path: object, what: str, exc: Exception) -> StateError:
+    """One line for a failed database call, typed by cause: damage (SQLite's CORRUPT and NOTADB,
+    which Python raises as plain DatabaseError; a missing table or column; a row this version
+    cannot read) is a StateCorruptError; anything else (a full disk, an I/O error, a lock) is not,
+    and the database is left as it is."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    damaged = (
+        type(exc) is sqlite3.DatabaseError
+        or isinstance(exc, (ValueError, KeyError, TypeError))
+        or (
+            isinstance(exc, sqlite3.OperationalError) and text.startswith(("no such table", "no such column"))
+        )
+    )
+    if damaged:
+        return StateCorruptError(
+            f"{path}: the state database is damaged ({what}: {text}); a check sets it aside and "
+            "rebuilds it from Azure"
+        )
+    return StateError(f"{path}: {what}: {text}")
+
+
 class NewerSchemaError(StateRefusedError):
     """The database was written by a newer drainer: never moved aside or rebuilt."""
 

@@ -36,7 +36,9 @@ from drainer.store.schema import (
     LedgerEntry,
     NewerSchemaError,
     Retention,
+    StateCorruptError,
     StateRefusedError,
+    db_error,
     dt,
     need_dt,
     record_from_row,
@@ -50,6 +52,7 @@ __all__ = [
     "LedgerEntry",
     "NewerSchemaError",
     "Retention",
+    "StateCorruptError",
     "StateRefusedError",
     "StateStore",
     "open_store",
@@ -64,6 +67,7 @@ _PENDING_PHASES = "pending_phases"
 _FLOOR_BREACH = "floor_breach"
 _PEER_CHECK = "peer_check"
 _LISTED_NICS = "listed_nics"
+_RECORD_PROBLEMS = "record_problems"
 
 
 class StateStore:
@@ -115,7 +119,7 @@ class StateStore:
                     "(written by a newer drainer version)"
                 )
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
+            raise db_error(self.path, "cannot open the state database", exc) from exc
         except UnsafeFileError as exc:
             raise StateRefusedError(f"{self.dir}: state dir: {exc}") from exc
         except OSError as exc:
@@ -141,8 +145,17 @@ class StateStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read that fails says so in one line (StateCorruptError when the database is damaged)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise db_error(self.path, "unreadable state", exc) from exc
+
     def _meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._reading():
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row["value"])
 
     def _meta_json(self, key: str, kind: type) -> Any:
@@ -150,7 +163,7 @@ class StateStore:
         try:
             raw = self._meta(key)
             data = json.loads(raw) if raw else None
-        except (ValueError, sqlite3.Error):
+        except (ValueError, StateError):
             return None
         return data if isinstance(data, kind) else None
 
@@ -189,6 +202,24 @@ class StateStore:
         """Raises StateError."""
         self._set_meta({_FLOOR_BREACH: json.dumps({"at": now.isoformat(), "what": list(what)})})
 
+    def record_problems(self) -> list[dict[str, Any]]:
+        """What the last action that read the NICs' records found wrong with them (for ``status``):
+        records that do not verify, and records that disagree with the local copy."""
+        return [p for p in self._meta_json(_RECORD_PROBLEMS, list) or [] if isinstance(p, dict)]
+
+    def set_record_problems(self, now: datetime, problems: Sequence[dict[str, Any]]) -> None:
+        """Replace them (nothing is written when they are the same; a problem seen before keeps the
+        time it was first seen). Raises StateError."""
+        before = {_problem_key(p): p for p in self.record_problems()}
+        after = []
+        for problem in problems:
+            clean = {k: _redacted(v) for k, v in problem.items() if k != "since"}
+            known = before.get(_problem_key(clean))
+            clean["since"] = known["since"] if known and "since" in known else now.isoformat()
+            after.append(clean)
+        if [_problem_key(p) for p in after] != list(before):
+            self._set_meta({_RECORD_PROBLEMS: json.dumps(after)})
+
     def peer_check(self) -> dict[str, Any]:
         """Early approval's last read of the listed VMs' pools (``drainer.act.approve``)."""
         found: dict[str, Any] = self._meta_json(_PEER_CHECK, dict) or {}
@@ -216,7 +247,7 @@ class StateStore:
             try:
                 generation = self._meta(GENERATION)
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: unreadable state: {exc}") from exc
+                raise db_error(self.path, "unreadable state", exc) from exc
             if cached is not None and generation is not None and cached[0] == generation:
                 return cached[1]
             state = self.load("all-open")
@@ -230,7 +261,7 @@ class StateStore:
             ).fetchone()
             events = self._events(scope, recent, json.loads(row["held_by"]) if row is not None else [])
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
-            raise StateError(f"{self.path}: unreadable state: {exc}") from exc
+            raise db_error(self.path, "unreadable state", exc) from exc
         vm = VmState()
         if row is not None:
             try:
@@ -247,7 +278,7 @@ class StateStore:
                     last_reconcile=str(row["last_reconcile"]),
                 )
             except (ValueError, TypeError) as exc:
-                raise StateError(f"{self.path}: unreadable VM state: {exc}") from exc
+                raise db_error(self.path, "unreadable VM state", exc) from exc
         incarnation = self._meta(_INCARNATION)
         return State(
             events=events,
@@ -275,9 +306,13 @@ class StateStore:
         """The stored records of these event keys (cleared ones included), looked up by key."""
         found: dict[str, EventRecord] = {}
         for key in keys:
-            row = self._db.execute(_EVENT_SELECT + " WHERE key = ?", (key,)).fetchone()
+            with self._reading():
+                row = self._db.execute(_EVENT_SELECT + " WHERE key = ?", (key,)).fetchone()
             if row is not None:
-                found[row["key"]] = record_from_row(row)
+                try:
+                    found[row["key"]] = record_from_row(row)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise db_error(self.path, "unreadable event", exc) from exc
         return found
 
     def holds_anything(self) -> bool:
@@ -287,8 +322,9 @@ class StateStore:
             "SELECT 1 FROM ledger LIMIT 1",
             "SELECT 1 FROM vm LIMIT 1",
         ):
-            if self._db.execute(query).fetchone():
-                return True
+            with self._reading():
+                if self._db.execute(query).fetchone():
+                    return True
         return False
 
     def history(self, *, event_id: str | None = None, limit: int = 200) -> list[HistoryEntry]:
@@ -301,7 +337,15 @@ class StateStore:
             params.append(event_id)
         query += " ORDER BY seq DESC LIMIT ?"
         params.append(limit)
-        rows = self._db.execute(query, params).fetchall()
+        with self._reading():
+            rows = self._db.execute(query, params).fetchall()
+        try:
+            return self._history(rows)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise db_error(self.path, "unreadable history", exc) from exc
+
+    @staticmethod
+    def _history(rows: list[sqlite3.Row]) -> list[HistoryEntry]:
         return [
             HistoryEntry(
                 seq=r["seq"],
@@ -390,7 +434,7 @@ class StateStore:
                 if retention is not None:
                     _prune(db, retention, now, keep=new.vm.held_by)
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
         if self._cacheable:
             _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
 
@@ -426,7 +470,8 @@ class StateStore:
         if method is not None:
             query += " WHERE method = ?"
             params = (method,)
-        rows = self._db.execute(query + " ORDER BY recorded_at, rowid", params).fetchall()
+        with self._reading():
+            rows = self._db.execute(query + " ORDER BY recorded_at, rowid", params).fetchall()
         return [
             LedgerEntry(
                 method=r["method"],
@@ -451,7 +496,7 @@ class StateStore:
                         (*e.key, e.status, stamp),
                     )
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
 
     def ledger_forget(self, entries: Sequence[LedgerEntry]) -> None:
         """Drop entries once their change is undone, atomically. Raises StateError."""
@@ -464,7 +509,7 @@ class StateStore:
                         e.key,
                     )
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
 
     # -- resources seen absent (404), until confirmed gone -------------------------------------
 
@@ -480,34 +525,51 @@ class StateStore:
                 first = min(first, now)
                 db.execute("INSERT OR REPLACE INTO absent VALUES (?, ?, ?)", (key, ts(first), reads + 1))
         except (sqlite3.Error, ValueError) as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
         return first, reads + 1
 
     def forget_absent(self, resource_id: str) -> None:
         try:
             self._db.execute("DELETE FROM absent WHERE resource_id = ?", (resource_id.lower(),))
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
 
     def clear_absent(self) -> None:
         try:
             self._db.execute("DELETE FROM absent")
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
 
     def absent(self) -> dict[str, tuple[datetime, int]]:
         """Resources seen absent and not yet confirmed gone (for ``status``)."""
-        rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()
-        return {r["resource_id"]: (need_dt(r["first_at"]), int(r["reads"])) for r in rows}
+        with self._reading():
+            rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()
+        try:
+            return {r["resource_id"]: (need_dt(r["first_at"]), int(r["reads"])) for r in rows}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise db_error(self.path, "unreadable state", exc) from exc
 
     def _set_meta(self, values: dict[str, str]) -> None:
-        """Write meta keys in one transaction. Raises StateError."""
+        """Write meta keys in one transaction (secrets masked: hook output, ARM errors). Raises
+        StateError."""
         try:
             with self._transaction() as db:
                 for key, value in values.items():
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, redact_text(value)))
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
+            raise db_error(self.path, "cannot save the state", exc) from exc
+
+
+def _problem_key(problem: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in problem.items() if k != "since"}, sort_keys=True)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 GENERATION = "generation"
@@ -551,18 +613,17 @@ def open_store(
     """
     note = ""
     for attempt in range(2):
+        # Only a damaged database is set aside: a full disk or an I/O error leaves it as it is.
         try:
             store = StateStore(state_dir, in_memory=in_memory)
-        except StateRefusedError:
-            raise
-        except StateError as exc:
+        except StateCorruptError as exc:
             if attempt or not (Path(state_dir) / DB_NAME).exists() or in_memory:
                 raise
             note = _unreadable(Path(state_dir), str(exc))
             continue
         try:
             return store, store.load("open"), note
-        except StateError as exc:
+        except StateCorruptError as exc:
             store.close()
             if attempt or in_memory:
                 raise
@@ -581,3 +642,10 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def _unreadable(state_dir: Path, reason: str) -> str:
     target = set_aside(state_dir, "corrupt")
     return f"the state database was unreadable ({reason}); moved aside to {target} and rebuilt"
+
+
+def set_aside_damaged(store: StateStore, reason: str) -> str:
+    """A database found damaged in the middle of a run: close it and move it aside (the next open
+    rebuilds it, fresh, and reconciles with Azure). Returns what was done. Raises StateError."""
+    store.close()
+    return _unreadable(store.dir, reason)
