@@ -83,6 +83,17 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "drainer fleet\n  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
         "Microsoft.Network/loadBalancers/<lb>/backendAddressPools/<pool>",
     ),
+    "doctor": (
+        "is this VM ready for maintenance? identity, NICs, pools, permissions, hooks (read-only)",
+        "Check, before the first maintenance, everything a drain needs, each on one line (ok or FAIL): "
+        "IMDS and this VM's identity; a token for [azure] identity; this VM's NICs and their backend "
+        "pools (and every NIC in [drain] nics); the right to write them, from Azure's permissions API, "
+        "against the actions the drain method needs (packaging/azure/drainer-role-*.json); the fleet's "
+        "lease if configured; the hooks directory and the restore health command. Then one line per "
+        "problem with its fix. Reads only: it never writes to Azure. Exits 0 when ready, 1 otherwise.",
+        "drainer doctor\n  drainer doctor --json | jq '.checks[] | select(.status == \"fail\")'\n"
+        "  drainer --config ./config.toml doctor",
+    ),
     "config": (
         "validate (config and hooks) or show the configuration",
         "`check` validates the configuration file and the hooks directory (misspelled phase directories, "
@@ -162,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     commands["fleet"].add_argument(
         "--pool", action="append", default=[], metavar="POOL_ID", help="a backend pool id (repeatable)"
     )
+    commands["doctor"].add_argument("--json", action="store_true", help="machine-readable output")
     commands["config"].add_argument("action", choices=("check", "show"))
     commands["hooks"].add_argument("action", choices=("list",))
     commands["completion"].add_argument("shell", choices=("bash",))
@@ -248,6 +260,10 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         from drainer.app.fleetview import fleet  # noqa: PLC0415 - imports the Azure SDK
 
         return fleet(config, args.pool, as_json=args.json)
+    if command == "doctor":
+        from drainer.app.doctor import doctor  # noqa: PLC0415 - imports the Azure SDK when needed
+
+        return doctor(config, as_json=args.json)
     if command == "hooks":
         from drainer.act.hooks import listing  # noqa: PLC0415
 
