@@ -651,8 +651,17 @@ def _hooks(config: Config, found: _Found) -> Check:
     try:
         check(config.hooks.dir, strict_leaf=True)
     except TrustError as exc:
+        # Its hooks are refused with it: one problem, not one per hook.
         trouble.append((f"hooks dir refused: {exc}", _trust_fix(exc.path)))
-    trouble += [(f"hook refused: {p}", _trust_fix(str(base / p.split(":", 1)[0]))) for p in problems(config)]
+        return fail("hooks", f"{base}: refused ({exc.reason})", trouble)
+    trouble += [
+        (
+            f"hook refused: {p}",
+            "make the hook and every directory above it owned by root and writable by root alone "
+            "(chmod go-w on the path named)",
+        )
+        for p in problems(config)
+    ]
     trouble += [
         (f.message, "rename or move it (README, Hooks)")
         for f in findings(config)
@@ -674,14 +683,24 @@ def _health(config: Config, found: _Found) -> Check:
     name = cfg.health_command[0]
     try:
         path = find_program(name, os.environ.get("PATH", DEFAULT_PATH))
+    except TrustError as exc:
+        return fail(
+            "health",
+            str(exc),
+            [(f"restore health command {exc}", "install it or correct [restore] health_command")],
+        )
+    if not Path(path).exists():
+        return fail(
+            "health",
+            f"{path}: not found",
+            [(f"restore health command {path} not found", "install it or correct [restore] health_command")],
+        )
+    try:
         checked = check(path)
     except TrustError as exc:
-        fix = (
-            "install it or correct [restore] health_command"
-            if "not found" in exc.reason
-            else _trust_fix(exc.path)
+        return fail(
+            "health", f"{name}: {exc}", [(f"restore health command refused: {exc}", _trust_fix(exc.path))]
         )
-        return fail("health", f"{name}: {exc}", [(f"restore health command refused: {exc}", fix)])
     if not os.access(checked.real, os.X_OK):
         return fail(
             "health",
