@@ -338,3 +338,41 @@ def test_every_action_a_method_needs_is_in_its_role() -> None:
             for a in need.actions
         }
         assert needed <= set(rbac.ROLES[method].actions), (method, needed - set(rbac.ROLES[method].actions))
+
+
+def test_admin_state_needs_its_own_role(agent: Agent, control: EmulatorControl) -> None:
+    control.add_load_balancer("lb-ip", pools=[], ip_pools=["ip-pool"])
+    control.add_ip_member("lb-ip", "ip-pool", "web-0")
+    agent.config_text = DEFAULT_CONFIG + '\n[drain]\nmethod = "admin-state"\n'
+    done = _doctor(agent)  # the default: the nic role only
+    assert done.returncode == 1
+    assert "web-0-nic: lb-ip/ip-pool" in _line(done.stdout, "nics")
+    assert "Microsoft.Network/loadBalancers/backendAddressPools/write on load balancer lb-ip" in done.stdout
+    assert "Microsoft.Network/virtualNetworks/joinLoadBalancer/action on virtual network vnet" in done.stdout
+    assert '--role "drainer admin-state method"' in done.stdout
+    control.permissions("web-0", [{"actions": list(rbac.ROLES["admin-state"].actions)}])
+    done = _doctor(agent)
+    assert done.returncode == 0, done.stdout
+    _assert_read_only(control)
+
+
+def test_the_lease_must_exist_and_be_writable(agent: Agent, pool: EmulatorControl) -> None:
+    lease = pool.add_asg("drainer-lease")
+    agent.config_text = DEFAULT_CONFIG + f'\n[fleet]\nlease = "{lease}"\n'
+    done = _doctor(agent)  # the nic role alone does not write the lease
+    assert done.returncode == 1
+    assert _line(done.stdout, "lease").startswith("FAIL")
+    assert "Microsoft.Network/applicationSecurityGroups/write" in done.stdout
+    assert f'--role "drainer lease" --scope {lease}' in done.stdout
+    pool.permissions(
+        "web-0",
+        [{"actions": list(NIC_ROLE_ACTIONS)}, {"scope": lease, "actions": list(rbac.ROLES["lease"].actions)}],
+    )
+    done = _doctor(agent)
+    assert done.returncode == 0, done.stdout
+    assert "drainer-lease: readable and writable" in _line(done.stdout, "lease")
+    agent.config_text = agent.config_text.replace("drainer-lease", "no-such-lease")
+    done = _doctor(agent)
+    assert done.returncode == 1
+    assert "no-such-lease cannot be read" in done.stdout
+    _assert_read_only(pool)
