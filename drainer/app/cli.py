@@ -76,11 +76,14 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "fleet": (
         "every VM of this VM's pools: in or out, why, since when, claims (read-only)",
-        "Every VM of this VM's backend pools (or of the pools named with --pool): in or out of rotation, "
+        "Every VM of this VM's backend pools (or of the pools named with --pool: an id, or a name such as "
+        "web-pool or lb-web/web-pool, resolved among the load balancers of this VM's subscription; an "
+        "unknown or ambiguous one is refused, exit 2): in or out of rotation, "
         "drainer's record on its NIC (which event holds it out, since when), and the claims in the "
         "fleet's lease ([fleet] lease). Reads ARM only: one subscription-wide NIC list and the lease. "
-        'From an operator\'s machine: [azure] identity = "default" and --pool.',
-        "drainer fleet\n  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
+        'From an operator\'s machine: [azure] identity = "default" and --pool by id.',
+        "drainer fleet\n  drainer fleet --pool lb-web/web-pool\n"
+        "  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
         "Microsoft.Network/loadBalancers/<lb>/backendAddressPools/<pool>",
     ),
     "doctor": (
@@ -171,7 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
     commands["fleet"].add_argument("--json", action="store_true", help="machine-readable output")
     commands["fleet"].add_argument(
-        "--pool", action="append", default=[], metavar="POOL_ID", help="a backend pool id (repeatable)"
+        "--pool",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="a backend pool: its id, or POOL, LB/POOL, GROUP/LB/POOL among this subscription's load "
+        "balancers (repeatable)",
     )
     commands["doctor"].add_argument("--json", action="store_true", help="machine-readable output")
     commands["config"].add_argument("action", choices=("check", "show"))
