@@ -198,9 +198,9 @@ def _identity_fix(config: Config, vm: InstanceInfo) -> str:
 _TOKEN_ERROR = re.compile(r"Token request error: \(([^)]*)\) ?(.*)")
 
 
-def _token_failure(exc: BaseException) -> str:
-    """Why no token came: the token endpoint's own error when the exception carries it, else the
-    credential's first sentence. An error answer carries no token."""
+def _token_failure(exc: BaseException, endpoint: str) -> str:
+    """Why no token came: the token endpoint's (``endpoint``: who that is) own error when the exception
+    carries it, else the credential's first sentence. An error answer carries no token."""
     from azure.core.exceptions import HttpResponseError  # noqa: PLC0415
 
     seen: BaseException | None = exc
@@ -213,13 +213,13 @@ def _token_failure(exc: BaseException) -> str:
                 body = None
             if isinstance(body, dict):
                 text = ": ".join(str(body[k]) for k in ("error", "error_description") if body.get(k))
-            return f"the token endpoint answered HTTP {seen.status_code}" + (f" {text}" if text else "")
+            return f"{endpoint} answered HTTP {seen.status_code}" + (f" {text}" if text else "")
         seen = seen.__cause__ or seen.__context__
     message = " ".join(str(exc).split())
     answered = _TOKEN_ERROR.search(message)
     if answered:
         code, description = answered.group(1), answered.group(2).strip()
-        return f"the token endpoint answered {code}" + (f": {description}" if description else "")
+        return f"{endpoint} answered {code}" + (f": {description}" if description else "")
     return (message.split(". ")[0] or type(exc).__name__)[:300]
 
 
@@ -237,7 +237,7 @@ def _identity(config: Config, found: _Found) -> Check:
         credential = make_credential(config.azure, config.imds.endpoint)
         credential.get_token(scope)  # asked for and dropped: never kept, logged or printed
     except (AzureError, ValueError) as exc:
-        why = _token_failure(exc)
+        why = _token_failure(exc, "IMDS" if config.azure.identity == "managed" else "the token endpoint")
         return fail(
             "identity",
             f"no token for {_who(config)}: {why}",
