@@ -76,7 +76,9 @@ class _Found:
     token: bool = False
     network: Any = None
     nics: list[Any] = field(default_factory=list)  # the NICs read (azure-mgmt-network models)
-    admin_pools: list[tuple[str, str]] = field(default_factory=list)
+    # admin-state: NIC id (lower case) -> (pool id, virtual network id) of each of its addresses in an
+    # IP-based pool.
+    admin_pools: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def doctor(config: Config, *, as_json: bool) -> int:
@@ -401,8 +403,8 @@ def _describe_nic(
 
     name = str(nic.name)
     if config.drain.method == "admin-state":
-        mine = [pool_name(pool) for pool, _ in found.admin_pools]
-        if not mine and nic is found.nics[0]:
+        mine = [pool_name(pool) for pool, _ in found.admin_pools.get(str(nic.id).lower(), [])]
+        if not any(found.admin_pools.values()) and nic is found.nics[0]:
             problems.append(
                 (
                     f"{vm.name} has no address in an IP-based backend pool",
@@ -426,23 +428,25 @@ def _describe_nic(
     return f"{name}: {', '.join(pools)}"
 
 
-def _admin_pools(network: Any, nics: list[Any]) -> list[tuple[str, str]]:
-    """(pool id, virtual network id) of every IP-based pool address of these NICs."""
+def _admin_pools(network: Any, nics: list[Any]) -> dict[str, list[tuple[str, str]]]:
+    """Per NIC id (lower case): (pool id, virtual network id) of each of its addresses in an IP-based
+    pool of the subscription's load balancers (matched by IP and virtual network, as admin-state does)."""
     from drainer.act.lb_common import vnet_of  # noqa: PLC0415
 
-    mine = {
-        (str(c.private_ip_address), vnet_of(str(c.subnet.id)))
+    owner = {
+        (str(c.private_ip_address), vnet_of(str(c.subnet.id))): str(nic.id).lower()
         for nic in nics
         for c in nic.ip_configurations or []
         if c.private_ip_address and c.subnet is not None and c.subnet.id
     }
-    found: list[tuple[str, str]] = []
+    found: dict[str, list[tuple[str, str]]] = {}
     for lb in network.list_all_load_balancers():
         for pool in lb.backend_address_pools or []:
             for address in pool.load_balancer_backend_addresses or []:
                 vnet = address.virtual_network.id if address.virtual_network is not None else ""
-                if (str(address.ip_address), str(vnet or "").lower()) in mine:
-                    found.append((str(pool.id), str(vnet)))
+                nic_id = owner.get((str(address.ip_address), str(vnet or "").lower()))
+                if nic_id:
+                    found.setdefault(nic_id, []).append((str(pool.id), str(vnet)))
     return found
 
 
@@ -555,7 +559,7 @@ def _permissions(config: Config, found: _Found) -> Check:
         lists_nics=not config.drain.nics,
         lists_subscription=config.approval.enabled,
         app_gateways=config.drain.application_gateways,
-        admin_pools=found.admin_pools,
+        admin_pools=[p for pools in found.admin_pools.values() for p in pools],
     )
     short_of: list[tuple[rbac.Need, list[str]]] = []
     problems: list[tuple[str, str]] = []
