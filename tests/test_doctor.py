@@ -376,3 +376,27 @@ def test_the_lease_must_exist_and_be_writable(agent: Agent, pool: EmulatorContro
     assert done.returncode == 1
     assert "no-such-lease cannot be read" in done.stdout
     _assert_read_only(pool)
+
+
+def test_get_json_keeps_the_token_for_the_arm_endpoint(agent: Agent, control: EmulatorControl) -> None:
+    # A nextLink (or any path) on another origin goes through the same pipeline: refused before the
+    # token is attached; an ARM error keeps Azure's code.
+    from drainer.config import AzureConfig
+    from drainer.io.arm import ArmError, ArmNetwork
+
+    network = ArmNetwork(
+        AzureConfig(arm_endpoint=agent.emulator.url, deadline=10.0),
+        subscription_id="8d10da13-8125-4ba9-a717-bf7490507b3d",
+        imds_endpoint=agent.emulator.vm_url("web-0"),
+    )
+    network.start()
+    answer = network.get_json(f"{GROUP}/providers/Microsoft.Authorization/permissions", "2022-04-01")
+    assert answer["value"][0]["actions"] == list(NIC_ROLE_ACTIONS)
+    elsewhere = agent.emulator.url.replace("127.0.0.1", "localhost") + "/x?api-version=1"
+    with pytest.raises(ArmError, match="refused to send the ARM token"):
+        network.get_json(elsewhere, "2022-04-01")
+    assert not [r for r in control.requests() if r["path"] == "/x"]
+    with pytest.raises(ArmError) as unknown:
+        network.get_json(f"{GROUP}/providers/Microsoft.Authorization/permissions", "2001-01-01")
+    assert unknown.value.status == 400
+    assert unknown.value.code == "InvalidApiVersionParameter"
