@@ -26,6 +26,7 @@ COMMANDS = (
     "history",
     "config",
     "hooks",
+    "doctor",
     "completion",
     "demo",
     "emulator",

@@ -76,12 +76,26 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "fleet": (
         "every VM of this VM's pools: in or out, why, since when, claims (read-only)",
-        "Every VM of this VM's backend pools (or of the pools named with --pool): in or out of rotation, "
+        "Every VM of this VM's backend pools (or of the pools named with --pool: an id, or a name such as "
+        "web-pool or lb-web/web-pool, resolved among the load balancers of this VM's subscription; an "
+        "unknown or ambiguous one is refused, exit 2): in or out of rotation, "
         "drainer's record on its NIC (which event holds it out, since when), and the claims in the "
         "fleet's lease ([fleet] lease). Reads ARM only: one subscription-wide NIC list and the lease. "
-        'From an operator\'s machine: [azure] identity = "default" and --pool.',
-        "drainer fleet\n  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
+        'From an operator\'s machine: [azure] identity = "default" and --pool by id.',
+        "drainer fleet\n  drainer fleet --pool lb-web/web-pool\n"
+        "  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
         "Microsoft.Network/loadBalancers/<lb>/backendAddressPools/<pool>",
+    ),
+    "doctor": (
+        "is this VM ready for maintenance? identity, NICs, pools, permissions, hooks (read-only)",
+        "Check, before the first maintenance, everything a drain needs, each on one line (ok or FAIL): "
+        "IMDS and this VM's identity; a token for [azure] identity; this VM's NICs and their backend "
+        "pools (and every NIC in [drain] nics); the right to write them, from Azure's permissions API, "
+        "against the actions the drain method needs (packaging/azure/drainer-role-*.json); the fleet's "
+        "lease if configured; the hooks directory and the restore health command. Then one line per "
+        "problem with its fix. Reads only: it never writes to Azure. Exits 0 when ready, 1 otherwise.",
+        "drainer doctor\n  drainer doctor --json | jq '.checks[] | select(.status == \"fail\")'\n"
+        "  drainer --config ./config.toml doctor",
     ),
     "config": (
         "validate (config and hooks) or show the configuration",
@@ -160,8 +174,14 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--windows", action="store_true", help="with --json: the maintenance windows")
     commands["fleet"].add_argument("--json", action="store_true", help="machine-readable output")
     commands["fleet"].add_argument(
-        "--pool", action="append", default=[], metavar="POOL_ID", help="a backend pool id (repeatable)"
+        "--pool",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="a backend pool: its id, or POOL, LB/POOL, GROUP/LB/POOL among this subscription's load "
+        "balancers (repeatable)",
     )
+    commands["doctor"].add_argument("--json", action="store_true", help="machine-readable output")
     commands["config"].add_argument("action", choices=("check", "show"))
     commands["hooks"].add_argument("action", choices=("list",))
     commands["completion"].add_argument("shell", choices=("bash",))
@@ -252,6 +272,10 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         from drainer.app.fleetview import fleet  # noqa: PLC0415 - imports the Azure SDK
 
         return fleet(config, args.pool, as_json=args.json)
+    if command == "doctor":
+        from drainer.app.doctor import doctor  # noqa: PLC0415 - imports the Azure SDK when needed
+
+        return doctor(config, as_json=args.json)
     if command == "hooks":
         from drainer.act.hooks import listing  # noqa: PLC0415
 

@@ -8,6 +8,7 @@ Runs on a VM (its identity and pools from IMDS and ARM) or on an operator's mach
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from collections.abc import Sequence
@@ -21,17 +22,15 @@ from drainer.decide.claims import decode as decode_claims
 from drainer.decide.claims import key
 from drainer.decide.nicrecord import SUMMARY, subscription_of
 from drainer.decide.nicrecord import decode as decode_records
-from drainer.io.arm import ArmNetwork, Network
+from drainer.io.arm import ArmError, ArmNetwork, Network
 
 
 def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
-    """Print the fleet view. Raises DrainerError (IMDS, ARM, a bad pool id)."""
+    """Print the fleet view. Raises DrainerError (IMDS, ARM); ConfigError (exit 2) for a ``--pool``
+    that names no backend pool, or more than one."""
     subscription = ""
     vm_name = ""
-    if pools:
-        for pool in pools:
-            if "/backendaddresspools/" not in pool.lower():
-                raise ConfigError("--pool", "", f"not a backend pool id: {pool!r}")
+    if pools and all(_is_pool_id(p) for p in pools):
         subscription = subscription_of(pools[0])
     else:
         from drainer.io.imds import ImdsClient  # noqa: PLC0415
@@ -42,6 +41,8 @@ def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
         config.azure, subscription_id=subscription, imds_endpoint=config.imds.endpoint
     )
     network.start()
+    if pools:
+        pools = resolve_pools(network, pools, subscription)
     nics = network.list_all_nics()
     rows = [_row(nic, subscription) for nic in nics if nic.virtual_machine is not None]
     wanted = {p.lower() for p in pools} or {
@@ -84,6 +85,95 @@ def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
                 line += f"  [claim until {m['claim']['expires']}{forced}]"
             print(printable(line))
     return EXIT_OK
+
+
+def _is_pool_id(text: str) -> bool:
+    return text.startswith("/") and "/backendaddresspools/" in text.lower()
+
+
+_SHOWN = 20  # pools named in one refusal at most
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def match_pool(wanted: str, pool_ids: Sequence[str]) -> list[str]:
+    """The pool ids ``wanted`` names: a full id, or ``pool``, ``lb/pool`` or ``group/lb/pool``
+    (ARM names are case-insensitive). Pure."""
+    if wanted.startswith("/"):
+        return [p for p in pool_ids if p.lower() == wanted.rstrip("/").lower()]
+    parts = [part.lower() for part in wanted.strip("/").split("/")]
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        return []
+    found = []
+    for pool_id in pool_ids:
+        rid = ResourceId.parse(pool_id)
+        names = [rid.resource_group.lower(), rid.name.lower(), rid.child.lower()]
+        if names[-len(parts) :] == parts:
+            found.append(pool_id)
+    return found
+
+
+def resolve_pools(network: Network, wanted: Sequence[str], subscription: str) -> list[str]:
+    """The backend pool ids ``--pool`` names, each a full id or a name resolved among the load
+    balancers of ``subscription``; an application gateway pool only by full id (read to check it).
+    Raises ConfigError naming what exists when one names no pool or several; ArmError."""
+    known = [
+        str(pool.id)
+        for lb in network.list_all_load_balancers()
+        for pool in lb.backend_address_pools or []
+        if pool.id
+    ]
+    names = sorted({_short_name(p, 2) for p in known})
+    resolved = []
+    for text in wanted:
+        if _is_pool_id(text) and "/applicationgateways/" in text.lower():
+            resolved.append(_gateway_pool(network, text))
+            continue
+        found = match_pool(text, known)
+        if not found:
+            depth = min(3, text.strip("/").count("/") + 1)
+            alike = sorted({_short_name(p, depth) for p in known}) if not text.startswith("/") else []
+            close = difflib.get_close_matches(text, alike, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            there = f"pools there: {_listing(names)}" if names else "it has no load balancer pool"
+            raise ConfigError(
+                "--pool", "", f"no backend pool {text!r} in subscription {subscription}{hint}; {there}"
+            )
+        if len(found) > 1:
+            full = sorted(_name(p) for p in found)
+            raise ConfigError(
+                "--pool",
+                "",
+                f"{text!r} names {len(found)} pools: {_listing(full)}; name one as group/lb/pool or by id",
+            )
+        resolved.append(found[0])
+    return resolved
+
+
+def _short_name(pool_id: str, depth: int) -> str:
+    """``pool`` (1), ``lb/pool`` (2) or ``group/lb/pool`` (3)."""
+    rid = ResourceId.parse(pool_id)
+    return "/".join([rid.resource_group, rid.name, rid.child][-depth:])
+
+
+def _gateway_pool(network: Network, pool_id: str) -> str:
+    rid = ResourceId.parse(pool_id)
+    try:
+        gateway = network.get_app_gateway(rid.resource_group, rid.name)
+    except ArmError as exc:
+        if exc.status != 404:
+            raise
+        raise ConfigError("--pool", "", f"no application gateway {rid.resource_group}/{rid.name}") from exc
+    for pool in gateway.backend_address_pools or []:
+        if str(pool.id).lower() == pool_id.rstrip("/").lower():
+            return str(pool.id)
+    there = _listing(sorted(str(p.name) for p in gateway.backend_address_pools or []))
+    raise ConfigError(
+        "--pool", "", f"application gateway {rid.name} has no pool {rid.child!r}; pools there: {there}"
+    )
 
 
 def _row(nic: Any, subscription: str) -> dict[str, Any]:

@@ -14,6 +14,9 @@ session in ``shared/azure-examples``):
   request naming another group gets 404. Names are unique across groups here (a simplification).
 - Subscription-wide lists of NICs and load balancers (``list_all``).
 - Throttling (``throttle.py``) and a membership timeline per pool (for the fleet benchmark).
+- The permissions API (``Permissions - List For Resource Group`` / ``List For Resource``): each
+  principal's role assignments (scope, actions, notActions), the shipped ``nic`` role at the
+  subscription unless a test sets others; an answer lists every assignment at the scope or above.
 - Async operations: ``InProgress`` for a configurable number of polls, then ``Succeeded`` (or
   ``Failed`` when a fault says so).
 """
@@ -28,6 +31,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NETWORK = "Microsoft.Network"
+# What packaging/azure/drainer-role-nic.json grants (tests/test_doctor.py checks they agree): every
+# principal holds it at the subscription until a test gives it other role assignments.
+NIC_ROLE_ACTIONS = (
+    "Microsoft.Network/networkInterfaces/read",
+    "Microsoft.Network/networkInterfaces/write",
+    "Microsoft.Network/loadBalancers/read",
+    "Microsoft.Network/loadBalancers/backendAddressPools/join/action",
+    "Microsoft.Network/loadBalancers/inboundNatRules/join/action",
+    "Microsoft.Network/virtualNetworks/subnets/join/action",
+    "Microsoft.Network/networkSecurityGroups/join/action",
+    "Microsoft.Network/publicIPAddresses/join/action",
+    "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
+    "Microsoft.Network/locations/operations/read",
+)
 
 
 def _named(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
@@ -153,6 +170,9 @@ class ArmModel:
     asgs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (time, pool id, members in service) after every change of a pool's membership.
     timeline: list[tuple[float, str, int]] = field(default_factory=list)
+    # principal (lower case) -> its role assignments ({"scope", "actions", "notActions"}); a principal
+    # not named holds the nic role at the subscription.
+    assignments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     # -- ids ---------------------------------------------------------------------------------
 
@@ -417,6 +437,45 @@ class ArmModel:
             self.operations[operation] = Operation(polls_left=self.settings.lro_polls)
             self.writes.append({"kind": "asg", "name": name, "if_match": if_match, "failed": False})
             return copy.deepcopy(asg), operation
+
+    def set_assignments(self, principal: str, assignments: list[dict[str, Any]]) -> None:
+        """Replace ``principal``'s role assignments. Raises TypeError for a malformed one."""
+        checked = []
+        for item in assignments:
+            scope = str(item.get("scope") or f"/subscriptions/{self.subscription_id}")
+            actions, not_actions = item.get("actions", []), item.get("notActions", [])
+            if not isinstance(actions, list) or not isinstance(not_actions, list):
+                raise TypeError("actions and notActions must be lists")
+            checked.append({"scope": scope, "actions": list(actions), "notActions": list(not_actions)})
+        with self.lock:
+            self.assignments[principal.lower()] = checked
+
+    def permissions(self, principal: str, scope: str) -> dict[str, Any]:
+        """The permissions API's answer for ``principal`` at ``scope``: one entry per role assignment at
+        that scope or above it (a role assigned at a resource group applies to what is inside it)."""
+        with self.lock:
+            held = self.assignments.get(principal.lower())
+            if held is None:
+                held = [
+                    {
+                        "scope": f"/subscriptions/{self.subscription_id}",
+                        "actions": list(NIC_ROLE_ACTIONS),
+                        "notActions": [],
+                    }
+                ]
+            wanted = scope.rstrip("/").lower()
+            value = [
+                {
+                    "actions": list(a["actions"]),
+                    "notActions": list(a["notActions"]),
+                    "dataActions": [],
+                    "notDataActions": [],
+                }
+                for a in held
+                if wanted == a["scope"].rstrip("/").lower()
+                or wanted.startswith(a["scope"].rstrip("/").lower() + "/")
+            ]
+            return {"value": value}
 
     def locate(self, kind: str, name: str | None, group: str) -> None:
         """404 as ARM answers for a resource group that does not exist, or a resource named in a

@@ -28,6 +28,7 @@ control API (JSON in, JSON out, under <url>/_emulator/):
   POST   etags                      {"on": bool}  ETag and 304 on scheduled events (default on)
   POST   incarnation                {"value": N}  (the service was re-enabled)
   POST   vms                        {"name", "scale_set"?, "uniform"?}
+  POST   vms/<name>/identity        {"system_assigned", "user_assigned"?: [client ids]}  (none: 400)
   POST   reset                      {"incarnation"?}  forget every event, document and fault
   POST   arm/loadbalancers          {"name", "pools": [..], "ip_pools"?: [..], "probe"?, "sku"?}
   POST   arm/join                   {"vm", "lb", "pool", "nic"?, "ipconfig"?}  NIC into a NIC-based pool
@@ -35,6 +36,8 @@ control API (JSON in, JSON out, under <url>/_emulator/):
   POST   arm/nics | arm/app-gateways, DELETE arm/loadbalancers/<lb>/pools/<pool>
   GET    arm/membership | arm/nics/<name> | arm/writes
   POST   arm/settings | arm/fail-lro | arm/mutate    slow or failing operations, a concurrent writer
+  POST   arm/permissions            {"principal": VM, "assignments": [{"scope"?, "actions", "notActions"?}]}
+                                    what the permissions API answers (default: the nic role)
 Each VM <name> asks IMDS under <url>/vm/<name> and has a NIC <name>-nic.
 """
 

@@ -81,7 +81,19 @@ class EmulatorControl:
             "POST", "vms", {"name": name, "scale_set": scale_set, "nic_resource_group": nic_resource_group}
         )
 
+    def vm_identity(self, vm: str, *, system_assigned: bool, user_assigned: list[str] | None = None) -> None:
+        """``vm``'s managed identities (``user_assigned``: client ids; None: any). Without one, the token
+        endpoint answers HTTP 400 "Identity not found", as IMDS does."""
+        self._call(
+            "POST", f"vms/{vm}/identity", {"system_assigned": system_assigned, "user_assigned": user_assigned}
+        )
+
     # -- ARM ---------------------------------------------------------------------------------
+
+    def permissions(self, principal: str, assignments: list[dict[str, Any]]) -> None:
+        """``principal``'s (a VM's identity) role assignments: ``[{"scope"?, "actions", "notActions"?}]``
+        (scope: default the subscription). The permissions API answers with those at or above a scope."""
+        self._call("POST", "arm/permissions", {"principal": principal, "assignments": assignments})
 
     def add_load_balancer(
         self,

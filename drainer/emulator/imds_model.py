@@ -77,6 +77,10 @@ MISSING_API_VERSION = {
     "For more information refer to aka.ms/azureimds",
     "newest-versions": ["2025-04-07", "2024-07-17", "2024-03-15"],
 }
+# IMDS's token endpoint when the VM has no managed identity, or not the one asked for: HTTP 400 with
+# this body, byte for byte (tests/data/imds_identity_not_found_400.json, from Azure/azure-sdk-for-go
+# sdk/azidentity/managed_identity_client_test.go, "No identity assigned").
+IDENTITY_NOT_FOUND = b'{"error":"invalid_request","error_description":"Identity not found"}'
 
 
 @dataclass
@@ -170,6 +174,16 @@ class VmIdentity:
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     # Where the VM's /proc/sys/kernel/random/boot_id is played (a test's or benchmark's file), if anywhere.
     boot_id_file: str = ""
+    # Its managed identities: the system-assigned one, and the client ids of user-assigned ones
+    # (None: any client id asked for is taken as assigned).
+    system_identity: bool = True
+    user_identities: tuple[str, ...] | None = None
+
+    def has_identity(self, client_id: str | None) -> bool:
+        """Whether IMDS would issue a token for ``client_id`` (None: the system-assigned identity)."""
+        if client_id is None:
+            return self.system_identity or bool(self.user_identities)
+        return self.user_identities is None or client_id.lower() in (c.lower() for c in self.user_identities)
 
     def reboot(self) -> None:
         """The VM came back from a reboot: a new boot id (written to ``boot_id_file``)."""
@@ -521,6 +535,16 @@ class ImdsModel:
                 for name in event.resources
             }
             return sorted(names)
+
+    def set_identity(self, vm_name: str, system: bool, user: list[str] | None) -> bool:
+        """Which managed identities ``vm_name`` has (``user``: client ids; None: any)."""
+        with self.lock:
+            vm = self.vms.get(vm_name.casefold())
+            if vm is None:
+                return False
+            vm.system_identity = system
+            vm.user_identities = None if user is None else tuple(user)
+            return True
 
     def set_boot_id_file(self, vm_name: str, path: str) -> bool:
         with self.lock:

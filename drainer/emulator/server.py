@@ -30,6 +30,9 @@ Control routes (JSON in, JSON out):
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
   POST   /_emulator/vms/<name>/boot-id-file   {"path"}: play the VM's boot id there (new at each reboot)
+  POST   /_emulator/vms/<name>/identity       {"system_assigned": bool, "user_assigned": [client ids] | null}:
+                                              its managed identities (none: the token endpoint answers
+                                              400 "Identity not found", as IMDS does)
   POST   /_emulator/reset
 """
 
@@ -50,6 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from drainer.emulator.arm_model import ArmError, ArmSettings, Mutation
 from drainer.emulator.imds_model import (
+    IDENTITY_NOT_FOUND,
     INSTANCE_VERSIONS,
     MISSING_API_VERSION,
     SCHEDULED_EVENTS_VERSIONS,
@@ -243,6 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return 400
             client_id = (query.get("client_id") or [""])[0] or None
+            if not vm.has_identity(client_id):
+                self._send(400, IDENTITY_NOT_FOUND)
+                return 400
             self._send(200, model.token(resource, client_id, vm.name))
             return 200
         self._send(404, {"error": "Not found"})
@@ -321,6 +328,32 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ArmError(405, "MethodNotAllowed", f"{self.command} is not supported on {path}")
             given = _json_body(body) if self.command != "GET" else {}
             return 200, arm.tags_at_scope(name, self.command, given), limits
+        permissions = _PERMISSIONS.match(path)
+        if permissions and self.command == "GET":
+            # Permissions - List For Resource Group / List For Resource (Azure/azure-rest-api-specs,
+            # Microsoft.Authorization stable/2022-04-01, authorization-RoleDefinitionsCalls.json):
+            # {"value": [{"actions", "notActions", "dataActions", "notDataActions"}]}.
+            if version not in _PERMISSIONS_VERSIONS:
+                raise ArmError(
+                    400,
+                    "InvalidApiVersionParameter",
+                    f"The api-version '{version}' is invalid. The supported versions are "
+                    f"'{', '.join(_PERMISSIONS_VERSIONS)}'.",
+                )
+            if permissions.group(1).lower() != arm.subscription_id.lower():
+                raise ArmError(
+                    404,
+                    "SubscriptionNotFound",
+                    f"The subscription '{permissions.group(1)}' could not be found.",
+                )
+            if permissions.group(2).lower() not in arm.groups():
+                raise ArmError(
+                    404,
+                    "ResourceGroupNotFound",
+                    f"Resource group '{permissions.group(2)}' could not be found.",
+                )
+            scope = path[: path.lower().rindex("/providers/microsoft.authorization/permissions")]
+            return 200, arm.permissions(principal, scope), limits
         match = _RESOURCE.match(path)
         if not match:
             raise ArmError(404, "InvalidResourceType", f"The resource type could not be found for {path}.")
@@ -449,6 +482,14 @@ class _Handler(BaseHTTPRequestHandler):
                 and segments[2] == "boot-id-file"
             ):
                 self._send(200 if model.set_boot_id_file(segments[1], str(data["path"])) else 404, {})
+            elif (
+                method == "POST" and len(segments) == 3 and segments[0] == "vms" and segments[2] == "identity"
+            ):
+                user = data.get("user_assigned")
+                found = model.set_identity(
+                    segments[1], bool(data.get("system_assigned", True)), None if user is None else list(user)
+                )
+                self._send(200 if found else 404, {})
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(
                     data["name"],
@@ -483,6 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, {"id": arm.lb_id(data["name"])})
         elif method == "POST" and route == "asgs":
             self._send(201, {"id": arm.add_asg(data["name"], data.get("resource_group"))})
+        elif method == "POST" and route == "permissions":
+            arm.set_assignments(str(data["principal"]), list(data["assignments"]))
+            self._send(200, {})
         elif method == "POST" and route == "throttle":
             model.throttle.configure(data)
             self._send(200, {})
@@ -605,6 +649,12 @@ _SUBSCRIPTION_LIST = re.compile(
     r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/(networkInterfaces|loadBalancers)/?$",
     re.IGNORECASE,
 )
+_PERMISSIONS = re.compile(
+    r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)(?:/providers/.+)?"
+    r"/providers/Microsoft\.Authorization/permissions/?$",
+    re.IGNORECASE,
+)
+_PERMISSIONS_VERSIONS = ("2015-07-01", "2022-04-01")
 _OPERATION = re.compile(
     r"^/subscriptions/([^/]+)/providers/Microsoft\.Network/locations/([^/]+)/operations/([^/]+)$",
     re.IGNORECASE,

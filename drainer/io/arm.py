@@ -364,6 +364,33 @@ class ArmNetwork:
         reason, status, code = _describe(exc)
         return ArmError(what, reason, status=status, code=code)
 
+    def get_json(self, path: str, api_version: str) -> dict[str, Any]:
+        """GET ``path`` (an ARM path, or an absolute ``nextLink`` on the ARM endpoint) through this
+        client's pipeline: the same credential, token guard, rate limit and deadline-bound retries.
+        For ARM reads the generated client has no operation for (the permissions API). Azure-core's
+        documented way to send a request through a client's pipeline is ``send_request``
+        (https://aka.ms/azsdk/dpcodegen/python/send_request). Raises ArmError."""
+        from azure.core.rest import HttpRequest  # noqa: PLC0415
+        from azure.mgmt.core.exceptions import ARMErrorFormat  # noqa: PLC0415
+
+        what = f"read {path.split('?', 1)[0]}"
+        params = {} if "api-version=" in path else {"api-version": api_version}
+        request = HttpRequest("GET", path, params=params, headers={"Accept": "application/json"})
+
+        def send(**kwargs: Any) -> Any:
+            response = self._client.send_request(request, **kwargs)
+            if response.status_code >= 400:
+                raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise ArmError(what, "the answer is not JSON") from exc
+
+        result = self._call(what, send)
+        if not isinstance(result, dict):
+            raise ArmError(what, "the answer is not a JSON object")
+        return result
+
     def list_nics(self, resource_group: str) -> list[NetworkInterface]:
         what = f"list NICs of {resource_group}"
         return list(
