@@ -33,13 +33,15 @@ needs_systemd_analyze = pytest.mark.skipif(
 
 
 def _units_here(tmp_path: Path) -> list[str]:
-    """The units, with ExecStart pointing at a drainer that exists on this machine."""
-    drainer = shutil.which("drainer") or str(Path(sys.executable).with_name("drainer"))
-    paths = []
-    for unit in sorted(UNITS.iterdir()):
-        (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/drainer/bin/drainer", drainer))
-        paths.append(str(tmp_path / unit.name))
-    return paths
+    """The units as `drainer setup systemd` writes them for this installation (ExecStart pointing at
+    the drainer that exists on this machine): what a pip install gets, and the .deb's with one path."""
+    drainer = str(Path(sys.executable).with_name("drainer"))
+    done = subprocess.run(
+        [drainer, "setup", "systemd", "--dir", str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    written = [line.removeprefix("wrote ") for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    assert sorted(Path(w).name for w in written) == sorted(u.name for u in UNITS.iterdir())
+    return sorted(written)
 
 
 def _directives(unit: str) -> dict[str, list[str]]:

@@ -97,6 +97,17 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "drainer doctor\n  drainer doctor --json | jq '.checks[] | select(.status == \"fail\")'\n"
         "  drainer --config ./config.toml doctor",
     ),
+    "setup": (
+        "write the systemd units, a cron line or the example config for this installation (pip)",
+        "For a pip or pipx install: write what the .deb would, for this installation's drainer. `systemd` "
+        "writes the daemon's unit, its two socket units (which hold the probe and metrics ports from "
+        "boot), and the one-shot service and timer into /etc/systemd/system; `cron` writes "
+        "/etc/cron.d/drainer; `config` writes /etc/drainer/config.toml from the example (never over an "
+        "existing one). Each file written is named; nothing is enabled or started: the next commands "
+        "are printed. --dry-run names the files without writing them.",
+        "sudo drainer setup config\n  sudo drainer setup systemd\n  sudo drainer setup cron\n"
+        "  drainer setup systemd --dir ./units --dry-run",
+    ),
     "config": (
         "validate (config and hooks) or show the configuration",
         "`check` validates the configuration file and the hooks directory (misspelled phase directories, "
@@ -182,6 +193,10 @@ def _parser() -> argparse.ArgumentParser:
         "balancers (repeatable)",
     )
     commands["doctor"].add_argument("--json", action="store_true", help="machine-readable output")
+    commands["setup"].add_argument("kind", choices=("systemd", "cron", "config"))
+    commands["setup"].add_argument(
+        "--dir", "--file", dest="target", metavar="PATH", help="where to write (default: the system's place)"
+    )
     commands["config"].add_argument("action", choices=("check", "show"))
     commands["hooks"].add_argument("action", choices=("list",))
     commands["completion"].add_argument("shell", choices=("bash",))
@@ -265,6 +280,10 @@ def _dispatch(args: argparse.Namespace, seams: Any) -> int:
         from drainer.app.demo import run_demo  # noqa: PLC0415
 
         return run_demo()
+    if command == "setup":
+        from drainer.app.setup import setup  # noqa: PLC0415
+
+        return setup(args.kind, args.target, dry_run=args.dry_run)
     if command == "config":
         return _config_command(args)
     config = _load_config(args)
