@@ -26,6 +26,8 @@ Control routes (JSON in, JSON out):
   POST   /_emulator/incarnation               {"value": N}  (service re-enabled)
   POST   /_emulator/vms                       {"name", "scale_set"?}
   POST   /_emulator/vms/<name>/boot-id-file   {"path"}: play the VM's boot id there (new at each reboot)
+  POST   /_emulator/nodes                     {"node", "vms"}: these VMs share a host node (an approval
+                                              starts their events once all of them approved)
   POST   /_emulator/reset
 """
 
@@ -88,7 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             payload = body
         if self._log_path is not None:
-            self._record(self._log_path, status)
+            self._record(self._log_path, status, len(payload))
             self._log_path = None
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -98,9 +100,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _record(self, path: str, status: int | str) -> None:
+    def _record(self, path: str, status: int | str, size: int = 0) -> None:
         model = self.server.model
+        auth = self.headers.get("Authorization") or ""
         with model.lock:
+            # Who asked (the VM whose managed identity the bearer token belongs to), for per-VM costs.
+            principal = (
+                model.token_owner.get(auth[len("Bearer ") :], "") if auth.startswith("Bearer ") else ""
+            )
             model.requests.append(
                 {
                     "method": self.command,
@@ -112,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "authorization": bool(self.headers.get("Authorization")),
                     "status": status,
                     "at": time.time(),
+                    "principal": principal,
+                    "bytes": size,  # the answer's body
                 }
             )
 
@@ -273,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
             after = arm.settings.status_retry_after
             in_progress = after and status["status"] == "InProgress"
             return 200, status, {**limits, "Retry-After": after} if in_progress and after else limits
+        compute = _COMPUTE.match(path)
+        if compute and self.command == "GET":
+            if compute.group(1).lower() != arm.subscription_id.lower():
+                raise ArmError(
+                    404, "SubscriptionNotFound", f"The subscription '{compute.group(1)}' could not be found."
+                )
+            if compute.group(3):  # a scale-set Uniform instance's NIC, under the Compute provider
+                return 200, arm.get_nic_by_id(path), limits
+            return 200, arm.get_vm(f"/subscriptions/{compute.group(1)}/{compute.group(2)}"), limits
         listing = _SUBSCRIPTION_LIST.match(path)
         if listing and self.command == "GET":
             if listing.group(1).lower() != arm.subscription_id.lower():
@@ -409,6 +427,9 @@ class _Handler(BaseHTTPRequestHandler):
                 and segments[2] == "boot-id-file"
             ):
                 self._send(200 if model.set_boot_id_file(segments[1], str(data["path"])) else 404, {})
+            elif route == "nodes" and method == "POST":
+                model.share_node(str(data["node"]), [str(n) for n in data["vms"]])
+                self._send(200, {})
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(
                     data["name"],
@@ -553,6 +574,14 @@ _RESOURCE = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/"
     r"(networkInterfaces|loadBalancers|applicationGateways|applicationSecurityGroups)(?:/([^/]+))?"
     r"(?:/backendAddressPools/([^/]+))?/?$",
+    re.IGNORECASE,
+)
+# A VM (``virtualMachines/{name}``), a scale-set Uniform instance (``virtualMachineScaleSets/{ss}/
+# virtualMachines/{id}``), or such an instance's NIC (``.../networkInterfaces/{nic}``).
+_COMPUTE = re.compile(
+    r"^/subscriptions/([^/]+)/(resourceGroups/[^/]+/providers/Microsoft\.Compute/"
+    r"(?:virtualMachines/[^/]+|virtualMachineScaleSets/[^/]+/virtualMachines/[^/]+))"
+    r"(/networkInterfaces/[^/]+)?/?$",
     re.IGNORECASE,
 )
 _SUBSCRIPTION_LIST = re.compile(
