@@ -7,6 +7,7 @@ what the assertions read.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -317,15 +318,31 @@ def test_named_nics_skip_discovery(agent: Agent, topology: EmulatorControl) -> N
     assert not [r for r in _arm_requests(topology) if r["path"].endswith("/networkInterfaces")]
 
 
-def test_nics_are_discovered_again_before_every_drain(agent: Agent, topology: EmulatorControl) -> None:
+def test_nics_come_from_the_vm_resource_once_per_boot(
+    agent: Agent, topology: EmulatorControl, tmp_path: Path
+) -> None:
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-1\n")
+    agent.extra_env["TEST_BOOT_ID_FILE"] = str(boot)
     event_id = _drain_then_restore(agent, topology)
     topology.remove(event_id)
     assert agent.check().returncode == 0
-    before = len([r for r in _arm_requests(topology) if r["path"].endswith("/networkInterfaces")])
-    topology.schedule("Reboot", ["web-0"])
+    event_id = _drain_then_restore(agent, topology)
+    topology.remove(event_id)
     assert agent.check().returncode == 0
-    lists = [r for r in _arm_requests(topology) if r["path"].endswith("/networkInterfaces")]
-    assert len(lists) == before + 1  # never cached: a NIC attached meanwhile is found
+
+    def vm_reads() -> int:
+        return len([r for r in _arm_requests(topology) if r["path"].endswith("/virtualMachines/web-0")])
+
+    assert vm_reads() == 1  # two drains, two restores: one read of the VM resource
+    assert not [r for r in _arm_requests(topology) if r["path"].endswith("/networkInterfaces")]  # no list
+    # A NIC is attached only while the VM is stopped (deallocated): it comes with a new boot.
+    topology.add_nic("web-0", "web-0-nic3")
+    topology.join("web-0", "lb-web", "web-pool", nic="web-0-nic3")
+    boot.write_text("boot-2\n")
+    _drain_then_restore(agent, topology)
+    assert vm_reads() == 2
+    assert _pools(topology, "web-0-nic3") == []
 
 
 def test_uniform_scale_set_instance_gets_a_clear_message(agent: Agent, control: EmulatorControl) -> None:
@@ -393,6 +410,30 @@ def test_admin_state_drain_and_restore(agent: Agent, control: EmulatorControl) -
     control.remove(event_id)
     assert agent.check().returncode == 0
     assert control.membership()[pool_id] == ["ip=10.0.0.4 (None)", "ip=10.0.0.5 (None)", "ip=10.0.0.6 (None)"]
+
+
+def test_admin_state_on_a_scale_set_uniform_instance(agent: Agent, control: EmulatorControl) -> None:
+    # Its VM resource is virtualMachineScaleSets/vmss/virtualMachines/3, and its NIC lives under it
+    # (read through the scale-set NIC API, never written: the record is kept locally).
+    control.add_vm("vmss_3", "vmss", uniform=True)
+    control.add_load_balancer("lb-ip", pools=[], ip_pools=["ip-pool"])
+    for vm in ("web-0", "vmss_3"):
+        control.add_ip_member("lb-ip", "ip-pool", vm)
+    agent.vm = "vmss_3"
+    agent.config_text = DEFAULT_CONFIG + '\n[drain]\nmethod = "admin-state"\n'
+    event_id = control.schedule("Reboot", ["vmss_3"])
+    done = agent.check()
+    assert done.returncode == 0, done.stderr
+    pool_id = f"{RG}/loadBalancers/lb-ip/backendAddressPools/ip-pool"
+    assert control.membership()[pool_id] == ["ip=10.0.0.4 (None)", "ip=10.0.0.7 (Down)"]
+    paths = [r["path"] for r in _arm_requests(control)]
+    assert any(p.endswith("/virtualMachineScaleSets/vmss/virtualMachines/3") for p in paths)
+    assert not [
+        r for r in _arm_requests(control) if "/networkInterfaces" in r["path"] and r["method"] != "GET"
+    ]
+    control.remove(event_id)
+    assert agent.check().returncode == 0
+    assert control.membership()[pool_id] == ["ip=10.0.0.4 (None)", "ip=10.0.0.7 (None)"]
 
 
 def test_admin_state_refuses_a_pool_without_health_probe(agent: Agent, control: EmulatorControl) -> None:

@@ -12,7 +12,7 @@ from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.core import Drain, EventRecord, Restore
-from drainer.store.ledger import Absence, Ledger, MemoryAbsence
+from drainer.store.ledger import Absence, Ledger, MemoryAbsence, MemoryNicIds, NicIds
 
 
 def _utcnow() -> datetime:
@@ -37,6 +37,8 @@ class ActionContext:
     forced: str = ""
     # Lines for `status` the action leaves behind (e.g. a drain forced below the pool's floor).
     notes: list[str] = field(default_factory=list)
+    # This VM's NIC ids as read from its VM resource, kept for the boot (``lb_common.discover_nics``).
+    nic_ids: NicIds = field(default_factory=MemoryNicIds)
 
 
 class Actuator(Protocol):

@@ -113,7 +113,7 @@ class Executor:
         return self._actuator
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
-        from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
+        from drainer.store.ledger import StoreAbsence, StoreLedger, StoreNicIds  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
@@ -126,6 +126,7 @@ class Executor:
             checkpoint=self.seams.checkpoint,
             now=self.seams.now,
             forced=forced,
+            nic_ids=StoreNicIds(self.store),
         )
 
 

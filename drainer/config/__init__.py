@@ -190,6 +190,10 @@ class ProbeConfig(NamedTuple):
     # Also (one-shot and daemon): this file exists while the VM is out of rotation, for an
     # application whose own health check should fail then.
     flag_file: str = "/run/drainer/out-of-rotation"
+    # Early approval waits this long after the VM left rotation: the load balancer stops sending new
+    # connections only once its probe failed ``threshold`` times ``interval`` apart (the portal's
+    # defaults: 5 s, 2); twice that by default, for a probe answered just before the flag was set.
+    takedown_seconds: float = 20.0
 
 
 class HooksConfig(NamedTuple):
@@ -546,6 +550,7 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
         address=_check_address(path, "probe.address", probe_s.get("address", str, "0.0.0.0:8088")),
         path=probe_path,
         flag_file=probe_s.get("flag_file", str, "/run/drainer/out-of-rotation"),
+        takedown_seconds=probe_s.number("takedown_seconds", float, 20.0, low=0, high=3600),
     )
     probe_s.done()
 
