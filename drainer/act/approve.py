@@ -70,49 +70,41 @@ def _listed_in_pool(
     """Which of the listed VMs (this one included) are still in a backend pool, read from ARM (None
     on an ARM error: the approval then waits), and which do not exist.
 
-    The listed VMs' NICs are found once per set of listed VMs (one small GET of each VM resource,
-    kept in the state's meta). While some VM was still in a pool, the answer is reused for
-    ``[approval] peer_check_interval`` seconds, and then only the NICs not yet seen out are read
-    (with one subscription-wide load-balancer list). An answer that lets the approval go is never a
-    kept one: every listed VM's NICs are read in this run, right before the POST (one seen out
-    earlier may have been put back)."""
+    The listed VMs' NICs are found once per set of listed VMs (one small GET of each other VM's
+    resource; this VM's NICs are known for the boot), kept in the state's meta. Each check reads
+    every listed VM's NICs, and the subscription's load balancers only once no NIC is left in a
+    pool. A waiting answer is reused for ``[approval] peer_check_interval`` seconds; an answer that
+    lets the approval go is never a kept one: it is read in this run, right before the POST."""
     from drainer.act.lb import make_network  # noqa: PLC0415
     from drainer.act.lb_common import listed_nics, still_in_pools  # noqa: PLC0415
 
     listed = sorted(names)
     cached = store.peer_check()
-    seen_out: set[str] = set()
-    if cached.get("listed") == listed:
-        seen_out = set(cached.get("out") or [])
-        waiting = cached.get("in_pool") or cached.get("missing")
-        if waiting and 0 <= time.time() - float(cached.get("at") or 0) < config.approval.peer_check_interval:
-            return frozenset(cached.get("in_pool") or []), frozenset(cached.get("missing") or [])
+    waiting = cached.get("listed") == listed and bool(cached.get("in_pool") or cached.get("missing"))
+    if waiting and 0 <= time.time() - float(cached.get("at") or 0) < config.approval.peer_check_interval:
+        return frozenset(cached.get("in_pool") or []), frozenset(cached.get("missing") or [])
     try:
         network = make_network(config, vm, log, effects)
         network.start()
         found = store.listed_nics()
         nics: dict[str, list[str] | None] = found.get("nics") or {}
         if found.get("listed") != listed:
-            nics = listed_nics(network, vm, names)
+            own = store.own_nics(vm.resource_id)
+            nics = listed_nics(network, vm, names, {vm.name.casefold(): own} if own else None)
             missing = sorted(n for n, ids in nics.items() if ids is None)
             if missing:
                 log.warning("listed VMs not found as VM resources: approval waits for NotBefore", vms=missing)
-        present = {n: ids for n, ids in nics.items() if ids is not None}
-        inside = still_in_pools(network, {n: ids for n, ids in present.items() if n not in seen_out})
-        if not inside and seen_out:
-            inside = still_in_pools(network, present)  # fresh: every listed VM read in this run
+        # The likeliest to be still in first (those in last time, then the others, this VM last):
+        # a waiting answer mostly costs one read.
+        before = set(cached.get("in_pool") or []) if cached.get("listed") == listed else set()
+        order = sorted(nics, key=lambda n: (n not in before, n == vm.name.casefold(), n))
+        inside = still_in_pools(network, {n: ids for n in order if (ids := nics[n]) is not None})
     except DrainerError as exc:
         log.warning("could not read the listed VMs' pool membership", error=str(exc))
         return None, frozenset()
     gone = frozenset(n for n, ids in nics.items() if ids is None)
     store.set_peer_check(
         listed_nics={"listed": listed, "nics": nics},
-        peer_check={
-            "at": time.time(),
-            "listed": listed,
-            "in_pool": sorted(inside),
-            "missing": sorted(gone),
-            "out": sorted(set(present) - inside),
-        },
+        peer_check={"at": time.time(), "listed": listed, "in_pool": sorted(inside), "missing": sorted(gone)},
     )
     return frozenset(inside), gone

@@ -215,12 +215,17 @@ class Presence:
         return "gone" if self.ctx.absence.absent(pool_id, self.ctx.now()) else "absent"
 
 
-def listed_nics(network: Network, vm: InstanceInfo, names: set[str]) -> dict[str, list[str] | None]:
+def listed_nics(
+    network: Network, vm: InstanceInfo, names: set[str], known: dict[str, list[str]] | None = None
+) -> dict[str, list[str] | None]:
     """The NIC ids of the named VMs (None for a VM that does not exist), from each VM resource's
-    ``networkProfile`` (one small GET per VM; ``vm_resource_id`` says where each one is). Raises
-    ArmError (other than 404)."""
+    ``networkProfile`` (one small GET per VM; ``vm_resource_id`` says where each one is), except
+    those ``known`` already (this VM's, read during this boot). Raises ArmError (other than 404)."""
     found: dict[str, list[str] | None] = {}
     for name in sorted(n.casefold() for n in names):
+        if known and name in known:
+            found[name] = sorted(known[name])
+            continue
         try:
             found[name] = sorted(network.get_vm_nics(vm_resource_id(vm, name)))
         except ArmError as exc:
@@ -233,11 +238,15 @@ def listed_nics(network: Network, vm: InstanceInfo, names: set[str]) -> dict[str
 def still_in_pools(network: Network, nics: dict[str, list[str]]) -> set[str]:
     """Which of these VMs (name -> NIC ids) are still in a backend pool: a NIC referencing any load
     balancer or application gateway pool, or one of its addresses (in its virtual network) not Down
-    in an IP-based pool of any load balancer of the subscription. One read per NIC, one
-    subscription-wide load-balancer list. Raises ArmError."""
+    in an IP-based pool of any load balancer of the subscription. The NICs are read in the order
+    given, and the reads stop at the first VM found in a pool (the answer is then "wait", naming
+    that VM); the subscription-wide load-balancer list is read only once no NIC references a pool.
+    An empty answer comes from reading every NIC and the load balancers. Raises ArmError."""
     inside: set[str] = set()
     owners: dict[tuple[str, str], str] = {}
     for name, nic_ids in nics.items():
+        if inside:
+            return inside
         for nic_id in nic_ids:
             nic = read_nic(network, nic_id)
             for config in nic.ip_configurations or []:
@@ -248,7 +257,7 @@ def still_in_pools(network: Network, nics: dict[str, list[str]]) -> set[str]:
                     or config.application_gateway_backend_address_pools
                 ):
                     inside.add(name)
-    if not owners:
+    if inside or not owners:
         return inside
     for lb in network.list_all_load_balancers():
         for pool in lb.backend_address_pools or []:
