@@ -260,6 +260,27 @@ def test_min_in_service_holds_the_drain(agent: Agent, control: EmulatorControl) 
     assert _pools(control, "web-0-nic") == [WEB_POOL]
 
 
+def test_a_held_drain_reads_only_its_nic_and_pool_on_each_retry(
+    agent: Agent, control: EmulatorControl
+) -> None:
+    # Issue 19: a held VM listed its resource group's NICs on every retry (8 a minute).
+    control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
+    agent.config_text = DEFAULT_CONFIG + "\n[drain]\nmin_in_service = 2\n"
+    control.schedule("Reboot", ["web-0"])
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["held"]
+    mark = len(control.requests())
+    for _ in range(3):
+        assert agent.check().returncode == 0
+    reads = [
+        r["path"].rsplit("/providers/", 1)[1] for r in control.requests()[mark:] if "/providers/" in r["path"]
+    ]
+    assert (
+        reads
+        == ["Microsoft.Network/networkInterfaces/web-0-nic", "Microsoft.Network/loadBalancers/lb-web"] * 3
+    )
+
+
 def test_preempt_drains_even_below_min_in_service(agent: Agent, control: EmulatorControl) -> None:
     control.load_balancer_with("lb-web", "web-pool", ["web-0"])
     control.schedule("Preempt", ["web-0"])
