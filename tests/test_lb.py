@@ -117,6 +117,26 @@ def test_412_is_re_read_and_retried_keeping_the_other_writer(agent: Agent, topol
     assert any("412" in r.get("event", "") for r in log_records(done.stderr))
 
 
+def test_a_pool_written_by_the_whole_set_survives_many_conflicts(
+    agent: Agent, control: EmulatorControl
+) -> None:
+    # Issue 19: 20 VMs on admin-state writing one pool at once; some drains failed "kept changing"
+    # after 5 conflicts. Conflicts are now retried after a jittered back-off, 8 times.
+    control.add_load_balancer("lb-ip", pools=[], ip_pools=["ip-pool"])
+    for vm in ("web-0", "web-1", "web-2"):
+        control.add_ip_member("lb-ip", "ip-pool", vm)
+    agent.config_text = DEFAULT_CONFIG + '\n[drain]\nmethod = "admin-state"\n'
+    # Five other VMs' writes land between each of our reads of the pool and our write.
+    control.fault(match="backendAddressPools/ip-pool$", method="PUT", status=412, count=5)
+    control.schedule("Reboot", ["web-0"])
+    done = agent.check()
+    assert done.returncode == 0, done.stderr
+    puts = [r for r in control.requests() if r["method"] == "PUT" and r["path"].endswith("/ip-pool")]
+    assert [r["status"] for r in puts] == ["fault"] * 5 + [200]
+    pool_id = f"{RG}/loadBalancers/lb-ip/backendAddressPools/ip-pool"
+    assert control.membership()[pool_id][0] == "ip=10.0.0.4 (Down)"
+
+
 def test_429_with_retry_after_is_honoured(agent: Agent, topology: EmulatorControl) -> None:
     topology.fault(
         match="networkInterfaces/web-0-nic$",
