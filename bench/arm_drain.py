@@ -57,8 +57,7 @@ def _arm_requests(control: EmulatorControl, since: int) -> Counter[str]:
     for r in control.requests()[since:]:
         path = r["path"]
         if path.startswith("/subscriptions/"):
-            kind = "poll" if "/operations/" in path else path.rsplit("/providers/Microsoft.Network/", 1)[1]
-            kind = kind.split("/")[0] if kind != "poll" else kind
+            kind = "poll" if "/operations/" in path else path.rsplit("/providers/", 1)[1].split("/")[1]
             counts[f"{r['method']} {kind}"] += 1
         elif "identity" in path:
             counts["GET token (IMDS)"] += 1
