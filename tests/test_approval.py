@@ -353,3 +353,25 @@ def test_a_failing_post_drain_hook_holds_the_approval_until_it_succeeds(
     ok.touch()
     assert agent.check().returncode == 0  # the hook succeeds on its retry, then the approval goes
     assert len(_approvals(pool)) == 1
+
+
+def test_an_approval_that_does_not_start_the_event_is_not_sent_again(
+    agent: Agent, pool: EmulatorControl, emulator: RunningEmulator
+) -> None:
+    # Microsoft: "The event may not start immediately upon approval. In some cases Azure requires the
+    # approval of all the VMs hosted on the node before proceeding with the event."
+    agent.config_text = APPROVING
+    pool.share_node("node-1", ["web-0", "web-2"])
+    mine = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    theirs = pool.schedule("Reboot", ["web-2"], not_before_in=900)  # another set on the same host
+    assert agent.check().returncode == 0
+    assert [a["event_id"] for a in _approvals(pool)] == [mine]
+    assert _status_of(pool, mine) == "Scheduled"
+    for _ in range(2):
+        assert agent.check().returncode == 0
+    assert len(_approvals(pool)) == 1  # approved once; the VM stays out while it waits
+    status = agent.status()
+    assert status["vm"]["drain_state"] == "drained" and status["events"][0]["approval"] == "approved"
+    _other(emulator, agent.tmp, "web-2", APPROVING).check()  # web-2 drains and approves its own
+    assert _status_of(pool, mine) == "Started"
+    assert _status_of(pool, theirs) == "Started"
