@@ -164,8 +164,13 @@ def test_peer_membership_reads_are_reused_for_peer_check_interval(
     pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
     for _ in range(3):
         assert agent.check().returncode == 0
-    lists = [r for r in pool.requests() if r["path"].endswith("/networkInterfaces") and r["method"] == "GET"]
-    assert len(lists) == 2  # NIC discovery once, the peers' membership once: not every run
+    gets = [r["path"] for r in pool.requests() if r["method"] == "GET"]
+    assert not [p for p in gets if p.endswith("/networkInterfaces")]  # no list of NICs at all
+    vms = [p for p in gets if "/Microsoft.Compute/virtualMachines/" in p]
+    # This VM's NICs once per boot (approval uses them too), the other listed VM's once per event.
+    assert sorted(p.rsplit("/", 1)[1] for p in vms) == ["web-0", "web-1"]
+    # web-1 is still in the pool: its NIC is read once, the answer kept for peer_check_interval.
+    assert len([p for p in gets if p.endswith("/web-1-nic")]) == 1
 
 
 def test_near_not_before_nothing_is_approved(agent: Agent, pool: EmulatorControl) -> None:
@@ -274,3 +279,99 @@ def test_restore_gate_with_a_command(agent: Agent, pool: EmulatorControl, tmp_pa
     flag.touch()
     assert agent.check().returncode == 0
     assert agent.status()["vm"]["in_rotation"] is True
+
+
+def test_a_kept_answer_never_lets_the_approval_go(
+    agent: Agent, pool: EmulatorControl, connection: tuple[int, socket.socket]
+) -> None:
+    # Issue 19: a kept "no listed VM in a pool" (younger than peer_check_interval) sent an approval
+    # while a listed VM was back in its pool. The answer that lets the approval go is read right
+    # before the POST.
+    port, client = connection
+    agent.config_text = APPROVING.replace("peer_check_interval = 0", "peer_check_interval = 3600").replace(
+        "service_ports = []", f"service_ports = [{port}]\ndrain_timeout = 600"
+    )
+    pool.leave("web-1", "lb-web", "web-pool")  # the other listed VM is out already
+    pool.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert agent.status()["events"][0]["approval"].startswith("waiting: 1 established")
+    pool.join("web-1", "lb-web", "web-pool")  # put back meanwhile (an operator, a restore)
+    client.close()
+    assert agent.check().returncode == 0
+    assert _approvals(pool) == []
+    assert agent.status()["events"][0]["approval"] == "waiting: web-1 still in a pool"
+
+
+def test_a_listed_vm_that_does_not_exist_is_named_and_the_approval_waits(
+    agent: Agent, pool: EmulatorControl
+) -> None:
+    agent.config_text = APPROVING
+    pool.schedule("Reboot", ["web-0", "web-9"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert _approvals(pool) == []
+    assert agent.status()["events"][0]["approval"] == (
+        "waiting for NotBefore: web-9 not found (no such VM resource)"
+    )
+
+
+@pytest.mark.parametrize(("takedown", "approved"), [(3600, False), (0, True)])
+def test_probe_method_approves_once_the_load_balancer_saw_the_probe_fail(
+    agent: Agent, control: EmulatorControl, takedown: int, approved: bool
+) -> None:
+    # Issue 19: with the probe method the approval went 16 ms after the flag was written; the load
+    # balancer notices only after its probe failed interval x threshold.
+    agent.config_text = APPROVING + (
+        f'\n[drain]\nmethod = "probe"\n[probe]\nflag_file = "{agent.tmp / "out"}"\n'
+        f"takedown_seconds = {takedown}\n"
+    )
+    control.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["drain_state"] == "drained"
+    assert bool(_approvals(control)) is approved
+    if not approved:
+        assert agent.status()["events"][0]["approval"].startswith("waiting: the load balancer's health probe")
+
+
+def test_a_failing_post_drain_hook_holds_the_approval_until_it_succeeds(
+    agent: Agent, pool: EmulatorControl
+) -> None:
+    ok = agent.tmp / "ok-now"
+    hooks = agent.tmp / "hooks"
+    (hooks / "post-drain").mkdir(parents=True)
+    hooks.chmod(0o755)
+    script = hooks / "post-drain" / "10-flaky"
+    script.write_text(f'#!/bin/sh\n[ -e "{ok}" ]\n')
+    script.chmod(0o755)
+    agent.config_text = APPROVING + f'\n[hooks]\ndir = "{hooks}"\n'
+    pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    assert agent.check().returncode == 0
+    assert agent.status()["vm"]["drain_state"] == "drained"
+    assert _approvals(pool) == []
+    assert agent.status()["events"][0]["approval"] == "waiting: post-drain hooks failing (retried)"
+    assert agent.check().returncode == 0
+    assert _approvals(pool) == []
+    ok.touch()
+    assert agent.check().returncode == 0  # the hook succeeds on its retry, then the approval goes
+    assert len(_approvals(pool)) == 1
+
+
+def test_an_approval_that_does_not_start_the_event_is_not_sent_again(
+    agent: Agent, pool: EmulatorControl, emulator: RunningEmulator
+) -> None:
+    # Microsoft: "The event may not start immediately upon approval. In some cases Azure requires the
+    # approval of all the VMs hosted on the node before proceeding with the event."
+    agent.config_text = APPROVING
+    pool.share_node("node-1", ["web-0", "web-2"])
+    mine = pool.schedule("Reboot", ["web-0"], not_before_in=900)
+    theirs = pool.schedule("Reboot", ["web-2"], not_before_in=900)  # another set on the same host
+    assert agent.check().returncode == 0
+    assert [a["event_id"] for a in _approvals(pool)] == [mine]
+    assert _status_of(pool, mine) == "Scheduled"
+    for _ in range(2):
+        assert agent.check().returncode == 0
+    assert len(_approvals(pool)) == 1  # approved once; the VM stays out while it waits
+    status = agent.status()
+    assert status["vm"]["drain_state"] == "drained" and status["events"][0]["approval"] == "approved"
+    _other(emulator, agent.tmp, "web-2", APPROVING).check()  # web-2 drains and approves its own
+    assert _status_of(pool, mine) == "Started"
+    assert _status_of(pool, theirs) == "Started"

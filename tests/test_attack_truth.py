@@ -88,12 +88,16 @@ def test_restore_puts_back_another_vms_nic_during_that_vms_maintenance(
     tagged: Agent, two_pools: EmulatorControl, emulator: RunningEmulator
 ) -> None:
     """A NIC known from the ledger is restored although it now belongs to web-1, which is drained."""
+    boot = tagged.tmp / "boot_id"
+    boot.write_text("boot-1\n")
+    tagged.extra_env["TEST_BOOT_ID_FILE"] = str(boot)
     two_pools.add_nic("web-0", "web-0-nic2")
     two_pools.join("web-0", "lb-web", "web-pool", nic="web-0-nic2")
     event0 = two_pools.schedule("Reboot", ["web-0"])
     ok(tagged.check())
     assert pools_of(two_pools, "web-0-nic2") == []
     move_nic(emulator, "web-0-nic2", "web-1")
+    boot.write_text("boot-2\n")  # web-0 was stopped for the move: it runs again with a new boot
     web1 = Agent(emulator=tagged.emulator, tmp=tagged.tmp / "web-1", vm="web-1", config_text=CONFIG)
     web1.tmp.mkdir()
     two_pools.schedule("Reboot", ["web-1"])

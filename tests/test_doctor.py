@@ -64,9 +64,11 @@ def test_a_good_set_up_is_ready(agent: Agent, pool: EmulatorControl) -> None:
     assert "web-0-nic: lb-web/web-pool" in _line(done.stdout, "nics")
     assert "ready: " in done.stdout
     seen = _assert_read_only(pool)
-    # The permissions API was asked, for the resource group and for the resources themselves.
+    # The permissions API was asked for the resources themselves.
     asked = {r["path"] for r in seen if r["path"].endswith("/providers/Microsoft.Authorization/permissions")}
-    assert f"{GROUP}/providers/Microsoft.Authorization/permissions" in asked
+    # This VM's NICs come from its VM resource (a Microsoft.Compute read, asked at the VM).
+    vm_scope = f"{GROUP}/providers/Microsoft.Compute/virtualMachines/web-0"
+    assert f"{vm_scope}/providers/Microsoft.Authorization/permissions" in asked
     assert (
         f"{GROUP}/providers/Microsoft.Network/networkInterfaces/web-0-nic/providers/Microsoft.Authorization/permissions"
         in asked

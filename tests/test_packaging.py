@@ -257,6 +257,7 @@ ROLES = {
         "Microsoft.Network/publicIPAddresses/join/action",
         "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
         "Microsoft.Network/locations/operations/read",  # the SDK polls the PUT's async operation
+        "Microsoft.Compute/virtualMachines/read",  # get_vm_nics: the VM's NICs (networkProfile)
     },
     "drainer-role-admin-state.json": {
         "Microsoft.Network/loadBalancers/read",  # list_load_balancers, get_load_balancer
@@ -274,10 +275,16 @@ ROLES = {
         "Microsoft.Network/publicIPAddresses/join/action",
         "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
         "Microsoft.Network/locations/operations/read",
+        "Microsoft.Compute/virtualMachines/read",  # get_vm_nics
+        # a scale-set Uniform instance: its VM resource and its NICs (get_scale_set_nic)
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/networkInterfaces/read",
     },
     "drainer-role-reader.json": {
         "Microsoft.Network/networkInterfaces/read",
         "Microsoft.Network/loadBalancers/read",
+        "Microsoft.Compute/virtualMachines/read",  # early approval: the listed VMs' NICs
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
     },
     "drainer-role-lease.json": {
         "Microsoft.Network/applicationSecurityGroups/read",  # get_asg
@@ -294,7 +301,9 @@ def test_role_definition_shape(name: str) -> None:
     assert role["IsCustom"] is True and role["Name"].startswith("drainer ")
     actions = role["Actions"]
     assert len(actions) == len(set(actions)) and set(actions) == ROLES[name]
-    assert all(re.fullmatch(r"Microsoft\.Network(/[A-Za-z]+)+", a) for a in actions)
+    assert all(re.fullmatch(r"Microsoft\.Network(/[A-Za-z]+)+", a) for a in actions if "Compute" not in a)
+    # Compute: reads only (a VM's NICs), never a write to a VM.
+    assert all(re.fullmatch(r"Microsoft\.Compute(/[A-Za-z]+)+/read", a) for a in actions if "Compute" in a)
     assert not any("*" in a for a in actions)
     assert role["NotActions"] == role["DataActions"] == role["NotDataActions"] == []
     assert role["AssignableScopes"] and all(s.startswith("/subscriptions/") for s in role["AssignableScopes"])

@@ -233,11 +233,16 @@ def test_the_same_boot_with_a_cached_identity_of_another_vm_is_caught_before_the
 
 
 def test_a_nic_attached_after_a_cycle_is_drained_too(tagged: Agent, two_pools: EmulatorControl) -> None:
+    boot = tagged.tmp / "boot_id"
+    boot.write_text("boot-1\n")
+    tagged.extra_env["TEST_BOOT_ID_FILE"] = str(boot)
     first = drain(tagged, two_pools)
     two_pools.remove(first)
     ok(tagged.check())
+    # Azure attaches a NIC only while the VM is stopped (deallocated): it runs again with a new boot.
     two_pools.add_nic("web-0", "web-0-nic2")
     two_pools.join("web-0", "lb-web", "web-pool", nic="web-0-nic2")
+    boot.write_text("boot-2\n")
     drain(tagged, two_pools)
     assert pools_of(two_pools, "web-0-nic") == []
     assert pools_of(two_pools, "web-0-nic2") == []

@@ -13,7 +13,7 @@ from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.core import Drain, EventRecord, Restore
-from drainer.store.ledger import Absence, Ledger, MemoryAbsence
+from drainer.store.ledger import Absence, Ledger, MemoryAbsence, MemoryNicIds, NicIds
 
 
 def _utcnow() -> datetime:
@@ -40,6 +40,8 @@ class ActionContext:
     notes: list[str] = field(default_factory=list)
     # Checks the records read from NICs and signs those written (drainer.act.records).
     records: RecordGuard = field(default_factory=memory_guard)
+    # This VM's NIC ids as read from its VM resource, kept for the boot (``lb_common.discover_nics``).
+    nic_ids: NicIds = field(default_factory=MemoryNicIds)
 
 
 class Actuator(Protocol):

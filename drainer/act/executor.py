@@ -124,7 +124,7 @@ class Executor:
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
         from drainer.act.records import RecordGuard  # noqa: PLC0415
-        from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
+        from drainer.store.ledger import StoreAbsence, StoreLedger, StoreNicIds  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
@@ -138,6 +138,7 @@ class Executor:
             checkpoint=self.seams.checkpoint,
             now=self.seams.now,
             forced=forced,
+            nic_ids=StoreNicIds(self.store),
         )
 
 

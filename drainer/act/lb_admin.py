@@ -171,6 +171,11 @@ class AdminStateDrain:
         """Add (or remove) admin-state records on the VM's primary NIC; locally where it cannot hold
         them."""
         nic_id = str(self._record_nic(nics).id)
+        if "/virtualmachinescalesets/" in nic_id.lower():
+            # A scale-set Uniform instance's NIC is read-only to the network API: the record is local.
+            if add:
+                ctx.ledger.record([_entry(r) for r in records])
+            return
         rid = ResourceId.parse(nic_id)
         keys = {r.key for r in records}
         summary = summary_text("admin state Down", ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)

@@ -3,6 +3,8 @@ read-modify-write loop and confirming a resource gone."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,7 +16,13 @@ from drainer.base.errors import ActionError
 from drainer.base.instance import InstanceInfo
 from drainer.io.arm import ArmError, Network
 
-MAX_CONFLICTS = 5  # 412 retries per resource and action
+# 412 retries per resource and action. A pool (admin-state) or the fleet's lease is written by every
+# VM of the set: 20 VMs draining in the same second made 5 too few (bench/admin_state_fleet.py).
+MAX_CONFLICTS = 8
+# After a conflict, wait a random moment of up to CONFLICT_BACKOFF x 2^(conflicts - 1) seconds (at
+# most CONFLICT_BACKOFF_MAX) before reading again: writers that collided do not collide again.
+CONFLICT_BACKOFF = 0.5
+CONFLICT_BACKOFF_MAX = 4.0
 T = TypeVar("T")
 W = TypeVar("W")
 
@@ -61,10 +69,15 @@ def vnet_of(subnet_id: str) -> str:
 
 
 def discover_nics(network: Network, ctx: ActionContext) -> list[str]:
-    """The VM's NICs: named in the config, else found now by listing the resource group's NICs and
-    matching ``virtualMachine.id`` (never cached: a NIC attached later must be drained too).
+    """The VM's NICs: named in the config, else the ``networkProfile`` of its VM resource (one small
+    Microsoft.Compute GET, for a scale-set Uniform instance too), read once per boot and kept
+    (``ctx.nic_ids``): a NIC is attached to or detached from a VM only while it is stopped
+    (deallocated) (Microsoft Learn, "Add network interfaces to or remove network interfaces from
+    virtual machines"), so a NIC attached later comes with a new boot and is read then. A retry of a
+    held drain reads nothing again.
 
-    Raises ActionError when none is found, ArmError when the list fails.
+    Raises ActionError when none is found, ArmError when the read fails (404: the VM resource is not
+    where instance metadata says).
     """
     vm = ctx.vm
     if ctx.config.drain.nics:
@@ -75,23 +88,55 @@ def discover_nics(network: Network, ctx: ActionContext) -> list[str]:
             f"{vm.resource_group}/providers/Microsoft.Network/networkInterfaces/{n}"
             for n in ctx.config.drain.nics
         ]
-    found = sorted(
-        str(nic.id)
-        for nic in network.list_nics(vm.resource_group)
-        if nic.id and nic.virtual_machine is not None and same(nic.virtual_machine.id, vm.resource_id)
-    )
+    found = ctx.nic_ids.get(vm.resource_id)
+    if found:
+        return found
+    found = sorted(network.get_vm_nics(vm.resource_id))
     if not found:
         raise ActionError(
-            "discover NICs",
-            f"no NIC in resource group {vm.resource_group} is attached to {vm.resource_id}; "
-            "name them in [drain] nics",
+            "discover NICs", f"the VM resource {vm.resource_id} lists no NIC; name them in [drain] nics"
         )
+    ctx.nic_ids.put(vm.resource_id, found)
     return found
 
 
 def read_nic(network: Network, nic_id: str) -> NetworkInterface:
+    """A NIC by id: under the network provider, or a scale-set Uniform instance's NIC under the
+    Compute provider (``.../virtualMachineScaleSets/{ss}/virtualMachines/{id}/networkInterfaces/{nic}``,
+    as the instance's ``networkProfile`` lists it). Raises ArmError, ActionError."""
+    parts = nic_id.strip("/").split("/")
+    lowered = [p.lower() for p in parts]
+    if "virtualmachinescalesets" in lowered and "networkinterfaces" in lowered:
+        at = lowered.index("virtualmachinescalesets")
+        try:
+            group = parts[lowered.index("resourcegroups") + 1]
+            scale_set, index, name = (
+                parts[at + 1],
+                parts[at + 3],
+                parts[lowered.index("networkinterfaces") + 1],
+            )
+        except (ValueError, IndexError) as exc:
+            raise ActionError("parse resource id", f"not a scale-set NIC id: {nic_id!r}") from exc
+        return network.get_scale_set_nic(group, scale_set, index, name)
     rid = ResourceId.parse(nic_id)
     return network.get_nic(rid.resource_group, rid.name)
+
+
+def vm_resource_id(vm: InstanceInfo, name: str) -> str:
+    """The resource id of the VM called ``name`` (as Scheduled Events lists it) beside this one: a
+    VM of this VM's resource group (an availability set's or a Flexible scale set's VMs are ordinary
+    VM resources), or, when this VM is a scale-set Uniform instance and the name is
+    ``<scale set>_<instance id>``, that instance of the same scale set."""
+    base = (
+        f"/subscriptions/{vm.subscription_id}/resourceGroups/{vm.resource_group}/providers/Microsoft.Compute"
+    )
+    if (
+        vm.is_uniform_scale_set_instance
+        and vm.scale_set
+        and name.lower().startswith(vm.scale_set.lower() + "_")
+    ):
+        return f"{base}/virtualMachineScaleSets/{vm.scale_set}/virtualMachines/{name.rpartition('_')[2]}"
+    return f"{base}/virtualMachines/{name}"
 
 
 def read_modify_write(
@@ -102,9 +147,13 @@ def read_modify_write(
     ctx: ActionContext,
 ) -> W | None:
     """The one etag loop: read, plan the change (None: nothing to do), write with ``If-Match``; on
-    412 (someone else wrote meanwhile: our write did not happen) read again, at most MAX_CONFLICTS
-    times. Returns the plan written (or None). Raises ArmError, ActionError."""
-    for _ in range(MAX_CONFLICTS):
+    412 (someone else wrote meanwhile: our write did not happen) read again after a jittered
+    back-off, at most MAX_CONFLICTS times. Returns the plan written (or None). Raises ArmError,
+    ActionError."""
+    for conflicts in range(MAX_CONFLICTS):
+        if conflicts:
+            limit = min(CONFLICT_BACKOFF_MAX, CONFLICT_BACKOFF * 2 ** (conflicts - 1))
+            time.sleep(random.uniform(0, limit))  # noqa: S311  # nosec B311 - a delay, not a secret
         current = read()
         change = plan(current)
         if change is None:
@@ -178,33 +227,38 @@ class Presence:
         return "gone" if self.ctx.absence.absent(pool_id, self.ctx.now()) else "absent"
 
 
-def listed_nics(network: Network, vm: InstanceInfo, names: set[str]) -> dict[str, list[str]]:
-    """The NIC ids of the named VMs, found in the whole subscription (one paged list: a VM's NICs may
-    be in another resource group). Only VMs in this VM's resource group count: the VMs of one
-    availability set or scale set share it, and VM names are unique only within a group.
-    Raises ArmError."""
-    prefix = (
-        f"/subscriptions/{vm.subscription_id}/resourceGroups/{vm.resource_group}"
-        "/providers/Microsoft.Compute/virtualMachines/"
-    ).lower()
-    found: dict[str, list[str]] = {n.casefold(): [] for n in names}
-    for nic in network.list_all_nics():
-        owner = str(nic.virtual_machine.id if nic.virtual_machine is not None else "").lower().rstrip("/")
-        if nic.id and owner.startswith(prefix) and owner[len(prefix) :] in found:
-            found[owner[len(prefix) :]].append(str(nic.id))
+def listed_nics(
+    network: Network, vm: InstanceInfo, names: set[str], known: dict[str, list[str]] | None = None
+) -> dict[str, list[str] | None]:
+    """The NIC ids of the named VMs (None for a VM that does not exist), from each VM resource's
+    ``networkProfile`` (one small GET per VM; ``vm_resource_id`` says where each one is), except
+    those ``known`` already (this VM's, read during this boot). Raises ArmError (other than 404)."""
+    found: dict[str, list[str] | None] = {}
+    for name in sorted(n.casefold() for n in names):
+        if known and name in known:
+            found[name] = sorted(known[name])
+            continue
+        try:
+            found[name] = sorted(network.get_vm_nics(vm_resource_id(vm, name)))
+        except ArmError as exc:
+            if exc.status != 404:
+                raise
+            found[name] = None
     return found
 
 
 def still_in_pools(network: Network, nics: dict[str, list[str]]) -> set[str]:
     """Which of these VMs (name -> NIC ids) are still in a backend pool: a NIC referencing any load
     balancer or application gateway pool, or one of its addresses (in its virtual network) not Down
-    in an IP-based pool of any load balancer of the subscription. A VM whose NICs were not found
-    counts as in. One read per NIC, one subscription-wide load-balancer list. Raises ArmError."""
+    in an IP-based pool of any load balancer of the subscription. The NICs are read in the order
+    given, and the reads stop at the first VM found in a pool (the answer is then "wait", naming
+    that VM); the subscription-wide load-balancer list is read only once no NIC references a pool.
+    An empty answer comes from reading every NIC and the load balancers. Raises ArmError."""
     inside: set[str] = set()
     owners: dict[tuple[str, str], str] = {}
     for name, nic_ids in nics.items():
-        if not nic_ids:
-            inside.add(name)
+        if inside:
+            return inside
         for nic_id in nic_ids:
             nic = read_nic(network, nic_id)
             for config in nic.ip_configurations or []:
@@ -215,7 +269,7 @@ def still_in_pools(network: Network, nics: dict[str, list[str]]) -> set[str]:
                     or config.application_gateway_backend_address_pools
                 ):
                     inside.add(name)
-    if not owners:
+    if inside or not owners:
         return inside
     for lb in network.list_all_load_balancers():
         for pool in lb.backend_address_pools or []:

@@ -345,14 +345,14 @@ def _nics(config: Config, found: _Found) -> Check:
                 if nic is not None:
                     found.nics.append(nic)
         else:
-            found.nics = sorted(
-                (n for n in network.list_nics(vm.resource_group) if n.id and _attached(n, vm)),
-                key=lambda n: str(n.id),
-            )
+            # As a drain finds them (lb_common.discover_nics): its VM resource's networkProfile.
+            found.nics = [
+                _read_nic(network, nic_id) for nic_id in sorted(network.get_vm_nics(vm.resource_id))
+            ]
             if not found.nics:
                 problems.append(
                     (
-                        f"no NIC in resource group {vm.resource_group} is attached to {vm.name}",
+                        f"the VM resource {vm.resource_id} lists no NIC",
                         "name them in [drain] nics (by resource id when they are in another resource group)",
                     )
                 )
@@ -364,6 +364,14 @@ def _nics(config: Config, found: _Found) -> Check:
     summary = "; ".join(lines) or "no NIC"
     details = {"nics": [{"id": str(n.id), "pools": _pools(n)} for n in found.nics]}
     return fail("nics", summary, problems, **details) if problems else ok("nics", summary, **details)
+
+
+def _read_nic(network: Any, nic_id: str) -> Any:
+    """The NIC at ``nic_id``. Raises ArmError."""
+    from drainer.act.lb_common import ResourceId  # noqa: PLC0415
+
+    rid = ResourceId.parse(nic_id)
+    return network.get_nic(rid.resource_group, rid.name)
 
 
 def _read_configured(
@@ -560,6 +568,7 @@ def _permissions(config: Config, found: _Found) -> Check:
         lists_subscription=config.approval.enabled,
         app_gateways=config.drain.application_gateways,
         admin_pools=[p for pools in found.admin_pools.values() for p in pools],
+        vm_id=vm.resource_id,
     )
     short_of: list[tuple[rbac.Need, list[str]]] = []
     problems: list[tuple[str, str]] = []

@@ -197,13 +197,14 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     if new and (Path(config.hooks.dir) / "on-event").is_dir():
         steps.append(OnEvent(new))
     state = executor.run(state, [*steps, *decision.actions])
+    if earlier:
+        # Before approval: a drain is complete only once its post-drain hooks succeeded.
+        state = executor.run(state, [RetryPhases(tuple(earlier))])
     # -- early approval: a rule over facts, then Approve actions through the same executor
     own = own_events(state, decision.own)  # only this VM's events can be approved
     if config.approval.enabled and (approval_candidates(own) or at_once_candidates(own, config.approval)):
         state = _approve(run, executor, vm, state)
     run.commit.finish(state)
-    if earlier:
-        executor.run(state, [RetryPhases(tuple(earlier))])
     if not run.commit.result.errors:  # "the last successful check": only a run whose actions all went
         try:
             run.effects.touch_last_check(config.state_dir)
@@ -221,7 +222,7 @@ def _approve(run: Run, executor: Executor, vm: InstanceInfo, state: State) -> St
         run.config, log=run.log, effects=run.effects, store=run.store, vm=vm, state=state, now=run.seams.now()
     )
     now = run.seams.now()  # the reads took time: NotBefore may be near now
-    decision = approve_at_once(decide_approvals(state, vm.name, now, cfg, facts), cfg)
+    decision = approve_at_once(decide_approvals(state, vm.name, now, cfg, facts), cfg, facts, now)
     state = run.commit(state, decision, now, prune=False)
     return executor.run(state, decision.actions)
 

@@ -300,6 +300,12 @@ _PROBE = _keys(
     address=Rule("the daemon answers the load balancer's health probe here ...", check=ADDRESS),
     path=Rule("... on this path: 200 in rotation, 503 while drained", check=URL_PATH),
     flag_file=Rule("exists while the VM is out of rotation"),
+    takedown_seconds=Rule(
+        "early approval waits this long after the VM left rotation: the load balancer stops sending new "
+        "connections only once its probe failed (threshold x interval; 2 x 5 s by default, doubled)",
+        0,
+        3600,
+    ),
 )
 _LOGGING = _keys(
     "logging",

@@ -112,6 +112,10 @@ class ProbeConfig(NamedTuple):
     address: str = "0.0.0.0:8088"
     path: str = "/drainer/ready"
     flag_file: str = "/run/drainer/out-of-rotation"
+    # Early approval waits this long after the VM left rotation: the load balancer stops sending new
+    # connections only once its probe failed ``threshold`` times ``interval`` apart (the portal's
+    # defaults: 5 s, 2); twice that by default, for a probe answered just before the flag was set.
+    takedown_seconds: float = 20.0
 
 
 class HooksConfig(NamedTuple):

@@ -27,8 +27,18 @@ class ApprovalFacts(NamedTuple):
 
     open_connections: int | None = None
     # Names (case-folded) of the listed VMs, this one included, that are still in a backend pool
-    # (any pool, any resource group), or whose NICs could not be found.
+    # (any pool, any resource group), read from ARM in this run whenever it is empty (None: unknown).
     listed_in_pool: frozenset[str] | None = None
+    # Listed VMs that do not exist as VM resources (a name no VM of this resource group has): the
+    # approval would start maintenance for a VM drainer cannot see, so it waits for NotBefore.
+    listed_missing: frozenset[str] = frozenset()
+    # Hook phases of this VM's drain that failed and are retried (e.g. "post-drain"): the VM is not
+    # ready until they succeed.
+    phases_failing: tuple[str, ...] = ()
+    # How long the load balancer may still send new connections after the VM left rotation (the
+    # probe method: until its health probe has failed enough times; 0 for the ARM methods, whose
+    # removal is done once the write succeeded).
+    takedown_seconds: float = 0.0
 
 
 # Only the first few listed VMs (by name) approve: a dead one costs a slot, and an event gets at
@@ -93,6 +103,8 @@ def decide_approvals(
             status = "not ours"  # unreachable for ACTIVE events: kept as a second guard
         elif vm.drain_state is not DrainState.DRAINED and not cfg.when_not_drained:
             status = f"waiting: VM is {vm.drain_state.value}" + (f" ({vm.held})" if vm.held else "")
+        elif why := not_ready(vm, now, facts):
+            status = why
         elif (
             facts.open_connections
             and vm.since is not None
@@ -103,6 +115,8 @@ def decide_approvals(
             status = "not approving: NotBefore is near (approving gains nothing)"
         elif why := turn(record, vm_name, vm, now, cfg):
             status = why
+        elif missing := listed & facts.listed_missing:
+            status = f"waiting for NotBefore: {', '.join(sorted(missing))} not found (no such VM resource)"
         elif others := blocking(listed - {me}, facts) | ({me} & set(facts.listed_in_pool or ())):
             status = f"waiting: {', '.join(sorted(others))} still in a pool"
         else:
@@ -113,6 +127,20 @@ def decide_approvals(
             transitions.append(_approval_transition(event, record.approval, status))
     actions: tuple[Action, ...] = (Approve(tuple(approve), "drained and ready"),) if approve else ()
     return Decision(state=state._replace(events=records), actions=actions, transitions=tuple(transitions))
+
+
+def not_ready(vm: VmState, now: datetime, facts: ApprovalFacts) -> str:
+    """ "" when this VM's own drain is complete, else why not: a hook phase of the drain still
+    failing, or the load balancer not yet sure to have seen the VM's health probe fail."""
+    if facts.phases_failing:
+        return f"waiting: {', '.join(facts.phases_failing)} hooks failing (retried)"
+    if facts.takedown_seconds > 0 and vm.since is not None and vm.drain_state is DrainState.DRAINED:
+        left = facts.takedown_seconds - (now - vm.since).total_seconds()
+        if left > 0:
+            return (
+                f"waiting: the load balancer's health probe ({left:.0f}s of {facts.takedown_seconds:g}s left)"
+            )
+    return ""
 
 
 def _approval_transition(event: ScheduledEvent, old: str, new: str) -> Transition:
@@ -183,13 +211,21 @@ def at_once_candidates(state: State, cfg: ApprovalConfig) -> list[EventRecord]:
     ]
 
 
-def approve_at_once(decision: Decision, cfg: ApprovalConfig) -> Decision:
+def approve_at_once(
+    decision: Decision,
+    cfg: ApprovalConfig,
+    facts: ApprovalFacts | None = None,
+    now: datetime | None = None,
+) -> Decision:
     """``decision`` (from ``decide_approvals``) with the ``at_once_candidates`` approved too: the VM stays
     in rotation for an ignored event anyway, and a user who restarts a VM wants it now (Microsoft:
-    "events with a user event source can be immediately approved")."""
+    "events with a user event source can be immediately approved"), once its drain is complete
+    (``not_ready``: no drain hook failing, the health probe seen failing)."""
     if not cfg.enabled:
         return decision
     extra = at_once_candidates(decision.state, cfg)
+    if facts is not None and now is not None and not_ready(decision.state.vm, now, facts):
+        extra = [r for r in extra if r.state is EventState.IGNORED]
     first = tuple(i for a in decision.actions if isinstance(a, Approve) for i in a.event_ids)
     approved = set(first)
     extra = [r for r in extra if r.event.event_id not in approved]

@@ -41,6 +41,10 @@ APPGW_READ = f"{NET}/applicationGateways/read"
 APPGW_POOL_JOIN = f"{NET}/applicationGateways/backendAddressPools/join/action"
 ASG_READ = f"{NET}/applicationSecurityGroups/read"
 ASG_WRITE = f"{NET}/applicationSecurityGroups/write"
+COMPUTE = "Microsoft.Compute"
+VM_READ = f"{COMPUTE}/virtualMachines/read"  # this VM's NICs, from its networkProfile
+VMSS_VM_READ = f"{COMPUTE}/virtualMachineScaleSets/virtualMachines/read"  # a Uniform instance's
+VMSS_NIC_READ = f"{COMPUTE}/virtualMachineScaleSets/virtualMachines/networkInterfaces/read"
 
 
 class Role(NamedTuple):
@@ -52,15 +56,29 @@ class Role(NamedTuple):
 _NIC_JOINS = (POOL_JOIN, NAT_JOIN, SUBNET_JOIN, NSG_JOIN, PIP_JOIN, ASG_JOIN)
 ROLES: Mapping[str, Role] = {
     "nic": Role(
-        "drainer-role-nic.json", "drainer nic method", (NIC_READ, NIC_WRITE, LB_READ, *_NIC_JOINS, OPERATIONS)
+        "drainer-role-nic.json",
+        "drainer nic method",
+        (NIC_READ, NIC_WRITE, LB_READ, *_NIC_JOINS, OPERATIONS, VM_READ),
     ),
     "admin-state": Role(
         "drainer-role-admin-state.json",
         "drainer admin-state method",
-        (LB_READ, POOL_WRITE, VNET_JOIN_LB, SUBNET_JOIN_LB, NIC_READ, NIC_WRITE, *_NIC_JOINS, OPERATIONS),
+        (
+            LB_READ,
+            POOL_WRITE,
+            VNET_JOIN_LB,
+            SUBNET_JOIN_LB,
+            NIC_READ,
+            NIC_WRITE,
+            *_NIC_JOINS,
+            OPERATIONS,
+            VM_READ,
+            VMSS_VM_READ,
+            VMSS_NIC_READ,
+        ),
     ),
     "lease": Role("drainer-role-lease.json", "drainer lease", (ASG_READ, ASG_WRITE, OPERATIONS)),
-    "reader": Role("drainer-role-reader.json", "drainer reader", (NIC_READ, LB_READ)),
+    "reader": Role("drainer-role-reader.json", "drainer reader", (NIC_READ, LB_READ, VM_READ, VMSS_VM_READ)),
 }
 
 # What a NIC PUT is authorised against, per resource its body links ("linked authorization": README,
@@ -176,10 +194,12 @@ def needs(
     lists_subscription: bool,
     app_gateways: bool = False,
     admin_pools: Sequence[tuple[str, str]] = (),
+    vm_id: str = "",
 ) -> list[Need]:
     """What ``method`` (``nic`` or ``admin-state``) needs, scope by scope.
 
-    ``lists_nics``: NICs are found by listing the resource group ([drain] nics unset);
+    ``lists_nics``: NICs are found from this VM's resource ([drain] nics unset: ``vm_id``'s
+    networkProfile, a Microsoft.Compute read);
     ``lists_subscription``: the subscription's NICs and load balancers are listed (early approval;
     ``admin-state`` always lists the load balancers): asked at the resource group, the nearest scope
     the permissions API answers for; ``admin_pools``: (pool id, virtual network id) of each IP-based
@@ -187,7 +207,10 @@ def needs(
     """
     found = _Needs()
     group = f"resource group {_name(resource_group_id)}"
-    if lists_nics or lists_subscription:
+    if lists_nics and vm_id:
+        uniform = "/virtualmachinescalesets/" in vm_id.lower()
+        found.add(vm_id, f"VM {_name(vm_id)}", VMSS_VM_READ if uniform else VM_READ)
+    if lists_subscription:
         found.add(resource_group_id, group, NIC_READ)
     if lists_subscription or method == "admin-state":
         found.add(resource_group_id, group, LB_READ)

@@ -44,6 +44,7 @@ NIC_ROLE_ACTIONS = (
     "Microsoft.Network/publicIPAddresses/join/action",
     "Microsoft.Network/applicationSecurityGroups/joinIpConfiguration/action",
     "Microsoft.Network/locations/operations/read",
+    "Microsoft.Compute/virtualMachines/read",
 )
 
 
@@ -168,6 +169,10 @@ class ArmModel:
     mutations: list[Mutation] = field(default_factory=list)
     writes: list[dict[str, Any]] = field(default_factory=list)
     asgs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Virtual machines (Microsoft.Compute), by lower-case resource id: (resource id, name, vmId).
+    vms: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # adminState set on members of NIC-based pools: (pool id, ipConfiguration id), lower case -> state.
+    nic_admin: dict[tuple[str, str], str] = field(default_factory=dict)
     # (time, pool id, members in service) after every change of a pool's membership.
     timeline: list[tuple[float, str, int]] = field(default_factory=list)
     # principal (lower case) -> its role assignments ({"scope", "actions", "notActions"}); a principal
@@ -223,9 +228,12 @@ class ArmModel:
         *,
         primary: bool = True,
         resource_group: str | None = None,
+        nic_id: str | None = None,
     ) -> None:
+        """A NIC attached to ``vm_resource_id``; ``nic_id`` overrides its id (a scale-set Uniform
+        instance's NICs live under the Compute provider)."""
         with self.lock:
-            nic_id = self.nic_id(name, resource_group or self.resource_group)
+            nic_id = nic_id or self.nic_id(name, resource_group or self.resource_group)
             etag = new_etag()
             self.nics[name.lower()] = {
                 "name": name,
@@ -262,6 +270,60 @@ class ArmModel:
                     "virtualMachine": {"id": vm_resource_id},
                 },
             }
+
+    def add_vm(self, resource_id: str, name: str, vm_id: str) -> None:
+        with self.lock:
+            self.vms[resource_id.lower()] = (resource_id, name, vm_id)
+
+    def get_vm(self, resource_id: str) -> dict[str, Any]:
+        """The VM resource (Microsoft.Compute) as ``GET .../virtualMachines/{name}`` (or, for a
+        scale-set Uniform instance, ``.../virtualMachineScaleSets/{ss}/virtualMachines/{id}``)
+        answers it, shaped after VirtualMachine_Get.json and VirtualMachineScaleSetVM_Get_WithUserData
+        .json (2024-07-01): ``properties.networkProfile.networkInterfaces`` lists the attached NICs.
+        Raises ArmError (404 ResourceNotFound)."""
+        with self.lock:
+            found = self.vms.get(resource_id.rstrip("/").lower())
+            if found is None:
+                raise ArmError(
+                    404,
+                    "ResourceNotFound",
+                    f"The Resource '{resource_id.split('/providers/', 1)[-1]}' under resource group "
+                    f"'{resource_id.split('/')[4]}' was not found. For more details please go to "
+                    "https://aka.ms/ARMResourceNotFoundFix",
+                )
+            vm_resource_id, name, vm_id = found
+            attached = [
+                n
+                for n in self.nics.values()
+                if str((n["properties"].get("virtualMachine") or {}).get("id", "")).lower()
+                == vm_resource_id.lower()
+            ]
+            return {
+                "name": name,
+                "id": vm_resource_id,
+                "type": "Microsoft.Compute/virtualMachines",
+                "location": self.location,
+                "properties": {
+                    "vmId": vm_id,
+                    "hardwareProfile": {"vmSize": "Standard_D2s_v3"},
+                    "networkProfile": {
+                        "networkInterfaces": [
+                            {"id": n["id"], "properties": {"primary": bool(n["properties"].get("primary"))}}
+                            for n in attached
+                        ]
+                    },
+                    "provisioningState": "Succeeded",
+                },
+            }
+
+    def get_nic_by_id(self, nic_id: str) -> dict[str, Any]:
+        """A NIC by its full id (a scale-set Uniform instance's NIC under the Compute provider).
+        Raises ArmError (404)."""
+        with self.lock:
+            for nic in self.nics.values():
+                if str(nic["id"]).lower() == nic_id.rstrip("/").lower():
+                    return self.get_nic(str(nic["name"]))
+            raise ArmError(404, "NotFound", f"Resource {nic_id} not found.")
 
     def add_load_balancer(
         self,
@@ -499,7 +561,8 @@ class ArmModel:
             )
 
     def in_service(self) -> dict[str, int]:
-        """pool id (lower case) -> members in service (NICs referencing it; IP members not Down)."""
+        """pool id (lower case) -> members in service (NICs referencing it whose adminState is not
+        Down; IP members not Down)."""
         counts: dict[str, int] = {}
         for lb in self.lbs.values():
             for pool in lb["properties"]["backendAddressPools"]:
@@ -520,12 +583,20 @@ class ArmModel:
                 ]
                 for ref in refs:
                     key = ref["id"].lower()
-                    if key in counts:
+                    if key in counts and self.nic_admin.get((key, config["id"].lower())) != "Down":
                         counts[key] += 1
         return counts
 
     def _note_membership(self) -> None:
-        """Append to the timeline the pools whose in-service count changed."""
+        """Append to the timeline the pools whose in-service count changed (and forget the admin
+        state of a NIC-based pool's members that left it: a member that joins again starts at None)."""
+        members = {
+            (ref["id"].lower(), config["id"].lower())
+            for nic in self.nics.values()
+            for config in nic["properties"]["ipConfigurations"]
+            for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
+        }
+        self.nic_admin = {k: v for k, v in self.nic_admin.items() if k in members}
         now = time.time()
         last: dict[str, int] = {}
         for _, pool, count in self.timeline:
@@ -546,9 +617,10 @@ class ArmModel:
                     continue
                 for config in nic["properties"]["ipConfigurations"]:
                     addresses[str(config["properties"].get("privateIPAddress"))] = vm
-                    if config["properties"].get("loadBalancerBackendAddressPools") or config[
-                        "properties"
-                    ].get("applicationGatewayBackendAddressPools"):
+                    lb_refs = config["properties"].get("loadBalancerBackendAddressPools") or []
+                    if config["properties"].get("applicationGatewayBackendAddressPools") or any(
+                        self.nic_admin.get((r["id"].lower(), config["id"].lower())) != "Down" for r in lb_refs
+                    ):
                         found.add(vm)
             for lb in self.lbs.values():
                 for pool in lb["properties"]["backendAddressPools"]:
@@ -564,7 +636,11 @@ class ArmModel:
             out: dict[str, list[str]] = {}
             for lb in self.lbs.values():
                 for pool in lb["properties"]["backendAddressPools"]:
-                    members = [n["name"] for n in self.nics.values() if self._in_pool(n, pool["id"])]
+                    members = [
+                        n["name"] + (" (Down)" if self._member_state(n, pool["id"]) == "Down" else "")
+                        for n in self.nics.values()
+                        if self._in_pool(n, pool["id"])
+                    ]
                     for address in pool["properties"].get("loadBalancerBackendAddresses") or []:
                         state = address["properties"].get("adminState", "None")
                         members.append(f"ip={address['properties'].get('ipAddress')} ({state})")
@@ -627,6 +703,19 @@ class ArmModel:
             for config in nic["properties"]["ipConfigurations"]
             for ref in config["properties"].get("loadBalancerBackendAddressPools") or []
         )
+
+    def _member_state(self, nic: dict[str, Any], pool_id: str) -> str:
+        """The adminState of a NIC's membership of a NIC-based pool ("Down" when every one of its
+        ipConfigurations in the pool is Down)."""
+        states = {
+            self.nic_admin.get((pool_id.lower(), c["id"].lower()), "None")
+            for c in nic["properties"]["ipConfigurations"]
+            if any(
+                r["id"].lower() == pool_id.lower()
+                for r in c["properties"].get("loadBalancerBackendAddressPools") or []
+            )
+        }
+        return "Down" if states == {"Down"} else "None"
 
     def _pool_exists(self, pool_id: str) -> bool:
         wanted = pool_id.lower()
@@ -809,10 +898,27 @@ class ArmModel:
             for pool in lb["properties"]["backendAddressPools"]:
                 if "loadBalancerBackendAddresses" in pool["properties"]:
                     continue
-                pool["properties"]["backendIPConfigurations"] = self._members(
-                    pool["id"], "loadBalancerBackendAddressPools"
-                )
+                members = self._members(pool["id"], "loadBalancerBackendAddressPools")
+                pool["properties"]["backendIPConfigurations"] = members
+                pool["properties"]["loadBalancerBackendAddresses"] = [
+                    self._nic_member(pool["id"], m["id"]) for m in members
+                ]
             return lb
+
+    def _nic_member(self, pool_id: str, ipconfig_id: str) -> dict[str, Any]:
+        """A NIC-based pool's member as a backend address: the spec's LoadBalancerBackendAddress has
+        ``networkInterfaceIPConfiguration`` ("Reference to IP address defined in network interfaces",
+        read-only) and ``adminState``; Microsoft Learn ("Manage Administrative State in Azure Load
+        Balancer") sets the admin state of a NIC-based pool's instance after it was added ("Admin state
+        can't be configured during the creation of a NIC-based Load Balancer backend pool"). The
+        name is the emulator's choice (``<NIC>_<ipConfiguration>``); no ipAddress (the IP is the
+        NIC's)."""
+        nic, _, ipconfig = ipconfig_id.rpartition("/ipConfigurations/")
+        props: dict[str, Any] = {"networkInterfaceIPConfiguration": {"id": ipconfig_id}}
+        state = self.nic_admin.get((pool_id.lower(), ipconfig_id.lower()))
+        if state is not None:
+            props["adminState"] = state
+        return {"name": f"{nic.rsplit('/', 1)[-1]}_{ipconfig}", "properties": props}
 
     def _members(self, pool_id: str, key: str) -> list[dict[str, str]]:
         """A pool's ``backendIPConfigurations``: the NIC ipConfigurations whose ``key`` names it."""
@@ -841,7 +947,25 @@ class ArmModel:
             entry = self._pool(lb, pool)
             self._check_etag(entry, if_match)
             addresses = (body.get("properties") or {}).get("loadBalancerBackendAddresses")
-            if addresses is not None:
+            if addresses is not None and "loadBalancerBackendAddresses" not in entry["properties"]:
+                # A NIC-based pool: its members come from the NICs; only their adminState is set
+                # here, matched by name (networkInterfaceIPConfiguration is read-only: the SDK does
+                # not send it).
+                current = {
+                    str(a["name"]).lower(): a["properties"]["networkInterfaceIPConfiguration"]["id"]
+                    for a in self.get_pool(lb, pool)["properties"]["loadBalancerBackendAddresses"]
+                }
+                for address in addresses:
+                    ipconfig = current.get(str(address.get("name", "")).lower())
+                    if ipconfig is None:
+                        continue
+                    state = (address.get("properties") or {}).get("adminState")
+                    key = (entry["id"].lower(), ipconfig.lower())
+                    if state in (None, "None"):
+                        self.nic_admin.pop(key, None)
+                    else:
+                        self.nic_admin[key] = str(state)
+            elif addresses is not None:
                 entry["properties"]["loadBalancerBackendAddresses"] = [
                     {"name": a.get("name"), "properties": dict(a.get("properties") or {})} for a in addresses
                 ]

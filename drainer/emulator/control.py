@@ -75,10 +75,20 @@ class EmulatorControl:
         """The VMs inside a scripted impact right now."""
         return list(self.state()["impacted"])
 
-    def add_vm(self, name: str, scale_set: str = "", *, nic_resource_group: str | None = None) -> None:
-        """A VM with one NIC ``<name>-nic`` (in another resource group when ``nic_resource_group``)."""
+    def add_vm(
+        self, name: str, scale_set: str = "", *, nic_resource_group: str | None = None, uniform: bool = False
+    ) -> None:
+        """A VM with one NIC ``<name>-nic`` (in another resource group when ``nic_resource_group``);
+        ``uniform``: a scale-set Uniform instance (``<scale set>_<instance id>``)."""
         self._call(
-            "POST", "vms", {"name": name, "scale_set": scale_set, "nic_resource_group": nic_resource_group}
+            "POST",
+            "vms",
+            {
+                "name": name,
+                "scale_set": scale_set,
+                "nic_resource_group": nic_resource_group,
+                "uniform": uniform,
+            },
         )
 
     def vm_identity(self, vm: str, *, system_assigned: bool, user_assigned: list[str] | None = None) -> None:
@@ -87,6 +97,12 @@ class EmulatorControl:
         self._call(
             "POST", f"vms/{vm}/identity", {"system_assigned": system_assigned, "user_assigned": user_assigned}
         )
+
+    def share_node(self, node: str, vms: list[str]) -> None:
+        """These VMs run on one host node: an approval starts their events only once every one of
+        them has approved (Azure: "In some cases Azure requires the approval of all the VMs hosted
+        on the node"), or at NotBefore. By default each VM has a node of its own."""
+        self._call("POST", "nodes", {"node": node, "vms": vms})
 
     # -- ARM ---------------------------------------------------------------------------------
 

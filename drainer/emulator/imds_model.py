@@ -21,11 +21,15 @@ from typing import Any
 from drainer.emulator.arm_model import ArmModel
 from drainer.emulator.throttle import Throttle
 
+# Microsoft Learn, "Scheduled Events for Linux VMs", Version and region availability: 2017-03-01
+# (preview), 2017-08-01, 2017-11-01, 2019-01-01, 2019-04-01 ("Added support for Event Description"),
+# 2019-08-01 (EventSource), 2020-07-01 (DurationInSeconds), all General Availability.
 SCHEDULED_EVENTS_VERSIONS = (
     "2017-03-01",
     "2017-08-01",
     "2017-11-01",
     "2019-01-01",
+    "2019-04-01",
     "2019-08-01",
     "2020-07-01",
 )
@@ -105,6 +109,7 @@ class EmulatedEvent:
     second_impact_after: float | None = None
     second_impact_seconds: float = 0.0
     impacts_done: int = 0  # impacts whose end has been applied (boot ids changed)
+    approved: bool = False  # a StartRequests POST named it (it starts once its nodes are approved)
 
     def impacts(self) -> list[tuple[float, float]]:
         """The impact windows, as (start, end) on time.monotonic()."""
@@ -131,9 +136,11 @@ class EmulatedEvent:
             "NotBefore": ""
             if self.status == "Started" or self.not_before is None
             else format_datetime(self.not_before, usegmt=True),
-            "Description": self.description,
         }
-        # Fields arrive with api-versions: EventSource in 2019-08-01, DurationInSeconds in 2020-07-01.
+        # Fields arrive with api-versions: Description in 2019-04-01, EventSource in 2019-08-01,
+        # DurationInSeconds in 2020-07-01.
+        if api_version >= "2019-04-01":
+            out["Description"] = self.description
         if api_version >= "2019-08-01":
             out["EventSource"] = self.source
         if api_version >= "2020-07-01":
@@ -185,6 +192,13 @@ class VmIdentity:
             return self.system_identity or bool(self.user_identities)
         return self.user_identities is None or client_id.lower() in (c.lower() for c in self.user_identities)
 
+    # The host node the VM runs on (VMs sharing one are approved together); "" means a node of its own.
+    node: str = ""
+
+    @property
+    def host(self) -> str:
+        return self.node.casefold() or f"own:{self.name.casefold()}"
+
     def reboot(self) -> None:
         """The VM came back from a reboot: a new boot id (written to ``boot_id_file``)."""
         self.boot_id = str(uuid.uuid4())
@@ -211,6 +225,11 @@ class VmIdentity:
             f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
             f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
         )
+
+    def nic_id(self, nic: str) -> str:
+        """A scale-set Uniform instance's NIC id, under the Compute provider as Azure gives it
+        (VirtualMachineScaleSetVM_Get_WithUserData.json, ``networkProfile.networkInterfaces``)."""
+        return f"{self.resource_id}/networkInterfaces/{nic}"
 
     @property
     def private_ip(self) -> str:
@@ -289,7 +308,7 @@ class ImdsModel:
         self.raw_document: str | None = None
         self.faults: list[Fault] = []
         self.approvals: list[dict[str, Any]] = []
-        self.requests: deque[dict[str, Any]] = deque(maxlen=2000)
+        self.requests: deque[dict[str, Any]] = deque(maxlen=20000)
         self.tokens_issued = 0
         # Whether scheduled events answers carry an ETag (and honour If-None-Match with 304). Not
         # documented for IMDS: on by default here so the daemon's conditional GET is exercised.
@@ -315,8 +334,19 @@ class ImdsModel:
                 uniform,
             )
             self.vms[name.casefold()] = vm
-            self.arm.add_nic(f"{name}-nic", vm.resource_id, vm.private_ip, resource_group=nic_resource_group)
+            self.arm.add_vm(vm.resource_id, name, vm.vm_id)
+            nic_id = vm.nic_id(f"{name}-nic") if uniform else None
+            self.arm.add_nic(
+                f"{name}-nic", vm.resource_id, vm.private_ip, resource_group=nic_resource_group, nic_id=nic_id
+            )
             return vm
+
+    def share_node(self, node: str, names: list[str]) -> None:
+        """These VMs run on one host node: an approval starts their events only once every one of
+        them has approved (or at NotBefore). Raises KeyError for an unknown VM."""
+        with self.lock:
+            for name in names:
+                self.vms[name.casefold()].node = node
 
     def default_vm(self) -> VmIdentity:
         with self.lock:
@@ -383,6 +413,7 @@ class ImdsModel:
                 event.status = "Started"
                 event.started_at = time.monotonic()
                 self._bump()
+                self._start_approved()  # an approved event may have waited for this one's VMs
             return True
 
     def remove(self, event_id: str) -> bool:
@@ -391,6 +422,7 @@ class ImdsModel:
             if self.events.pop(event_id.casefold(), None) is None:
                 return False
             self._bump()
+            self._start_approved()  # an approved event may have waited for this one's VMs
             return True
 
     def reset(self, incarnation: int = 1) -> None:
@@ -438,6 +470,7 @@ class ImdsModel:
                 changed = True
         if changed:
             self._bump()
+            self._start_approved()
 
     def document_and_etag(self, api_version: str) -> tuple[str, str]:
         """The scheduled events document and its ETag. Rendered again only after a change (every
@@ -473,19 +506,49 @@ class ImdsModel:
             for event_id in ids:
                 event = self.events.get(event_id.casefold())
                 listed = list(event.resources) if event is not None else []
+                if event is not None and event.status == "Scheduled":
+                    event.approved = True
                 self.approvals.append(
                     {
                         "event_id": event_id,
                         "vm": vm,
                         "at": time.time(),
                         "status": event.status if event is not None else None,
-                        # Listed VMs still in a pool when the approval started their maintenance.
+                        # Listed VMs still in a pool when the approval was sent (it may start their
+                        # maintenance: see _start_approved).
                         "in_pool": self.arm.vms_in_pools(listed),
                     }
                 )
-                # An approval starts the event for every VM it lists, not only the caller.
-                self.start(event_id)
+            self._start_approved()
         return 200, {}
+
+    def _start_approved(self) -> None:
+        """Start the approved events whose host nodes have every approval they need.
+
+        Microsoft Learn, "Scheduled Events for Linux VMs", Start an event: "The event may not start
+        immediately upon approval. In some cases Azure requires the approval of all the VMs hosted on
+        the node before proceeding with the event." (and, under High level overview: "If the VM is on
+        shared infrastructure, the system will then wait for all other tenants on the same hardware to
+        also approve the job or timeout"). One approval counts for every VM the event lists
+        ("Acknowledging an event allows the event to proceed for all Resources in the event"). Here an
+        approved event starts once no VM on the nodes of the VMs it lists is still listed in a
+        Scheduled event nobody approved; with one VM per node (the default) that is at once."""
+        waiting = {
+            name.casefold()
+            for e in self.events.values()
+            if e.status == "Scheduled" and not e.approved
+            for name in e.resources
+        }
+        for event in list(self.events.values()):
+            if event.status != "Scheduled" or not event.approved:
+                continue
+            hosts = {self._host(name) for name in event.resources}
+            if not any(self._host(name) in hosts for name in waiting):
+                self.start(event.event_id)
+
+    def _host(self, name: str) -> str:
+        vm = self.vms.get(name.casefold())
+        return vm.host if vm is not None else f"own:{name.casefold()}"
 
     def token(self, resource: str, client_id: str | None, vm: str = "") -> dict[str, Any]:
         now = int(time.time())
@@ -567,6 +630,7 @@ class ImdsModel:
                 "tokens_issued": self.tokens_issued,
                 "impacted": self.impacted(),
                 "boot_ids": {vm.name: vm.boot_id for vm in self.vms.values()},
+                "nodes": {vm.name: vm.node for vm in self.vms.values() if vm.node},
             }
 
 

@@ -33,6 +33,8 @@ Control routes (JSON in, JSON out):
   POST   /_emulator/vms/<name>/identity       {"system_assigned": bool, "user_assigned": [client ids] | null}:
                                               its managed identities (none: the token endpoint answers
                                               400 "Identity not found", as IMDS does)
+  POST   /_emulator/nodes                     {"node", "vms"}: these VMs share a host node (an approval
+                                              starts their events once all of them approved)
   POST   /_emulator/reset
 """
 
@@ -97,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             payload = body
         if self._log_path is not None:
-            self._record(self._log_path, status)
+            self._record(self._log_path, status, len(payload))
             self._log_path = None
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -123,9 +125,14 @@ class _Handler(BaseHTTPRequestHandler):
             if stop.wait(drip):
                 return  # the fault was cleared, or the emulator is stopping
 
-    def _record(self, path: str, status: int | str) -> None:
+    def _record(self, path: str, status: int | str, size: int = 0) -> None:
         model = self.server.model
+        auth = self.headers.get("Authorization") or ""
         with model.lock:
+            # Who asked (the VM whose managed identity the bearer token belongs to), for per-VM costs.
+            principal = (
+                model.token_owner.get(auth[len("Bearer ") :], "") if auth.startswith("Bearer ") else ""
+            )
             model.requests.append(
                 {
                     "method": self.command,
@@ -137,6 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "authorization": bool(self.headers.get("Authorization")),
                     "status": status,
                     "at": time.time(),
+                    "principal": principal,
+                    "bytes": size,  # the answer's body
                 }
             )
 
@@ -307,6 +316,15 @@ class _Handler(BaseHTTPRequestHandler):
             after = arm.settings.status_retry_after
             in_progress = after and status["status"] == "InProgress"
             return 200, status, {**limits, "Retry-After": after} if in_progress and after else limits
+        compute = _COMPUTE.match(path)
+        if compute and self.command == "GET":
+            if compute.group(1).lower() != arm.subscription_id.lower():
+                raise ArmError(
+                    404, "SubscriptionNotFound", f"The subscription '{compute.group(1)}' could not be found."
+                )
+            if compute.group(3):  # a scale-set Uniform instance's NIC, under the Compute provider
+                return 200, arm.get_nic_by_id(path), limits
+            return 200, arm.get_vm(f"/subscriptions/{compute.group(1)}/{compute.group(2)}"), limits
         listing = _SUBSCRIPTION_LIST.match(path)
         if listing and self.command == "GET":
             if listing.group(1).lower() != arm.subscription_id.lower():
@@ -490,6 +508,9 @@ class _Handler(BaseHTTPRequestHandler):
                     segments[1], bool(data.get("system_assigned", True)), None if user is None else list(user)
                 )
                 self._send(200 if found else 404, {})
+            elif route == "nodes" and method == "POST":
+                model.share_node(str(data["node"]), [str(n) for n in data["vms"]])
+                self._send(200, {})
             elif route == "vms" and method == "POST":
                 vm = model.add_vm(
                     data["name"],
@@ -643,6 +664,14 @@ _RESOURCE = re.compile(
 _TAGS_AT_SCOPE = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Network/networkInterfaces/"
     r"([^/]+)/providers/Microsoft\.Resources/tags/default/?$",
+    re.IGNORECASE,
+)
+# A VM (``virtualMachines/{name}``), a scale-set Uniform instance (``virtualMachineScaleSets/{ss}/
+# virtualMachines/{id}``), or such an instance's NIC (``.../networkInterfaces/{nic}``).
+_COMPUTE = re.compile(
+    r"^/subscriptions/([^/]+)/(resourceGroups/[^/]+/providers/Microsoft\.Compute/"
+    r"(?:virtualMachines/[^/]+|virtualMachineScaleSets/[^/]+/virtualMachines/[^/]+))"
+    r"(/networkInterfaces/[^/]+)?/?$",
     re.IGNORECASE,
 )
 _SUBSCRIPTION_LIST = re.compile(

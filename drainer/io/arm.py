@@ -35,6 +35,8 @@ from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import HTTPPolicy, RetryPolicy
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
+from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import (
     ApplicationGateway,
@@ -61,6 +63,10 @@ _TOO_DEEP = "an ARM answer nested too deeply to read (refused)"
 _SDK_LOG = logging.getLogger("azure")
 _SDK_LOG.addHandler(logging.NullHandler())
 _SDK_LOG.propagate = False
+
+# The Microsoft.Compute api-version of the one Compute read (a VM's NICs): the version of the spec
+# examples the emulator is shaped after (VirtualMachine_Get.json, 2024-07-01).
+COMPUTE_API_VERSION = "2024-07-01"
 
 # "The call can be retried in 14 seconds." (RetryableErrorDueToAnotherOperation, HTTP 429, no header)
 _RETRY_IN = re.compile(r"retried in (\d+) seconds")
@@ -267,6 +273,10 @@ class Network(Protocol):
     def start(self) -> None: ...
     def list_nics(self, resource_group: str) -> list[NetworkInterface]: ...
     def get_nic(self, resource_group: str, name: str) -> NetworkInterface: ...
+    def get_scale_set_nic(
+        self, resource_group: str, scale_set: str, index: str, name: str
+    ) -> NetworkInterface: ...
+    def get_vm_nics(self, resource_id: str) -> list[str]: ...
     def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer: ...
     def list_load_balancers(self, resource_group: str) -> list[LoadBalancer]: ...
     def list_all_nics(self) -> list[NetworkInterface]: ...
@@ -403,6 +413,39 @@ class ArmNetwork:
         )
         return result
 
+    def get_scale_set_nic(
+        self, resource_group: str, scale_set: str, index: str, name: str
+    ) -> NetworkInterface:
+        """A scale-set Uniform instance's NIC (read-only to the network API, under the Compute provider)."""
+        result: NetworkInterface = self._call(
+            f"read NIC {name} of {scale_set}/{index}",
+            self._client.network_interfaces.get_virtual_machine_scale_set_network_interface,
+            resource_group,
+            scale_set,
+            index,
+            name,
+        )
+        return result
+
+    def get_vm_nics(self, resource_id: str) -> list[str]:
+        """The NIC ids of a VM resource (``properties.networkProfile.networkInterfaces``): one small
+        Microsoft.Compute GET (a VM, or a scale-set Uniform instance's
+        ``virtualMachineScaleSets/{ss}/virtualMachines/{id}``), sent through the network client's
+        pipeline: the same credential, token-destination guard, rate limit, retries and deadline, and
+        no azure-mgmt-compute dependency. Raises ArmError (404 when the VM does not exist)."""
+        what = f"read VM {resource_id.rsplit('/', 1)[-1]}"
+        request = HttpRequest("GET", "{endpoint}" + resource_id, params={"api-version": COMPUTE_API_VERSION})
+
+        def get(**kwargs: Any) -> Any:
+            response = self._client.send_request(request, **kwargs)
+            if response.status_code != 200:
+                raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+            return response.json()
+
+        body = self._call(what, get)
+        profile = (body.get("properties") or {}).get("networkProfile") or {}
+        return [str(n["id"]) for n in profile.get("networkInterfaces") or [] if n.get("id")]
+
     def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer:
         result: LoadBalancer = self._call(
             f"read load balancer {name}", self._client.load_balancers.get, resource_group, name
@@ -502,6 +545,14 @@ class DryRunNetwork:
 
     def get_nic(self, resource_group: str, name: str) -> NetworkInterface:
         return self.inner.get_nic(resource_group, name)
+
+    def get_scale_set_nic(
+        self, resource_group: str, scale_set: str, index: str, name: str
+    ) -> NetworkInterface:
+        return self.inner.get_scale_set_nic(resource_group, scale_set, index, name)
+
+    def get_vm_nics(self, resource_id: str) -> list[str]:
+        return self.inner.get_vm_nics(resource_id)
 
     def get_load_balancer(self, resource_group: str, name: str) -> LoadBalancer:
         return self.inner.get_load_balancer(resource_group, name)

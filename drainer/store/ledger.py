@@ -43,6 +43,39 @@ class StoreLedger:
             self._store.ledger_forget(entries)
 
 
+class NicIds(Protocol):
+    """This VM's NIC ids, kept for the boot they were read in (``StateStore.own_nics``)."""
+
+    def get(self, resource_id: str) -> list[str] | None: ...
+
+    def put(self, resource_id: str, nics: Sequence[str]) -> None:
+        """Raises StateError."""
+
+
+class StoreNicIds:
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def get(self, resource_id: str) -> list[str] | None:
+        return self._store.own_nics(resource_id)
+
+    def put(self, resource_id: str, nics: Sequence[str]) -> None:
+        self._store.set_own_nics(resource_id, nics)
+
+
+class MemoryNicIds:
+    """Kept as long as the process (tests, and code that has no state store)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, list[str]] = {}
+
+    def get(self, resource_id: str) -> list[str] | None:
+        return self._ids.get(resource_id)
+
+    def put(self, resource_id: str, nics: Sequence[str]) -> None:
+        self._ids[resource_id] = list(nics)
+
+
 class Absence(Protocol):
     """Resources that answered 404. One answer never proves a resource gone: it is confirmed gone
     only after ``reads`` answers spread over ``seconds`` (``[drain] gone_after_reads`` and

@@ -68,6 +68,7 @@ _FLOOR_BREACH = "floor_breach"
 _PEER_CHECK = "peer_check"
 _LISTED_NICS = "listed_nics"
 _RECORD_PROBLEMS = "record_problems"
+_OWN_NICS = "own_nics"
 
 
 class StateStore:
@@ -233,6 +234,23 @@ class StateStore:
     def set_peer_check(self, *, listed_nics: dict[str, Any], peer_check: dict[str, Any]) -> None:
         """Raises StateError."""
         self._set_meta({_LISTED_NICS: json.dumps(listed_nics), _PEER_CHECK: json.dumps(peer_check)})
+
+    def own_nics(self, resource_id: str) -> list[str] | None:
+        """This VM's NIC ids as its VM resource listed them during this boot (None: not read during
+        this boot, or the boot is unknown). A NIC is attached to or detached from a VM only while it is
+        stopped (deallocated), so the list holds until the next boot."""
+        found = self._meta_json(_OWN_NICS, dict)
+        boot = self.boot_id()
+        if found is None or boot is None or found.get("boot_id") != boot or found.get("vm") != resource_id:
+            return None
+        nics = found.get("nics")
+        return [str(n) for n in nics] if isinstance(nics, list) else None
+
+    def set_own_nics(self, resource_id: str, nics: Sequence[str]) -> None:
+        """Raises StateError."""
+        boot = self.boot_id()
+        if boot is not None:
+            self._set_meta({_OWN_NICS: json.dumps({"boot_id": boot, "vm": resource_id, "nics": list(nics)})})
 
     def load(self, scope: str = "all", *, recent: int = 50) -> State:
         """The persisted state. ``scope``: "all" events; "open" (the hot path: events not cleared, and
