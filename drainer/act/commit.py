@@ -29,6 +29,9 @@ class RunResult:
 
 def log_transitions(log: Logger, transitions: Sequence[Transition]) -> None:
     for t in transitions:
+        if t.subject == "vm" and t.to_state.endswith(" failed"):
+            continue  # the history's line of a failed attempt: the action's own error line says it
+
         fields: dict[str, Any] = {"from_state": t.from_state, "to_state": t.to_state}
         if t.event_id:
             fields["event_id"] = t.event_id
