@@ -12,8 +12,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,12 @@ from drainer.base.errors import MalformedDocumentError, StateError
 from drainer.base.instance import InstanceInfo
 from drainer.decide.model import DrainState, EventRecord, EventState, State, Transition, VmState
 from drainer.io.log import redact_text
-from drainer.io.safefile import UnsafeFileError
-from drainer.store.files import memory_copy, private_files, set_aside
+from drainer.store.files import set_aside
 from drainer.store.schema import (
     _EVENT_INSERT,
     _EVENT_SELECT,
-    _MIGRATIONS,
     _OPEN_STATES,
-    _SCHEMA,
     DB_NAME,
-    SCHEMA_VERSION,
     HistoryEntry,
     LedgerEntry,
     NewerSchemaError,
@@ -40,11 +35,11 @@ from drainer.store.schema import (
     StateRefusedError,
     db_error,
     dt,
-    need_dt,
     record_from_row,
     record_to_row,
     ts,
 )
+from drainer.store.tables import Tables
 
 __all__ = [
     "DB_NAME",
@@ -71,102 +66,10 @@ _RECORD_PROBLEMS = "record_problems"
 _OWN_NICS = "own_nics"
 
 
-class StateStore:
-    """The SQLite state database. Raises StateError when it cannot be opened or is not ours."""
-
-    def __init__(self, state_dir: str | os.PathLike[str], *, in_memory: bool = False) -> None:
-        """Open (or create) the database. ``in_memory``: work on an in-memory copy (a dry run), so
-        nothing at all is written to the state directory (not even a new, empty database).
-
-        ``fresh`` tells whether the database was created (or was empty) just now: the local state was
-        missing, and the caller reconciles with Azure. Raises StateError.
-        """
-        self.dir = Path(state_dir)
-        self.path = self.dir / DB_NAME
-        self.fresh = False
-        self._cacheable = not in_memory
-        try:
-            if in_memory:
-                self._db = memory_copy(self.path)
-            else:
-                private_files(self.dir, self.path)
-                # Shared with the threads that write a VM's NICs at once (drainer.act.fanout), which
-                # serialise every call through one lock.
-                self._db = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=10, check_same_thread=False
-                )
-                # WAL + FULL: a committed run survives power loss, not only a process crash.
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-            self._db.row_factory = sqlite3.Row  # rows are read by column name
-            self._file = None if in_memory else _file_id(self.path)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self.fresh = True
-                with self._transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version < SCHEMA_VERSION:
-                with self._transaction():
-                    for old in range(version, SCHEMA_VERSION):
-                        for statement in _MIGRATIONS[old]:
-                            self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise NewerSchemaError(
-                    f"{self.path}: schema version {version} is not {SCHEMA_VERSION} "
-                    "(written by a newer drainer version)"
-                )
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot open the state database", exc) from exc
-        except UnsafeFileError as exc:
-            raise StateRefusedError(f"{self.dir}: state dir: {exc}") from exc
-        except OSError as exc:
-            raise StateRefusedError(f"{self.dir}: cannot create the state directory: {exc}") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    def still_at_path(self) -> bool:
-        """Whether the database file at the path is still the one this store has open (not moved
-        aside, deleted or replaced since): a store kept open across runs is reused only then."""
-        return self._file is not None and _file_id(self.path) == self._file
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """A read that fails says so in one line (StateCorruptError when the database is damaged)."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "unreadable state", exc) from exc
-
-    def _meta(self, key: str) -> str | None:
-        with self._reading():
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row["value"])
-
-    def _meta_json(self, key: str, kind: type) -> Any:
-        """A JSON value kept in ``meta``, or None when missing, unreadable or not of ``kind``."""
-        try:
-            raw = self._meta(key)
-            data = json.loads(raw) if raw else None
-        except (ValueError, StateError):
-            return None
-        return data if isinstance(data, kind) else None
+class StateStore(Tables):
+    """The SQLite state database: the state of events and of this VM, and a typed accessor for every
+    other value it keeps (no SQL or JSON of it outside drainer.store). Raises StateError when it
+    cannot be opened or is not ours."""
 
     def identity(self) -> InstanceInfo | None:
         """The VM identity this state was last verified for (None: none, or unreadable)."""
@@ -345,43 +248,6 @@ class StateStore:
                     return True
         return False
 
-    def history(self, *, event_id: str | None = None, limit: int = 200) -> list[HistoryEntry]:
-        """The newest ``limit`` transitions, oldest first (optionally for one event)."""
-        query = "SELECT seq, at, subject, event_id, event_type, from_state, to_state, reason FROM "
-        query += "history"
-        params: list[Any] = []
-        if event_id:
-            query += " WHERE lower(event_id) = lower(?)"
-            params.append(event_id)
-        query += " ORDER BY seq DESC LIMIT ?"
-        params.append(limit)
-        with self._reading():
-            rows = self._db.execute(query, params).fetchall()
-        try:
-            return self._history(rows)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise db_error(self.path, "unreadable history", exc) from exc
-
-    @staticmethod
-    def _history(rows: list[sqlite3.Row]) -> list[HistoryEntry]:
-        return [
-            HistoryEntry(
-                seq=r["seq"],
-                at=need_dt(r["at"]),
-                transition=Transition(
-                    subject=r["subject"],
-                    event_id=r["event_id"],
-                    event_type=r["event_type"],
-                    from_state=r["from_state"],
-                    to_state=r["to_state"],
-                    reason=r["reason"],
-                ),
-            )
-            for r in reversed(rows)
-        ]
-
-    # -- writing ---------------------------------------------------------------------------------
-
     def save(
         self,
         old: State,
@@ -456,127 +322,6 @@ class StateStore:
         if self._cacheable:
             _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
 
-    def append_history(self, now: datetime, transitions: Sequence[Transition]) -> None:
-        """Add lines of history that change no state (a hook run), in one transaction. Raises StateError."""
-        try:
-            with self._transaction() as db:
-                db.executemany(
-                    "INSERT INTO history (at, subject, event_id, event_type, from_state, to_state,"
-                    " reason) VALUES (?,?,?,?,?,?,?)",
-                    [
-                        (
-                            ts(now),
-                            t.subject,
-                            t.event_id,
-                            t.event_type,
-                            t.from_state,
-                            t.to_state,
-                            redact_text(t.reason),
-                        )
-                        for t in transitions
-                    ],
-                )
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot save the state: {exc}") from exc
-
-    # -- the ledger of changes to undo --------------------------------------------------------
-
-    def ledger(self, method: str | None = None) -> list[LedgerEntry]:
-        """Recorded changes (all, or one method's), oldest first."""
-        query = "SELECT method, resource_id, item, kind, target, status FROM ledger"
-        params: tuple[str, ...] = ()
-        if method is not None:
-            query += " WHERE method = ?"
-            params = (method,)
-        with self._reading():
-            rows = self._db.execute(query + " ORDER BY recorded_at, rowid", params).fetchall()
-        return [
-            LedgerEntry(
-                method=r["method"],
-                resource_id=r["resource_id"],
-                item=r["item"],
-                kind=r["kind"],
-                target=r["target"],
-                status=r["status"],
-            )
-            for r in rows
-        ]
-
-    def ledger_record(self, entries: Sequence[LedgerEntry], now: datetime) -> None:
-        """Record (or update the status of) entries, atomically. Raises StateError."""
-        stamp = ts(now)
-        try:
-            with self._transaction() as db:
-                for e in entries:
-                    db.execute(
-                        "INSERT INTO ledger VALUES (?,?,?,?,?,?,?) ON CONFLICT "
-                        "(method, resource_id, item, kind, target) DO UPDATE SET status = excluded.status",
-                        (*e.key, e.status, stamp),
-                    )
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-
-    def ledger_forget(self, entries: Sequence[LedgerEntry]) -> None:
-        """Drop entries once their change is undone, atomically. Raises StateError."""
-        try:
-            with self._transaction() as db:
-                for e in entries:
-                    db.execute(
-                        "DELETE FROM ledger WHERE method = ? AND resource_id = ? AND item = ? AND kind = ?"
-                        " AND target = ?",
-                        e.key,
-                    )
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-
-    # -- resources seen absent (404), until confirmed gone -------------------------------------
-
-    def note_absent(self, resource_id: str, now: datetime) -> tuple[datetime, int]:
-        """Count one 404 of ``resource_id``: (first seen absent, reads so far). Raises StateError."""
-        key = resource_id.lower()
-        try:
-            with self._transaction() as db:
-                row = db.execute(
-                    "SELECT first_at, reads FROM absent WHERE resource_id = ?", (key,)
-                ).fetchone()
-                first, reads = (now, 0) if row is None else (need_dt(row["first_at"]), int(row["reads"]))
-                first = min(first, now)
-                db.execute("INSERT OR REPLACE INTO absent VALUES (?, ?, ?)", (key, ts(first), reads + 1))
-        except (sqlite3.Error, ValueError) as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-        return first, reads + 1
-
-    def forget_absent(self, resource_id: str) -> None:
-        try:
-            self._db.execute("DELETE FROM absent WHERE resource_id = ?", (resource_id.lower(),))
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-
-    def clear_absent(self) -> None:
-        try:
-            self._db.execute("DELETE FROM absent")
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-
-    def absent(self) -> dict[str, tuple[datetime, int]]:
-        """Resources seen absent and not yet confirmed gone (for ``status``)."""
-        with self._reading():
-            rows = self._db.execute("SELECT resource_id, first_at, reads FROM absent").fetchall()
-        try:
-            return {r["resource_id"]: (need_dt(r["first_at"]), int(r["reads"])) for r in rows}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise db_error(self.path, "unreadable state", exc) from exc
-
-    def _set_meta(self, values: dict[str, str]) -> None:
-        """Write meta keys in one transaction (secrets masked: hook output, ARM errors). Raises
-        StateError."""
-        try:
-            with self._transaction() as db:
-                for key, value in values.items():
-                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, redact_text(value)))
-        except sqlite3.Error as exc:
-            raise db_error(self.path, "cannot save the state", exc) from exc
-
 
 def _problem_key(problem: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in problem.items() if k != "since"}, sort_keys=True)
@@ -647,14 +392,6 @@ def open_store(
                 raise
             note = _unreadable(Path(state_dir), str(exc))
     raise StateError(f"{state_dir}: cannot open the state database")  # pragma: no cover - loop returns
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino)
 
 
 def _unreadable(state_dir: Path, reason: str) -> str:
