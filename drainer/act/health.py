@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from drainer.base.typing import Logger
 from drainer.config import Config
+from drainer.decide.model import State
 from drainer.io.trust import TrustError, find_program, open_file
 
 KEY = "restore.health_command"
@@ -128,3 +129,17 @@ def healthy(config: Config, log: Logger) -> bool | None:
         )
         ok = ok and command_ok
     return ok
+
+
+def recovery_gate(config: Config, log: Logger, state: State) -> bool | None:
+    """The restore gate's answer for restore_when = "recovered": True without a gate; asked only while an
+    event under that rule is Started and holds the VM (None: not asked)."""
+    if not config.restore.health_url and not config.restore.health_command:
+        return True
+    if "recovered" not in config.policy.restore_when.values():
+        return None
+    from drainer.decide.recovery import needs_gate  # noqa: PLC0415
+
+    if not needs_gate(state.events, config.policy):
+        return None
+    return healthy(config, log)

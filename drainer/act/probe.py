@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drainer.base.errors import ActionError
+from drainer.config import Config
 from drainer.decide.core import Drain, Restore
+from drainer.decide.model import DrainState, State
 from drainer.io.safefile import UnsafeFileError
 from drainer.store.files import read_drain_state
 
@@ -70,3 +72,13 @@ def out_of_rotation(state_dir: str, flag_file: str) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(info.st_mode) and info.st_uid in (0, os.geteuid())
+
+
+def drift(config: Config, state: State) -> str:
+    """Whether what is on this VM disagrees with the state (one stat, for the probe method)."""
+    if config.drain.method != "probe":
+        return ""
+    out = state.vm.drain_state in (DrainState.DRAINED, DrainState.RESTORING)
+    if Path(config.probe.flag_file).exists() != out:
+        return "the out-of-rotation flag does not match the state"
+    return ""

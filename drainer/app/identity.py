@@ -11,11 +11,17 @@ Preempt gives 30 seconds' notice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from drainer.base.errors import ImdsError
 from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.io.imds import ImdsClient
+from drainer.store.state import StateStore
+
+if TYPE_CHECKING:
+    from drainer.act.effects import Effects
 
 REREAD_SECONDS = 5.0
 # boot id -> the identity IMDS gave this process in that boot (the daemon's runs share it).
@@ -87,3 +93,41 @@ def _stands(log: Logger, known: InstanceInfo, exc: ImdsError) -> None:
         vm_id=known.vm_id,
         error=str(exc),
     )
+
+
+def identify(
+    store: StateStore, imds: ImdsClient, effects: Effects, log: Logger, *, boot_id: str | None
+) -> InstanceInfo | bool:
+    """This VM's identity; when the state belongs to another VM (never acted on), whether the run
+    must start over (see ``other_vm``).
+
+    Read from IMDS when the state is new or the VM booted since the last run; else the cached one.
+    Raises ImdsError, MalformedDocumentError.
+    """
+    known = store.identity()
+    if known is not None and not store.fresh and boot_id == store.boot_id():
+        return verified(boot_id, known)
+    current = read_or_known(imds, boot_id, log)
+    if known is None and not store.fresh and store.holds_anything():
+        # A state that never said whose it is: it cannot be shown to be this VM's, so it is never
+        # acted on (the records on the NICs are the truth; the next pass reconciles with them).
+        return other_vm(store, effects, log, InstanceInfo(name="(unknown)"), current)
+    if known is not None and not same_vm(known, current):
+        return other_vm(store, effects, log, known, current)
+    if known != current:
+        store.set_identity(current)
+    return current
+
+
+def other_vm(
+    store: StateStore, effects: Effects, log: Logger, known: InstanceInfo, current: InstanceInfo
+) -> bool:
+    """Set another VM's state aside; True when the run must start over on a new state."""
+    log.error(
+        "the state directory belongs to another VM: its records are set aside and never acted on",
+        state_vm=known.name,
+        state_vm_id=known.vm_id,
+        vm=current.name,
+        vm_id=current.vm_id,
+    )
+    return effects.set_aside(store, f"other-vm-{known.name}")

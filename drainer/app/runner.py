@@ -24,6 +24,8 @@ from typing import NamedTuple
 from drainer.act.commit import Commit, RunResult
 from drainer.act.effects import Effects, Resident, effects_for
 from drainer.act.executor import Executor, OnEvent, RetryPhases, Step
+from drainer.act.health import recovery_gate
+from drainer.act.probe import drift
 from drainer.act.seams import BOOT_ID_PATH, Seams
 from drainer.app import identity
 from drainer.base import metrics
@@ -31,7 +33,7 @@ from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
 from drainer.config import Config
 from drainer.decide.approval import approval_candidates, approve_at_once, at_once_candidates, decide_approvals
-from drainer.decide.core import DrainState, Observation, State, own_events, set_manual, step
+from drainer.decide.core import Observation, State, own_events, set_manual, step
 from drainer.decide.inert import split_remembered
 from drainer.io.imds import ImdsClient
 from drainer.store.state import Retention, StateCorruptError, StateStore
@@ -88,7 +90,7 @@ def run_once(
                         effects,
                         store,
                         client,
-                        Commit(store, log, result, _retention(config)),
+                        Commit(store, log, result, Retention.of(config)),
                     )
                     try:
                         again = _run(run, state, manual=manual, stall_seconds=stall_seconds)
@@ -118,7 +120,7 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     aside)."""
     config, log, seams, store = run.config, run.log, run.seams, run.store
     boot_id = read_boot_id(seams.boot_id_path)
-    found = _identify(run, boot_id=boot_id)
+    found = identity.identify(run.store, run.imds, run.effects, log, boot_id=boot_id)
     if not isinstance(found, InstanceInfo):
         return found  # another VM's state: set aside (start over), or left alone in a dry run
     vm = identity.with_override(config, found)
@@ -148,9 +150,9 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
         vm_name=vm.name,
         boot_id=boot_id,
         fresh=store.fresh,
-        drift=_drift(config, core_state),
+        drift=drift(config, core_state),
         monotonic=time.monotonic(),
-        gate_ok=_recovery_gate(run, core_state),
+        gate_ok=recovery_gate(config, log, core_state),
         stall_seconds=stall_seconds,
     )
     decision = step(core_state, observation, now, config.policy)
@@ -169,7 +171,7 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
         # VM's; IMDS failing leaves it standing, only a different answer stops the drain.
         current = identity.recheck(run.imds, found, boot_id, log)
         if not identity.same_vm(found, current):
-            return _other_vm(run, found, current)
+            return identity.other_vm(run.store, run.effects, log, found, current)
     seams.checkpoint("decided")
     # -- commit the decision, then act
     state = run.commit(state, decision, now, changed=changed)
@@ -232,75 +234,3 @@ def read_boot_id(path: str) -> str | None:
         return Path(path).read_text().strip() or None
     except OSError:
         return None  # not Linux, or no procfs: reboots are then not detected
-
-
-def _identify(run: Run, *, boot_id: str | None) -> InstanceInfo | bool:
-    """This VM's identity; when the state belongs to another VM (never acted on), whether the run
-    must start over (see ``_other_vm``).
-
-    Read from IMDS when the state is new or the VM booted since the last run; else the cached one.
-    Raises ImdsError, MalformedDocumentError.
-    """
-    store = run.store
-    known = store.identity()
-    if known is not None and not store.fresh and boot_id == store.boot_id():
-        return identity.verified(boot_id, known)
-    current = identity.read_or_known(run.imds, boot_id, run.log)
-    if known is None and not store.fresh and store.holds_anything():
-        # A state that never said whose it is: it cannot be shown to be this VM's, so it is never
-        # acted on (the records on the NICs are the truth; the next pass reconciles with them).
-        return _other_vm(run, InstanceInfo(name="(unknown)"), current)
-    if known is not None and not identity.same_vm(known, current):
-        return _other_vm(run, known, current)
-    if known != current:
-        store.set_identity(current)
-    return current
-
-
-def _other_vm(run: Run, known: InstanceInfo, current: InstanceInfo) -> bool:
-    """Set another VM's state aside; True when the run must start over on a new state."""
-    run.log.error(
-        "the state directory belongs to another VM: its records are set aside and never acted on",
-        state_vm=known.name,
-        state_vm_id=known.vm_id,
-        vm=current.name,
-        vm_id=current.vm_id,
-    )
-    return run.effects.set_aside(run.store, f"other-vm-{known.name}")
-
-
-def _recovery_gate(run: Run, state: State) -> bool | None:
-    """The restore gate's answer for restore_when = "recovered": True without a gate; asked only while an
-    event under that rule is Started and holds the VM (None: not asked)."""
-    config = run.config
-    if not config.restore.health_url and not config.restore.health_command:
-        return True
-    if "recovered" not in config.policy.restore_when.values():
-        return None
-    from drainer.decide.recovery import needs_gate  # noqa: PLC0415
-
-    if not needs_gate(state.events, config.policy):
-        return None
-    from drainer.act.health import healthy  # noqa: PLC0415
-
-    return healthy(config, run.log)
-
-
-def _retention(config: Config) -> Retention:
-    """What a save that adds history lines prunes (``[retention]``, ``[policy] retention_days``)."""
-    return Retention(
-        cleared_days=config.policy.retention_days,
-        cleared_events=config.retention.cleared_events,
-        history_days=config.retention.history_days,
-        history_rows=config.retention.history_rows,
-    )
-
-
-def _drift(config: Config, state: State) -> str:
-    """Whether what is on this VM disagrees with the state (one stat, for the probe method)."""
-    if config.drain.method != "probe":
-        return ""
-    out = state.vm.drain_state in (DrainState.DRAINED, DrainState.RESTORING)
-    if Path(config.probe.flag_file).exists() != out:
-        return "the out-of-rotation flag does not match the state"
-    return ""

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from drainer.base.errors import StateError
 from drainer.base.events import EventStatus, EventType, ScheduledEvent
+from drainer.config import Config
 from drainer.decide.model import EventRecord, EventState, Transition
 from drainer.io.log import redact_text
 
@@ -187,6 +188,16 @@ class Retention(NamedTuple):
     cleared_events: int = 1000
     history_days: int = 365
     history_rows: int = 20000
+
+    @classmethod
+    def of(cls, config: Config) -> Retention:
+        """What a save that adds history lines prunes, as the config says."""
+        return cls(
+            cleared_days=config.policy.retention_days,
+            cleared_events=config.retention.cleared_events,
+            history_days=config.retention.history_days,
+            history_rows=config.retention.history_rows,
+        )
 
 
 class StateRefusedError(StateError):
