@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from drainer.act.commit import Commit, RunResult
 from drainer.act.effects import Effects, Resident, effects_for
-from drainer.act.executor import Executor, OnEvent, RetryPhases, Step
 from drainer.act.health import recovery_gate
 from drainer.act.probe import drift
 from drainer.act.seams import BOOT_ID_PATH, Seams
@@ -37,6 +36,9 @@ from drainer.decide.core import Observation, State, own_events, set_manual, step
 from drainer.decide.inert import split_remembered
 from drainer.io.imds import ImdsClient
 from drainer.store.state import Retention, StateCorruptError, StateStore
+
+if TYPE_CHECKING:
+    from drainer.act.executor import Executor
 
 __all__ = ["BOOT_ID_PATH", "RunResult", "Seams", "run_once"]
 
@@ -180,32 +182,33 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
     # Hook phases that failed on earlier runs are retried after this run's actions; a phase that
     # fails during this run waits for the next one.
     earlier = store.pending_phases()
-    executor = Executor(
-        config,
-        log=log,
-        effects=run.effects,
-        seams=seams,
-        store=store,
-        commit=run.commit,
-        vm=vm,
-        imds=run.imds,
-    )
     new = tuple(
         t.event_id
         for t in decision.transitions
         if t.subject == "event" and t.from_state in {"new", "cleared"}
     )
-    steps: list[Step] = []
-    if new and (Path(config.hooks.dir) / "on-event").is_dir():
-        steps.append(OnEvent(new))
-    state = executor.run(state, [*steps, *decision.actions])
-    if earlier:
-        # Before approval: a drain is complete only once its post-drain hooks succeeded.
-        state = executor.run(state, [RetryPhases(tuple(earlier))])
-    # -- early approval: a rule over facts, then Approve actions through the same executor
-    own = own_events(state, decision.own)  # only this VM's events can be approved
-    if config.approval.enabled and (approval_candidates(own) or at_once_candidates(own, config.approval)):
-        state = _approve(run, executor, vm, state)
+    on_event = bool(new) and (Path(config.hooks.dir) / "on-event").is_dir()
+    if on_event or decision.actions or earlier or _approving(config, state, decision.own):
+        # Not on the idle path: the executor (and through it the drain methods' seam).
+        from drainer.act.executor import Executor, OnEvent, RetryPhases  # noqa: PLC0415
+
+        executor = Executor(
+            config,
+            log=log,
+            effects=run.effects,
+            seams=seams,
+            store=store,
+            commit=run.commit,
+            vm=vm,
+            imds=run.imds,
+        )
+        state = executor.run(state, [*([OnEvent(new)] if on_event else []), *decision.actions])
+        if earlier:
+            # Before approval: a drain is complete only once its post-drain hooks succeeded.
+            state = executor.run(state, [RetryPhases(tuple(earlier))])
+        # -- early approval: a rule over facts, then Approve actions through the same executor
+        if _approving(config, state, decision.own):
+            state = _approve(run, executor, vm, state)
     run.commit.finish(state)
     if not run.commit.result.errors:  # "the last successful check": only a run whose actions all went
         try:
@@ -214,6 +217,14 @@ def _run(run: Run, state: State, *, manual: bool | None, stall_seconds: float) -
             log.error("cannot record the successful check", error=str(exc))
             run.commit.problem(f"{Path(config.state_dir) / 'last-check'}: {exc.strerror or exc}")
     return False
+
+
+def _approving(config: Config, state: State, own: tuple[str, ...] | None) -> bool:
+    """Whether one of this VM's events (``own``: their keys) may be approved early now."""
+    if not config.approval.enabled:
+        return False
+    mine = own_events(state, own)  # only this VM's events can be approved
+    return bool(approval_candidates(mine) or at_once_candidates(mine, config.approval))
 
 
 def _approve(run: Run, executor: Executor, vm: InstanceInfo, state: State) -> State:
