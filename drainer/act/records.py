@@ -14,6 +14,7 @@ concurrently (``drainer.act.fanout``), so it takes a lock.
 
 from __future__ import annotations
 
+import shlex
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -42,17 +43,20 @@ def by_hand(nic_id: str, tags: Mapping[str, str]) -> str:
     records = decode(tags, subscription_of(nic_id))
     # https://learn.microsoft.com/cli/azure/network/nic/ip-config/address-pool ("the name or ID of
     # an existing backend address pool": the ID works for any resource group, and for gateways)
+    # Every name comes from tags anyone with Tag Contributor may write: quoted for the shell, so
+    # pasting the advice never runs what a tag smuggled in.
+    q = shlex.quote
     steps = [
-        f"az network nic ip-config address-pool add -g {group} --nic-name {_name(nic_id)} "
-        f"-n {ref.ipconfig} --address-pool {ref.pool_id}"
+        f"az network nic ip-config address-pool add -g {q(group)} --nic-name {q(_name(nic_id))} "
+        f"-n {q(ref.ipconfig)} --address-pool {q(ref.pool_id)}"
         for ref in records.refs
     ]
     steps += [
         f"set adminState of backend address {a.address} in {_name(a.pool_id)} back to {a.previous}"
         for a in records.admin
     ]
-    names = " ".join(sorted(tags))
-    steps.append(f"az tag update --resource-id {nic_id} --operation Delete --tags {names}")
+    names = " ".join(q(name) for name in sorted(tags))
+    steps.append(f"az tag update --resource-id {q(nic_id)} --operation Delete --tags {names}")
     return "if these pools are right, put the NIC back by hand: " + "; then ".join(steps)
 
 

@@ -211,7 +211,7 @@ def _token_failure(exc: BaseException, endpoint: str) -> str:
             text = ""
             try:
                 body = json.loads(seen.response.text()) if seen.response is not None else None
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 body = None
             if isinstance(body, dict):
                 text = ": ".join(str(body[k]) for k in ("error", "error_description") if body.get(k))

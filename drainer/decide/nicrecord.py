@@ -368,7 +368,8 @@ def verify(
             "no drainer:mac tag: not written by drainer (or by a release before records were signed)",
         )
     parts = mac.split(" ")
-    if len(parts) != 4 or parts[0] != MAC_VERSION or not parts[1].isdigit():
+    # ASCII only: int() takes "²" (isdigit says yes) and compare_digest refuses non-ASCII text.
+    if len(parts) != 4 or parts[0] != MAC_VERSION or not mac.isascii() or not parts[1].isdigit():
         return refuse("malformed", f"drainer:mac is not '{MAC_VERSION} <drain> <since> <mac>'")
     if key is None:
         return refuse(

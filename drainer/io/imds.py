@@ -258,6 +258,10 @@ class ImdsClient:
         body = self._request("GET", url, params={"api-version": self.config.instance_api_version})
         try:
             raw = json.loads(body or b"")
+        except RecursionError as exc:  # an answer nested beyond reason: metadata that failed
+            raise MalformedDocumentError(
+                "instance metadata is not JSON (nested too deeply)", url=url
+            ) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedDocumentError(f"instance metadata is not JSON ({exc})", url=url) from exc
         return InstanceInfo.from_json(raw, source=url)
@@ -286,7 +290,7 @@ def _error_text(payload: bytes) -> str:
     text = payload[:500].decode("utf-8", "replace")
     try:
         decoded = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return text.strip()
     if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
         return str(decoded["error"])

@@ -110,14 +110,14 @@ class PromRecorder:
     def load_counts(self, path: Path) -> None:
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return
         for name, series in data.items() if isinstance(data, dict) else []:
             if name in self.counters and isinstance(series, dict):
                 for key, value in series.items():
                     try:
                         self.inc(name, json.loads(key), float(value))
-                    except (ValueError, TypeError):
+                    except (ValueError, TypeError, RecursionError):
                         continue
 
     def save_counts(self, path: Path) -> None:

@@ -166,7 +166,7 @@ class FileKeyStore:
         try:
             raw = json.loads(data)
             found = DrainCounter(int(raw["drain"]), bool(raw["open"]), str(raw.get("since") or ""))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise RecordKeyError(f"{self.counter_path}: unreadable drain counter") from exc
         if found.number < 0:
             raise RecordKeyError(f"{self.counter_path}: unreadable drain counter")

@@ -119,7 +119,7 @@ class Database:
         try:
             raw = self._meta(key)
             data = json.loads(raw) if raw else None
-        except (ValueError, StateError):
+        except (ValueError, StateError, RecursionError):
             return None
         return data if isinstance(data, kind) else None
 

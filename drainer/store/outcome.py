@@ -123,7 +123,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     finally:
         os.close(fd)

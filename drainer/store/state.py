@@ -181,7 +181,7 @@ class StateStore(Tables):
                 " last_reconcile_at, last_reconcile FROM vm WHERE id = 1"
             ).fetchone()
             events = self._events(scope, recent, json.loads(row["held_by"]) if row is not None else [])
-        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        except (sqlite3.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise db_error(self.path, "unreadable state", exc) from exc
         vm = VmState()
         if row is not None:
@@ -198,13 +198,13 @@ class StateStore(Tables):
                     last_reconcile_at=dt(row["last_reconcile_at"]),
                     last_reconcile=str(row["last_reconcile"]),
                 )
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise db_error(self.path, "unreadable VM state", exc) from exc
         incarnation = self._meta(_INCARNATION)
         return State(
             events=events,
             vm=vm,
-            incarnation=None if incarnation is None else int(incarnation),
+            incarnation=_incarnation(self.path, incarnation),
             boot_id=self._meta(_BOOT_ID),
         )
 
@@ -232,7 +232,7 @@ class StateStore(Tables):
             if row is not None:
                 try:
                     found[row["key"]] = record_from_row(row)
-                except (ValueError, KeyError, TypeError) as exc:
+                except (ValueError, KeyError, TypeError, RecursionError) as exc:
                     raise db_error(self.path, "unreadable event", exc) from exc
         return found
 
@@ -321,6 +321,16 @@ class StateStore(Tables):
             raise db_error(self.path, "cannot save the state", exc) from exc
         if self._cacheable:
             _CACHE[str(self.path)] = (values[GENERATION], _open_part(new))
+
+
+def _incarnation(path: Path, text: str | None) -> int | None:
+    """The stored DocumentIncarnation. Raises StateCorruptError (a damaged value: set aside, rebuilt)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise db_error(path, "unreadable state", exc) from exc
 
 
 def _problem_key(problem: dict[str, Any]) -> str:
