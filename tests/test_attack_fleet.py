@@ -30,7 +30,7 @@ def test_a_held_drain_is_not_carried_out_by_the_next_reconcile(
         emulator,
         tmp_path,
         VMS[:2],
-        fleet_config(lease, min_in_service=1, max_unavailable=1, base=base),
+        fleet_config(min_in_service=1, max_unavailable=1, base=base),
         zygote,
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
@@ -55,7 +55,7 @@ def test_a_listed_vm_seen_out_once_is_read_again_before_the_approval(
     # never reads them again. A listed VM that is put back into its pool meanwhile (an operator, a
     # deployment pipeline re-applying the pool) is then in service when the approval starts the
     # maintenance for every listed VM.
-    config = fleet_config("", min_in_service=0, base=APPROVING)
+    config = fleet_config(min_in_service=0, base=APPROVING)
     agents = fleet_agents(emulator, tmp_path, VMS[:3], config, zygote)
     control.schedule("Reboot", VMS[:3], not_before_in=900)
     assert agents["web-1"].check().returncode == 0
@@ -82,7 +82,7 @@ def test_a_listed_vm_in_an_ip_based_pool_of_another_load_balancer_blocks_the_app
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-1")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     control.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
     control.leave("web-1", "lb-web", "web-pool")  # out of the NIC pool, still in the IP pool
@@ -112,7 +112,7 @@ def test_the_floor_holds_in_application_gateway_pools(
     agw_pool = f"{rg}/providers/Microsoft.Network/applicationGateways/agw/backendAddressPools/agw-pool"
     for name in VMS[:2]:
         control.join_app_gateway(name, agw_pool)
-    config = fleet_config(lease, min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
+    config = fleet_config(min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
     agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     for name in VMS[:2]:
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -131,7 +131,7 @@ def test_a_vm_out_every_minute_keeps_its_claim_alive(
     # Now a claim must live at least three reconcile intervals (a shorter one is refused), and every
     # reconcile of a VM out renews it.
     lease = control.add_asg("drainer-lease")
-    short = fleet_config(lease, min_in_service=1, max_unavailable=1).replace(
+    short = fleet_config(min_in_service=1, max_unavailable=1).replace(
         "claim_seconds = 900", "claim_seconds = 300"
     )
     refused = fleet_agents(emulator, tmp_path, ["web-2"], short, zygote)["web-2"].check()
@@ -161,7 +161,7 @@ def test_one_failed_renewal_does_not_lose_a_live_vms_claim_for_good(
     # and web-1 takes the only slot (max_unavailable = 1).
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
+        emulator, tmp_path, VMS[:2], fleet_config(min_in_service=1, max_unavailable=1), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -188,7 +188,7 @@ def test_idle_runs_after_a_fleet_cycle_make_no_arm_call_and_import_no_sdk(
         emulator,
         tmp_path,
         ["web-0"],
-        fleet_config(lease, min_in_service=1, max_unavailable=1, base=APPROVING),
+        fleet_config(min_in_service=1, max_unavailable=1, base=APPROVING),
         zygote,
     )
     event_id = control.schedule("Reboot", ["web-0"], not_before_in=900)
@@ -216,7 +216,7 @@ def test_a_forced_drain_below_the_floor_is_visible_when_the_lease_cannot_be_read
     # but the floor is then never evaluated, so a drain that takes the pool below min_in_service
     # leaves no floor_breach in status (nor drainer_floor_breaches_total, nor the warning).
     lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=4), zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(min_in_service=4), zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     control.schedule("Reboot", ["web-1"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
@@ -239,7 +239,7 @@ def test_no_approval_lands_within_near_seconds_of_not_before(
     base = APPROVING.replace("deadline = 20.0", "deadline = 60.0").replace(
         "peer_check_interval = 0", "peer_check_interval = 0\nnear_seconds = 30"
     )
-    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config("", min_in_service=0, base=base), zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(min_in_service=0, base=base), zygote)
     event_id = control.schedule("Reboot", VMS[:2], not_before_in=50)
     scheduled = next(e for e in control.state()["events"] if e["EventId"] == event_id)
     not_before = parsedate_to_datetime(scheduled["NotBefore"]).timestamp()
@@ -266,7 +266,7 @@ def test_the_approver_itself_is_in_no_pool_when_it_approves(
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-0")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
@@ -283,7 +283,7 @@ def test_the_daemon_with_default_back_off_keeps_a_held_drain_held(
     # poll after the held drain reconciles, and the reconcile takes web-1 out.
     base = DEFAULT_CONFIG.replace("retry_max_seconds = 0", "retry_max_seconds = 60")
     lease = control.add_asg("drainer-lease")
-    config = fleet_config(lease, min_in_service=1, max_unavailable=1, base=base)
+    config = fleet_config(min_in_service=1, max_unavailable=1, base=base)
     agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     agents["web-1"].config_text = config + "\n[daemon]\npoll_interval = 0.2\nstop_timeout = 20\n"
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
@@ -320,7 +320,7 @@ def test_max_unavailable_counts_vms_and_min_in_service_counts_members(
     control.reset_stats()
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:3], fleet_config(lease, min_in_service=1, max_unavailable=2), zygote
+        emulator, tmp_path, VMS[:3], fleet_config(min_in_service=1, max_unavailable=2), zygote
     )
     for name in VMS[:3]:
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -341,7 +341,7 @@ def test_a_lease_whose_claims_a_tag_policy_strips_does_not_hand_out_every_slot(
     control.arm_settings(tag_policy="strip")
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
+        emulator, tmp_path, VMS[:2], fleet_config(min_in_service=1, max_unavailable=1), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)

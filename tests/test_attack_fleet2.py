@@ -52,7 +52,7 @@ def test_a_crash_between_the_nic_writes_of_a_multi_nic_vm_does_not_drop_a_pool_f
     _two_pools(control)
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1", "web-2"], fleet_config(lease, max_unavailable=1), zygote
+        emulator, tmp_path, ["web-0", "web-1", "web-2"], fleet_config(max_unavailable=1), zygote
     )
     for name in ("web-0", "web-1", "web-2"):
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -84,7 +84,7 @@ def test_a_reconcile_taking_a_vm_out_of_one_pool_again_keeps_its_claim_on_the_ot
     for name in ("web-0", "web-2", "web-4"):
         control.join(name, "lb-b", "pool-b")
     lease = control.add_asg("drainer-lease")
-    config = fleet_config(lease, max_unavailable=1).replace(
+    config = fleet_config(max_unavailable=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
     agents = fleet_agents(emulator, tmp_path, ["web-0", "web-1"], config, zygote)
@@ -112,7 +112,7 @@ def test_the_second_approver_waits_its_slot_even_when_it_was_out_before_the_even
     # gone.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0", "web-1"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     for name in ("web-0", "web-1"):
         done = agents[name].run("drain", TEST_CLOCK_OFFSET="-3600")
@@ -132,7 +132,7 @@ def test_a_vm_put_back_into_its_pool_is_taken_out_again_once_the_platform_forces
     # reconcile that should take web-0 out again is never forced (action None) and is held by the
     # floor, so web-0 serves through its own reboot, and nothing reports a breach.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
-    config = fleet_config("", min_in_service=1).replace(
+    config = fleet_config(min_in_service=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
     agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
@@ -158,7 +158,7 @@ def test_a_vm_whose_drain_is_held_after_a_crash_leaves_no_claim_behind(
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1"], fleet_config(lease, max_unavailable=1), zygote
+        emulator, tmp_path, ["web-0", "web-1"], fleet_config(max_unavailable=1), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     crashed = agents["web-0"].check(TEST_CRASH_AT="nic-recorded")
@@ -186,7 +186,7 @@ def test_admin_state_takes_the_vm_out_of_ip_pools_of_load_balancers_in_other_res
     for name in ("web-0", "web-1"):
         control.add_ip_member("lb-web", "web-pool", name)
         control.add_ip_member("lb-api", "api-pool", name)
-    config = fleet_config("", min_in_service=0, extra='method = "admin-state"\n')
+    config = fleet_config(min_in_service=0, extra='method = "admin-state"\n')
     agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
     control.schedule("Reboot", ["web-0"], not_before_in=60)
     done = agent.check()

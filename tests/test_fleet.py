@@ -31,7 +31,7 @@ def test_the_race_never_takes_the_pool_below_its_floor(  # noqa: PLR0917 - fixtu
         emulator,
         tmp_path,
         VMS,
-        fleet_config(lease, min_in_service=min_in_service, max_unavailable=max_unavailable),
+        fleet_config(min_in_service=min_in_service, max_unavailable=max_unavailable),
     )
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
@@ -54,7 +54,7 @@ def test_without_a_lease_the_floor_is_only_checked_alone(
 ) -> None:
     # Sequential runs: each sees the others' drains in the pool, so the floor holds even without a
     # lease (only VMs deciding in the same second can pass it together: README, fleet model).
-    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config("", min_in_service=2))
+    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config(min_in_service=2))
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
     for agent in agents.values():
@@ -66,7 +66,7 @@ def test_near_not_before_the_platform_forces_the_drain_and_the_breach_is_visible
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config(lease, min_in_service=1, max_unavailable=1))
+    agents = fleet_agents(emulator, tmp_path, VMS, fleet_config(min_in_service=1, max_unavailable=1))
     for name in VMS:
         control.schedule("Reboot", [name], not_before_in=900)
     for agent in agents.values():
@@ -86,7 +86,7 @@ def test_near_not_before_the_platform_forces_the_drain_and_the_breach_is_visible
 def test_a_dead_first_approver_costs_one_slot(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
-    config = fleet_config("", min_in_service=0).replace(DEFAULT_CONFIG, APPROVING)
+    config = fleet_config(min_in_service=0).replace(DEFAULT_CONFIG, APPROVING)
     agents = fleet_agents(emulator, tmp_path, VMS[:3], config)
     event_id = control.schedule("Reboot", VMS[:3], not_before_in=900)
     # web-0 drains and dies before anyone else is out: it never approves.
@@ -140,7 +140,7 @@ def test_the_claim_of_a_vm_that_died_expires(
 ) -> None:
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=0, max_unavailable=1)
+        emulator, tmp_path, VMS[:2], fleet_config(min_in_service=0, max_unavailable=1)
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -158,7 +158,7 @@ def test_a_restore_releases_the_slot(
 ) -> None:
     lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=0, max_unavailable=1)
+        emulator, tmp_path, VMS[:2], fleet_config(min_in_service=0, max_unavailable=1)
     )
     first = control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -196,7 +196,7 @@ def test_fleet_shows_every_vm_of_the_pool_in_or_out_with_its_claim(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
 ) -> None:
     lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1))
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(min_in_service=1))
     event_id = control.schedule("Reboot", ["web-1"], not_before_in=900)
     assert agents["web-1"].check().returncode == 0
     done = agents["web-0"].run("fleet", "--json")

@@ -232,11 +232,6 @@ ROLES = {
         "Microsoft.Network/networkInterfaces/read",
         "Microsoft.Network/loadBalancers/read",
     },
-    "drainer-role-lease.json": {
-        "Microsoft.Network/applicationSecurityGroups/read",  # get_asg
-        "Microsoft.Network/applicationSecurityGroups/write",  # put_asg (the claims are its tags)
-        "Microsoft.Network/locations/operations/read",  # the SDK polls the PUT's async operation
-    },
 }
 
 

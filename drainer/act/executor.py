@@ -113,7 +113,7 @@ class Executor:
         return self._actuator
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
-        from drainer.store.ledger import StoreAbsence, StoreLedger  # noqa: PLC0415
+        from drainer.store.ledger import StoreAbsence, StoreIntentsSeen, StoreLedger  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
@@ -126,6 +126,8 @@ class Executor:
             checkpoint=self.seams.checkpoint,
             now=self.seams.now,
             forced=forced,
+            seen=StoreIntentsSeen(self.store),
+            spread=self.effects.spread,
         )
 
 
@@ -287,6 +289,9 @@ class FailingActuator:
 
     def __init__(self, error: DrainerError) -> None:
         self.error = error
+
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        raise self.error
 
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         raise self.error

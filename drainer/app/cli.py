@@ -75,10 +75,10 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "  drainer history --json --windows",
     ),
     "fleet": (
-        "every VM of this VM's pools: in or out, why, since when, claims (read-only)",
+        "every VM of this VM's pools: in or out, why, since when, leaving (read-only)",
         "Every VM of this VM's backend pools (or of the pools named with --pool): in or out of rotation, "
-        "drainer's record on its NIC (which event holds it out, since when), and the claims in the "
-        "fleet's lease ([fleet] lease). Reads ARM only: one subscription-wide NIC list and the lease. "
+        "drainer's record on its NIC (which event holds it out, since when), and its intent when it "
+        "announced it is leaving (the fleet's floor). Reads ARM only: one subscription-wide NIC list. "
         'From an operator\'s machine: [azure] identity = "default" and --pool.',
         "drainer fleet\n  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
         "Microsoft.Network/loadBalancers/<lb>/backendAddressPools/<pool>",

@@ -10,7 +10,6 @@ Environment overrides (for tests and containers): ``DRAINER_CONFIG`` (the file),
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -109,10 +108,13 @@ class PolicyConfig(NamedTuple):
 class DrainConfig(NamedTuple):
     method: str = "nic"
     # Before an early drain, at least this many other members of each pool must stay in service (not
-    # counting those other VMs' claims take out); otherwise the drain is held until it is forced.
+    # counting members out of it, nor those other VMs announced they are taking out); otherwise the
+    # drain is held until it is forced. ``floors``: per pool, from ``min_in_service`` written as a
+    # table (pool id, "<load balancer>/<pool>", pool name or "*" -> floor; drainer.decide.intents).
     min_in_service: int = 1
-    # At most this many VMs of a pool out by drainer's choice at once (counted through the fleet's
-    # lease, one claim per VM; 0: only min_in_service limits it).
+    floors: Mapping[str, int] = MappingProxyType({})
+    # At most this many VMs of a pool out by drainer's choice at once (VMs whose NIC carries
+    # drainer's record for the pool, or a live intent naming it; 0: only min_in_service limits it).
     max_unavailable: int = 0
     # Also remove (and restore) Application Gateway backend pool references of the VM's NICs.
     application_gateways: bool = False
@@ -151,11 +153,8 @@ class ApprovalConfig(NamedTuple):
 
 
 class FleetConfig(NamedTuple):
-    # Resource id of an application security group whose tags hold the fleet's claims (the floor
-    # is then coordinated across VMs); empty: the floor is checked by each VM alone.
-    lease: str = ""
-    # A claim's life; renewed at every reconcile while the VM is out (at least three reconcile
-    # intervals), so a VM that dies holding one frees it this long after its last renewal.
+    # An intent (a VM announcing it leaves its pools) counts at most this long from when a VM first
+    # saw it, whatever expiry it states: a VM that died after announcing blocks no one longer.
     claim_seconds: int = 900
     # Drains that are not forced, and restores, start after a random delay of up to this many
     # seconds, so VMs told at the same second do not write to ARM at the same second.
@@ -338,23 +337,23 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-_LEASE_ID = re.compile(
-    r"^/subscriptions/[0-9A-Za-z-]+/resourceGroups/[-\w._()]+/providers/Microsoft\.Network/"
-    r"applicationSecurityGroups/[-\w._]+$",
-    re.IGNORECASE,
-)
-
-
-def _check_lease(path: str, value: str) -> str:
-    if value and not _LEASE_ID.match(value):
-        raise ConfigError(
-            path,
-            "fleet.lease",
-            "must be the resource id of an application security group "
-            "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Network/"
-            "applicationSecurityGroups/<name>)",
-        )
-    return value
+def _floors(path: str, section: _Section) -> Mapping[str, int]:
+    """``[drain] min_in_service`` written as a table: pool -> floor. Raises ConfigError."""
+    raw = section.raw.get("min_in_service")
+    if not isinstance(raw, dict):
+        return MappingProxyType({})
+    section.used.add("min_in_service")
+    floors: dict[str, int] = {}
+    for name, value in raw.items():
+        if not name or isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+            raise ConfigError(
+                path,
+                f"drain.min_in_service.{name}",
+                'must map a pool (its id, "<load balancer>/<pool>", its name, or "*") to a floor '
+                "between 0 and 1000",
+            )
+        floors[name] = value
+    return MappingProxyType(floors)
 
 
 def _check_arm_endpoint(path: str, key: str, url: str) -> str:
@@ -408,9 +407,11 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     nics = drain_s.get("nics", list, [])
     if not all(isinstance(n, str) and n for n in nics):
         raise ConfigError(path, "drain.nics", "must be a list of NIC names or resource ids")
+    floors = _floors(path, drain_s)
     drain = DrainConfig(
         method=drain_s.choice("method", DRAIN_METHODS, "nic"),
-        min_in_service=drain_s.number("min_in_service", int, 1, low=0, high=1000),
+        min_in_service=1 if floors else drain_s.number("min_in_service", int, 1, low=0, high=1000),
+        floors=floors,
         max_unavailable=drain_s.number("max_unavailable", int, 0, low=0, high=1000),
         application_gateways=drain_s.get("application_gateways", bool, False),
         gone_after_reads=drain_s.number("gone_after_reads", int, 3, low=1, high=1000),
@@ -437,27 +438,10 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
 
     fleet_s = _Section(path, "fleet", raw.get("fleet"))
     fleet = FleetConfig(
-        lease=_check_lease(path, fleet_s.get("lease", str, "")),
         claim_seconds=fleet_s.number("claim_seconds", int, 900, low=30, high=86400),
         spread_seconds=fleet_s.number("spread_seconds", float, 5.0, low=0, high=600),
     )
     fleet_s.done()
-    if drain.max_unavailable and not fleet.lease:
-        raise ConfigError(
-            path, "drain.max_unavailable", "needs [fleet] lease: it is counted through the claims"
-        )
-    active = policy.reconcile_active_seconds
-    if fleet.lease and active <= 0:
-        raise ConfigError(
-            path, "fleet.lease", "needs [policy] reconcile_active_seconds > 0: claims are renewed then"
-        )
-    if fleet.lease and fleet.claim_seconds < 3 * active:
-        raise ConfigError(
-            path,
-            "fleet.claim_seconds",
-            f"must be at least 3 x [policy] reconcile_active_seconds ({3 * active}): a claim is "
-            "renewed at each reconcile while the VM is out; one failed renewal must not lose it",
-        )
 
     hooks_s = _Section(path, "hooks", raw.get("hooks"))
     timeouts_s = _Section(path, "hooks.timeouts", hooks_s.raw.get("timeouts"))

@@ -75,19 +75,6 @@ def _no_effect(config: Config) -> list[Finding]:
                 "(set enabled = true)",
             )
         )
-    arm_method = config.drain.method in ("nic", "admin-state")
-    if arm_method and config.drain.min_in_service and not config.fleet.lease:
-        found.append(
-            Finding(
-                "warning",
-                "[drain] min_in_service is checked by each VM alone: VMs deciding in the same second "
-                "can all pass it (set [fleet] lease to coordinate; README: the fleet model)",
-            )
-        )
-    if config.fleet.lease and not arm_method:
-        found.append(
-            Finding("warning", f"[fleet] lease has no effect with [drain] method = {config.drain.method!r}")
-        )
     return found
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -64,6 +64,7 @@ _PENDING_PHASES = "pending_phases"
 _FLOOR_BREACH = "floor_breach"
 _PEER_CHECK = "peer_check"
 _LISTED_NICS = "listed_nics"
+_INTENTS_SEEN = "intents_seen"
 
 
 class StateStore:
@@ -182,6 +183,15 @@ class StateStore:
     def set_floor_breach(self, now: datetime, what: Sequence[str]) -> None:
         """Raises StateError."""
         self._set_meta({_FLOOR_BREACH: json.dumps({"at": now.isoformat(), "what": list(what)})})
+
+    def intents_seen(self) -> dict[str, float]:
+        """When this VM first saw each other VM's intent (``drainer.decide.intents.remember``)."""
+        found: dict[str, Any] = self._meta_json(_INTENTS_SEEN, dict) or {}
+        return {str(k): float(v) for k, v in found.items() if type(v) in (int, float)}
+
+    def set_intents_seen(self, seen: Mapping[str, float]) -> None:
+        """Raises StateError."""
+        self._set_meta({_INTENTS_SEEN: json.dumps(dict(sorted(seen.items())))})
 
     def peer_check(self) -> dict[str, Any]:
         """Early approval's last read of the listed VMs' pools (``drainer.act.approve``)."""
