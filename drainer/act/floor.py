@@ -91,6 +91,7 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
         started = time.monotonic()
         try:
             _announce(network, ctx, leaving, forced)
+            ctx.checkpoint("intent-announced")
             verdict = intents.admit(_views(network, ctx, leaving, floors), cfg.drain.max_unavailable)
         except (ActionError, ValueError) as exc:
             _withdraw(network, ctx, leaving)
