@@ -15,6 +15,7 @@ from drainer.decide.intents import (
     PoolView,
     Verdict,
     admit,
+    any_floor,
     decode,
     encode,
     floor_for,
@@ -77,11 +78,16 @@ def test_first_seen_is_kept_per_value_and_forgotten_once_the_nic_changes() -> No
 
 def test_floors_per_pool_by_id_load_balancer_and_pool_or_name() -> None:
     floors = {"*": 2, "p": 3, "lb/q": 4, POOL.replace("/p", "/r"): 5}
-    assert floor_for(POOL, 1, floors) == 3
-    assert floor_for(POOL.replace("/p", "/q"), 1, floors) == 4
-    assert floor_for(POOL.replace("/p", "/r"), 1, floors) == 5
-    assert floor_for(POOL.replace("/p", "/s"), 1, floors) == 2
-    assert floor_for(POOL, 1, {}) == 1
+    assert floor_for(POOL, floors) == 3
+    assert floor_for(POOL.replace("/p", "/q"), floors) == 4
+    assert floor_for(POOL.replace("/p", "/r"), floors) == 5
+    assert floor_for(POOL.replace("/p", "/s"), floors) == 2
+    assert floor_for(POOL, {"p": 0}) == 0
+    assert floor_for(POOL.replace("/p", "/s"), {"p": 0}) == 1  # a pool not named: the default
+    assert not any_floor({"*": 0}, 0)
+    assert any_floor({"*": 0, "p": 1}, 0)
+    assert any_floor({"p": 0}, 0)  # the others keep the default, 1
+    assert any_floor({"*": 0}, 1)
 
 
 def _members(serving: int, leaving: int = 0, out: int = 0) -> tuple[Member, ...]:

@@ -67,8 +67,12 @@ def forced_reason(action: Drain) -> str:
 
 
 def floors_of(ctx: ActionContext, pools: Sequence[str]) -> dict[str, int]:
-    drain = ctx.config.drain
-    return {p: intents.floor_for(p, drain.min_in_service, drain.floors) for p in pools}
+    return {p: intents.floor_for(p, ctx.config.drain.min_in_service) for p in pools}
+
+
+def applies(ctx: ActionContext) -> bool:
+    """Whether any floor is configured (else a drain method need not even ask)."""
+    return intents.any_floor(ctx.config.drain.min_in_service, ctx.config.drain.max_unavailable)
 
 
 def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: Leaving, what: str) -> None:
@@ -77,16 +81,17 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
     (forced only when the core said so: ``ctx.forced``). A grant made for this action already (the
     drain method's ``admit`` before the pre-drain hooks) is used while it is fresh.
 
-    Raises DrainHeldError when the drain must wait (the floor, ``max_unavailable``, or an intent that
-    cannot be announced or pools that cannot be read: fail safe)."""
+    Raises DrainHeldError when the floor or ``max_unavailable`` holds the drain; ActionError when the
+    floor cannot be checked (an intent that cannot be written or kept, pools that cannot be read:
+    nothing is taken out, and the next run tries again), unless the platform forces the drain."""
     cfg = ctx.config
     forced = forced_reason(action) if action is not None else ctx.forced
     wanted = frozenset(p.lower() for p in leaving.pools)
-    if _granted(ctx, wanted):
-        return
     floors = floors_of(ctx, leaving.pools)
-    if not forced and not cfg.drain.max_unavailable and not any(floors.values()):
-        return  # no floor to keep: nothing to announce
+    if _granted(ctx, wanted) or not applies(ctx):
+        return
+    if not forced:
+        _short_already(network, ctx, leaving, floors, what)
     for attempt in range(ATTEMPTS):
         started = time.monotonic()
         try:
@@ -94,9 +99,12 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
             ctx.checkpoint("intent-announced")
             verdict = intents.admit(_views(network, ctx, leaving, floors), cfg.drain.max_unavailable)
         except (ActionError, ValueError) as exc:
+            # Nothing was taken out: the drain fails with Azure's own words, and is retried.
             _withdraw(network, ctx, leaving)
             if not forced:
-                raise DrainHeldError(what, f"held: the floor cannot be checked: {_text(exc)}") from exc
+                if isinstance(exc, ActionError):
+                    raise
+                raise ActionError("announce", str(exc)) from exc
             ctx.log.error("could not check the pools' floor; the platform forces the drain", error=_text(exc))
             return
         if verdict.ok or forced:
@@ -120,6 +128,26 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
             )
             ctx.spread(delay)
             continue
+        raise DrainHeldError(what, f"held: {verdict.reason}")
+
+
+def _short_already(
+    network: Network, ctx: ActionContext, leaving: Leaving, floors: Mapping[str, int], what: str
+) -> None:
+    """Hold without a write when the pools alone, as their load balancers list them, already lack
+    the floor (most VMs of a pool at its floor never announce). Raises DrainHeldError, ArmError."""
+    pools = _read_pools(network, leaving.pools, leaving)
+    views = [
+        PoolView(
+            p.pool_id,
+            floors[p.pool_id],
+            tuple(Member(n, serving=True, leaving=False) for n in p.nics)
+            + tuple(Member(f"ip:{ip}", serving=up, leaving=False) for ip, _, up in p.addresses),
+        )
+        for p in pools
+    ]
+    verdict = intents.admit(views, 0)
+    if not verdict.ok:
         raise DrainHeldError(what, f"held: {verdict.reason}")
 
 

@@ -69,6 +69,8 @@ class AdminStateDrain:
         self.network = network
 
     def admit(self, action: Drain, ctx: ActionContext) -> None:
+        if not floor.applies(ctx):
+            return
         self.network.start()
         nics = self._nics(ctx)
         targets = self._targets(ctx, nics, action)

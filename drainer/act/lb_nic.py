@@ -121,6 +121,8 @@ class NicDrain:
     def admit(self, action: Drain, ctx: ActionContext) -> None:
         if ctx.vm.is_uniform_scale_set_instance:
             raise ActionError("drain", UNIFORM_HELP)
+        if not floor.applies(ctx):
+            return
         self.network.start()
         nic_ids, nics, planned = self._planned(ctx)
         if planned:

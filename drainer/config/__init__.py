@@ -109,10 +109,10 @@ class DrainConfig(NamedTuple):
     method: str = "nic"
     # Before an early drain, at least this many other members of each pool must stay in service (not
     # counting members out of it, nor those other VMs announced they are taking out); otherwise the
-    # drain is held until it is forced. ``floors``: per pool, from ``min_in_service`` written as a
-    # table (pool id, "<load balancer>/<pool>", pool name or "*" -> floor; drainer.decide.intents).
-    min_in_service: int = 1
-    floors: Mapping[str, int] = MappingProxyType({})
+    # drain is held until it is forced. Per pool: pool id, "<load balancer>/<pool>" or pool name ->
+    # floor, "*" for the others (1 when not given); a single number N is {"*": N}
+    # (drainer.decide.intents.floor_for).
+    min_in_service: Mapping[str, int] = MappingProxyType({"*": 1})
     # At most this many VMs of a pool out by drainer's choice at once (VMs whose NIC carries
     # drainer's record for the pool, or a live intent naming it; 0: only min_in_service limits it).
     max_unavailable: int = 0
@@ -338,10 +338,10 @@ def is_loopback(host: str | None) -> bool:
 
 
 def _floors(path: str, section: _Section) -> Mapping[str, int]:
-    """``[drain] min_in_service`` written as a table: pool -> floor. Raises ConfigError."""
+    """``[drain] min_in_service``: a number (every pool) or a table (pool -> floor). Raises ConfigError."""
     raw = section.raw.get("min_in_service")
     if not isinstance(raw, dict):
-        return MappingProxyType({})
+        return MappingProxyType({"*": section.number("min_in_service", int, 1, low=0, high=1000)})
     section.used.add("min_in_service")
     floors: dict[str, int] = {}
     for name, value in raw.items():
@@ -407,11 +407,9 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     nics = drain_s.get("nics", list, [])
     if not all(isinstance(n, str) and n for n in nics):
         raise ConfigError(path, "drain.nics", "must be a list of NIC names or resource ids")
-    floors = _floors(path, drain_s)
     drain = DrainConfig(
         method=drain_s.choice("method", DRAIN_METHODS, "nic"),
-        min_in_service=1 if floors else drain_s.number("min_in_service", int, 1, low=0, high=1000),
-        floors=floors,
+        min_in_service=_floors(path, drain_s),
         max_unavailable=drain_s.number("max_unavailable", int, 0, low=0, high=1000),
         application_gateways=drain_s.get("application_gateways", bool, False),
         gone_after_reads=drain_s.number("gone_after_reads", int, 3, low=1, high=1000),

@@ -229,16 +229,21 @@ def short_name(pool_id: str) -> str:
     return "/".join(parts[-3::2]) if len(parts) >= 3 else pool_id
 
 
-def floor_for(pool_id: str, default: int, floors: Mapping[str, int]) -> int:
-    """The floor of a pool: ``floors`` (``[drain] min_in_service`` as a table) by the pool's id, then
-    ``<load balancer>/<pool>``, then the pool's name, then ``"*"``; else ``default``."""
+def floor_for(pool_id: str, floors: Mapping[str, int]) -> int:
+    """The floor of a pool (``[drain] min_in_service``): by the pool's id, then ``<load balancer>/<pool>``,
+    then the pool's name, then ``"*"``; 1 when none of them is given."""
     parts = pool_id.strip("/").split("/")
     candidates: Iterable[str] = (pool_id, "/".join(parts[-3::2]), parts[-1], "*")
     lowered = {k.lower(): v for k, v in floors.items()}
     for candidate in candidates:
         if candidate.lower() in lowered:
             return lowered[candidate.lower()]
-    return default
+    return 1
+
+
+def any_floor(floors: Mapping[str, int], max_unavailable: int) -> bool:
+    """Whether the floor can hold any drain (else there is nothing to announce or read)."""
+    return bool(max_unavailable) or any(floors.values()) or "*" not in floors
 
 
 def below_floor(in_service: Mapping[str, int], floors: Mapping[str, int]) -> list[str]:
