@@ -262,6 +262,11 @@ def enumerate_schedules(model: Model) -> int:
     return count
 
 
+def _name(model: Model) -> str:
+    rule = "" if model.rule is admit else f"-{model.rule.__name__.strip('_')}"
+    return f"{model.agents}vms-floor{model.floor}-max{model.max_unavailable}-others{model.others}{rule}"
+
+
 TWO = [Model(2, floor, 0, others) for floor in (0, 1, 2) for others in (0, 1)] + [
     Model(2, 0, 1, 1),
     Model(2, 1, 1, 2),
@@ -269,20 +274,20 @@ TWO = [Model(2, floor, 0, others) for floor in (0, 1, 2) for others in (0, 1)] +
 THREE = [Model(3, 1, 0, 0), Model(3, 2, 0, 0), Model(3, 0, 1, 1)]
 
 
-@pytest.mark.parametrize("model", TWO, ids=str)
+@pytest.mark.parametrize("model", TWO, ids=_name)
 def test_two_vms_every_reachable_state_keeps_the_floor(model: Model) -> None:
     states, schedules = explore(model)
     assert states > 50
     assert schedules > 200
 
 
-@pytest.mark.parametrize("model", [Model(2, 1, 0, 0), Model(2, 0, 1, 1)], ids=str)
+@pytest.mark.parametrize("model", [Model(2, 1, 0, 0), Model(2, 0, 1, 1)], ids=_name)
 def test_two_vms_every_interleaving_walked_one_by_one_keeps_the_floor(model: Model) -> None:
     schedules = enumerate_schedules(model)
     assert schedules == explore(model)[1] > 200_000  # the walk and the state graph agree
 
 
-@pytest.mark.parametrize("model", THREE, ids=str)
+@pytest.mark.parametrize("model", THREE, ids=_name)
 def test_three_vms_every_reachable_state_keeps_the_floor(model: Model) -> None:
     states, schedules = explore(model)
     assert states > 100_000
@@ -294,7 +299,7 @@ def _alone(views: list[PoolView], max_unavailable: int) -> Verdict:
     return admit([v._replace(members=tuple(m._replace(leaving=False) for m in v.members)) for v in views], 0)
 
 
-@pytest.mark.parametrize("model", [Model(2, 1, 0, 0, rule=_alone), Model(3, 2, 0, 0, rule=_alone)], ids=str)
+@pytest.mark.parametrize("model", [Model(2, 1, 0, 0, rule=_alone), Model(3, 2, 0, 0, rule=_alone)], ids=_name)
 def test_the_checker_finds_the_race_of_each_vm_checking_alone(model: Model) -> None:
     with pytest.raises(AssertionError, match="in service at"):
         explore(model)

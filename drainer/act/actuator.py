@@ -27,6 +27,7 @@ class Admission(NamedTuple):
     pools: frozenset[str]
     at: float
     withdraw: Callable[[], None]
+    nics: tuple[str, ...] = ()  # the VM's NICs as found for it: the drain that follows uses them
 
 
 def _no_delay(_: float) -> None:

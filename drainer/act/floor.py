@@ -56,6 +56,7 @@ class Leaving(NamedTuple):
     own: frozenset[str]  # all its NIC ids, lower case (never counted as peers)
     pools: tuple[str, ...]  # the pools it leaves, and those drainer's records say it already left
     addresses: frozenset[tuple[str, str]] = frozenset()  # (private IP, virtual network) for IP pools
+    discovered: tuple[str, ...] = ()  # the VM's NIC ids as found now (the grant hands them on)
 
 
 def forced_reason(action: Drain) -> str:
@@ -108,7 +109,9 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
             ctx.log.error("could not check the pools' floor; the platform forces the drain", error=_text(exc))
             return
         if verdict.ok or forced:
-            ctx.admitted.append(Admission(wanted, started, lambda: _withdraw(network, ctx, leaving)))
+            ctx.admitted.append(
+                Admission(wanted, started, lambda: _withdraw(network, ctx, leaving), leaving.discovered)
+            )
             if not verdict.ok:
                 ctx.log.warning(
                     "draining below the pool's floor: the platform forces it",
@@ -153,8 +156,13 @@ def _short_already(
 
 def _granted(ctx: ActionContext, wanted: frozenset[str]) -> bool:
     """A grant of this action that covers these pools and may still be acted on."""
+    return any(wanted <= a.pools for a in granted(ctx))
+
+
+def granted(ctx: ActionContext) -> list[Admission]:
+    """The grants of this action that may still be acted on (a third of ``claim_seconds``)."""
     limit = intents.act_within(ctx.config.fleet.claim_seconds)
-    return any(wanted <= a.pools and time.monotonic() - a.at < limit for a in ctx.admitted)
+    return [a for a in ctx.admitted if time.monotonic() - a.at < limit]
 
 
 def _text(exc: BaseException) -> str:

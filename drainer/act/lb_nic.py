@@ -145,7 +145,10 @@ class NicDrain:
     def _planned(self, ctx: ActionContext) -> tuple[list[str], dict[str, NetworkInterface], list[Ref]]:
         """The VM's NICs, as read now, and the pool references a drain takes out of them."""
         kinds = self._kinds(ctx)
-        nic_ids = discover_nics(self.network, ctx)
+        # Found again for every action (a NIC attached later is drained too); the drain that follows
+        # its grant by the floor (before the pre-drain hooks) uses the NICs found for the grant.
+        found = [a.nics for a in floor.granted(ctx) if a.nics]
+        nic_ids = list(found[-1]) if found else discover_nics(self.network, ctx)
         nics = {nic_id: read_nic(self.network, nic_id) for nic_id in nic_ids}
         return nic_ids, nics, [r for nic in nics.values() for r in view_of(nic).refs if r.kind in kinds]
 
@@ -159,6 +162,7 @@ class NicDrain:
             nics=tuple(sorted({n for n, nic in nics.items() for r in view_of(nic).refs if r in planned})),
             own=frozenset(n.lower() for n in nic_ids),
             pools=tuple(sorted({r.pool_id for r in planned} | out, key=str.lower)),
+            discovered=tuple(nic_ids),
         )
 
     def _out(self, ctx: ActionContext, action: Drain | None) -> tuple[bool, str]:

@@ -435,6 +435,13 @@ def from_mapping(raw: Mapping[str, Any], path: str) -> Config:
     azure_s.done()
 
     fleet_s = _Section(path, "fleet", raw.get("fleet"))
+    if "lease" in fleet_s.raw:
+        raise ConfigError(
+            path,
+            "fleet.lease",
+            "is no longer used: the floor is decided from the pools themselves, with nothing to "
+            "create (README: the fleet model); remove it",
+        )
     fleet = FleetConfig(
         claim_seconds=fleet_s.number("claim_seconds", int, 900, low=30, high=86400),
         spread_seconds=fleet_s.number("spread_seconds", float, 5.0, low=0, high=600),
