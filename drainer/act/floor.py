@@ -11,7 +11,9 @@ Before an early drain, ``admit``:
    pools (one list per resource group, then a GET each);
 3. grants the drain (the intent stays on the NICs until the VM is back), or withdraws the intent:
    held. When only other VMs' intents stand in the way (they decide now too), it retries after a
-   random delay of up to ``max(spread_seconds, 0.5)`` seconds, doubled each time.
+   random delay: up to a turn (the time its announcement and reads took) for each VM announcing
+   now, at least ``max(spread_seconds, 0.5)`` seconds, doubled each time, within half the ARM
+   deadline; past that, the next run tries again.
 
 Nothing else is needed: no resource the operator creates, no conditional write (the REST spec
 declares no ``If-Match`` for a NIC PUT: each VM writes only its own NICs), no clock shared between
@@ -30,6 +32,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from azure.mgmt.network.models import NetworkInterface
@@ -46,7 +49,8 @@ from drainer.decide.nicrecord import subscription_of
 from drainer.io.arm import ArmError, Network
 
 ATTEMPTS = 4  # announcements per drain when other VMs decide at the same moment
-MIN_BACKOFF = 0.5  # seconds: the first random delay after a conflict is up to max(spread, this)
+READ_THREADS = 8  # the peers' NICs read at once
+MIN_BACKOFF = 0.5  # seconds: a random delay after a conflict is up to max(spread, this) at least
 
 
 class Leaving(NamedTuple):
@@ -93,6 +97,7 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
         return
     if not forced:
         _short_already(network, ctx, leaving, floors, what)
+    begun = time.monotonic()
     for attempt in range(ATTEMPTS):
         started = time.monotonic()
         try:
@@ -122,16 +127,27 @@ def admit(network: Network, ctx: ActionContext, action: Drain | None, leaving: L
                 ctx.log.info("the pools keep their floor: drain granted", pools=_counts(verdict.counts))
             return
         _withdraw(network, ctx, leaving)
-        if verdict.conflict and attempt + 1 < ATTEMPTS:
-            delay = max(cfg.fleet.spread_seconds, MIN_BACKOFF) * 2**attempt
+        delay = _backoff(ctx, attempt, time.monotonic() - started, verdict, begun)
+        if verdict.conflict and attempt + 1 < ATTEMPTS and delay:
             ctx.log.info(
                 "other VMs are leaving the same pools now: withdrawn, retrying after a random delay",
                 pools=verdict.reason,
-                up_to_seconds=delay,
+                up_to_seconds=round(delay, 1),
             )
             ctx.spread(delay)
             continue
         raise DrainHeldError(what, f"held: {verdict.reason}")
+
+
+def _backoff(ctx: ActionContext, attempt: int, took: float, verdict: intents.Verdict, begun: float) -> float:
+    """How long (at most: the delay is drawn at random) to wait before announcing again after a
+    conflict: long enough to give each of the VMs announcing now a turn of the length this attempt
+    took, doubled at each attempt; 0 when it would not fit in half of the ARM deadline (the action's
+    calls share it): held, the next run tries again."""
+    contenders = 1 + max((c.leaving for c in verdict.counts), default=0)
+    window = max(ctx.config.fleet.spread_seconds, MIN_BACKOFF, contenders * took) * 2**attempt
+    left = ctx.config.azure.deadline / 2 - (time.monotonic() - begun) - took
+    return min(window, left) if left >= MIN_BACKOFF else 0.0
 
 
 def _short_already(
@@ -326,6 +342,28 @@ def _addresses(nic: NetworkInterface) -> set[tuple[str, str]]:
     }
 
 
+def _read_nics(network: Network, nic_ids: Sequence[str]) -> dict[str, NetworkInterface]:
+    """The NICs, read at once (a few threads: the reads are the protocol's window, and ARM's answers
+    take their time); a NIC that is gone is left out. Raises ArmError."""
+
+    def read(nic_id: str) -> NetworkInterface | None:
+        try:
+            return read_nic(network, nic_id)
+        except ArmError as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    if len(nic_ids) <= 1:
+        found = [read(n) for n in nic_ids]
+    else:
+        with ThreadPoolExecutor(
+            max_workers=min(len(nic_ids), READ_THREADS), thread_name_prefix="peer"
+        ) as pool:
+            found = list(pool.map(read, nic_ids))
+    return {n: nic for n, nic in zip(nic_ids, found, strict=True) if nic is not None}
+
+
 def _views(
     network: Network, ctx: ActionContext, leaving: Leaving, floors: Mapping[str, int]
 ) -> list[PoolView]:
@@ -354,13 +392,7 @@ def _views(
             candidates.add(nic_id)
     for pool in pools:
         candidates |= {by_address[(ip, vnet)] for ip, vnet, _ in pool.addresses if (ip, vnet) in by_address}
-    nics: dict[str, NetworkInterface] = {}
-    for nic_id in sorted(candidates):
-        try:
-            nics[nic_id] = read_nic(network, nic_id)
-        except ArmError as exc:
-            if exc.status != 404:
-                raise
+    nics = _read_nics(network, sorted(candidates))
     now = ctx.now().timestamp()
     observed = {n: (found[0] if (found := intents.intent_of(nic.tags)) else None) for n, nic in nics.items()}
     seen = intents.remember(ctx.seen.load(), observed, now)
