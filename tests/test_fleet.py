@@ -288,6 +288,33 @@ def test_a_held_drain_runs_no_hook_and_status_says_in_rotation_with_the_reason(
     assert status["rotation"].startswith("draining, failing: write NIC web-1-nic failed: HTTP 403")
 
 
+def test_admin_state_finds_the_intent_of_an_ip_member_on_its_nic(
+    emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path
+) -> None:
+    # IP-based pool (method admin-state): members are addresses; their VMs' intents are on their
+    # NICs, found by address (and virtual network) among the resource group's NICs.
+    control.add_load_balancer("lb-ip", pools=[], ip_pools=["ip-pool"])
+    for name in ("web-0", "web-1", "web-2"):
+        control.add_ip_member("lb-ip", "ip-pool", name)
+    config = fleet_config(min_in_service=2, drain='method = "admin-state"\n')
+    agents = fleet_agents(emulator, tmp_path, ["web-0", "web-1"], config)
+    for name in ("web-0", "web-1"):
+        control.schedule("Reboot", [name], not_before_in=3600)
+    crashed = agents["web-0"].check(TEST_CRASH_AT="intent-announced")
+    assert crashed.returncode == CRASH_EXIT, crashed.stderr
+    assert intent_on(control, "web-0-nic") is not None
+    assert agents["web-1"].check().returncode == 0  # web-2 alone would stay: web-0 is leaving
+    held = agents["web-1"].status()["vm"]["held"]
+    assert "lb-ip/ip-pool: 1 other member(s) would stay in service, min_in_service=2 (1 leaving now)" in held
+    assert intent_on(control, "web-1-nic") is None  # withdrawn
+    assert agents["web-0"].check().returncode == 0  # its retry: web-1 withdrew, web-0 goes
+    assert agents["web-0"].status()["vm"]["drain_state"] == "drained"
+    assert agents["web-1"].check().returncode == 0  # web-0 is Down now: the pool alone holds web-1
+    assert "1 other member(s) would stay in service" in agents["web-1"].status()["vm"]["held"]
+    ((pool, members),) = control.membership().items()
+    assert sorted(m.endswith("(Down)") for m in members) == [False, False, True], (pool, members)
+
+
 def test_floors_per_pool(emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path) -> None:
     # web-0..2 in lb-a/pool-a and lb-b/pool-b: pool-a keeps 2 in service, any other pool 0.
     for lb, pool in (("lb-a", "pool-a"), ("lb-b", "pool-b")):

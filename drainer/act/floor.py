@@ -417,7 +417,7 @@ def _views(
         key = pool.pool_id.lower()
         members: list[Member] = []
         named = set(pool.nics)
-        for nic_id, nic in nics.items():
+        for nic_id, nic in nics.items() if not pool.addresses else ():  # NIC-based pools
             if (
                 nic_id not in named
                 and not (_refs(nic) | _recorded(nic)) & {key}
