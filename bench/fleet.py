@@ -3,14 +3,16 @@ under /vm/<name>, state dir and managed identity) against one emulator that enfo
 throttling (token buckets per principal, Microsoft.Network's 5-minute windows; drainer/emulator/
 throttle.py) and records every change of a pool's membership.
 
-1. The race: five VMs of one pool, each with its own Reboot at the same moment, min_in_service = 1,
-   cron-style one-shots started together; TRIALS trials, with and without 200 ms of ARM latency, with
-   the fleet's lease and (as the baseline) without it. Reports the lowest in-service count, the
-   trials that went below the floor, ARM reads/writes per VM and 429s.
+1. The race: 5 and 20 VMs of one pool, each with its own Reboot at the same moment,
+   min_in_service = 1, spread_seconds = 0 (the worst case), the shipped floor (nothing the operator
+   creates); ARM latency 0, 100 and 300 ms per request; cron-style one-shots started together, and
+   daemons (`drainer run`, polling every second) told at the same moment. TRIALS trials each.
+   Reports the lowest in-service count, the trials that went below the floor, how many VMs were out
+   at the end, ARM reads/writes per VM and 429s.
 2. The update-domain wave: N = 20 VMs in one pool, 5 update domains; the platform (this script)
    schedules one Reboot per domain listing its 4 VMs, starts it at NotBefore (or at once when
    approved), keeps it MAINTENANCE seconds, removes it, then goes on with the next domain. Daemons,
-   lease, min_in_service = 1, max_unavailable = 4. Run with early approval and without. Reports the
+   min_in_service = 1, max_unavailable = 4. Run with early approval and without. Reports the
    lowest in-service count, seconds below the floor (and whether forced), approvals per event,
    approvals sent while a listed VM was still in a pool, ARM reads/writes per VM, 429s and the time
    to finish the wave.
@@ -18,7 +20,8 @@ throttle.py) and records every change of a pool's membership.
 Timing is compressed: NotBefore NOTICE seconds after scheduling (15 minutes on Azure),
 force_before_seconds FORCE (120 s by default).
 
-    .venv/bin/python bench/fleet.py [--trials 20] [--skip-wave] [--skip-race]
+    .venv/bin/python bench/fleet.py [--trials 10] [--sizes 5,20] [--latencies 0,100,300]
+        [--modes cron,daemon] [--skip-wave] [--skip-race]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ MAINTENANCE = 4.0
 POOL = "web-pool"
 
 
-def config(lease: str, *, approve: bool, min_in_service: int, max_unavailable: int) -> str:
+def config(*, approve: bool, min_in_service: int, max_unavailable: int) -> str:
     return f"""
 [policy]
 retry_max_seconds = 4
@@ -54,7 +57,6 @@ max_unavailable = {max_unavailable}
 [azure]
 poll_interval = 0.2
 [fleet]
-lease = "{lease}"
 spread_seconds = 2.0
 [approval]
 enabled = {"true" if approve else "false"}
@@ -118,42 +120,81 @@ def arm_figures(control: EmulatorControl, names: list[str]) -> dict[str, Any]:
 # -- 1. the race ---------------------------------------------------------------------------------
 
 
-def race(trials: int, latency: float, use_lease: bool) -> dict[str, Any]:
-    names = [f"web-{i}" for i in range(5)]
+def _start(emulator: RunningEmulator, names: list[str], tmp: str, text: str, command: str) -> list[Any]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "drainer", command],
+            env=env(emulator, n, Path(tmp) / n, text),
+            stdout=subprocess.DEVNULL,
+            stderr=(Path(tmp) / n / f"{command}.log").open("a"),
+        )
+        for n in names
+    ]
+
+
+def _settled(control: EmulatorControl, pool_id: str, quiet: float, limit: float) -> None:
+    """Wait until the pool's membership has changed and then not for ``quiet`` seconds, or for
+    ``limit`` seconds."""
+    started = time.time()
+    while time.time() - started < limit:
+        changes = [t for t, p, _ in control.stats()["timeline"] if p == pool_id]
+        if changes and time.time() - max(changes) >= quiet:
+            return
+        time.sleep(0.5)
+
+
+def race(size: int, latency: float, mode: str, trials: int) -> dict[str, Any]:
+    names = [f"web-{i:02d}" for i in range(size)]
     lowest: list[int] = []
+    out_at_end: list[int] = []
     figures: list[dict[str, Any]] = []
+    seconds: list[float] = []
     for _ in range(trials):
         with RunningEmulator(names) as emulator, tempfile.TemporaryDirectory() as tmp:
             control, pool_id = pool_of(emulator, names)
-            control.throttle(latency=latency)
-            lease = control.add_asg("drainer-lease") if use_lease else ""
-            text = config(lease, approve=False, min_in_service=1, max_unavailable=0)
+            text = config(approve=False, min_in_service=1, max_unavailable=0)
             text = text.replace("spread_seconds = 2.0", "spread_seconds = 0")  # the worst case
+            daemons: list[Any] = []
+            if mode == "daemon":
+                daemons = _start(emulator, names, tmp, text, "run")
+                until = time.time() + 300
+                while time.time() < until and not all(
+                    (Path(tmp) / n / "state" / "state.db").exists() for n in names
+                ):
+                    time.sleep(0.5)  # every daemon has made its first check
+                control.reset_stats()
+            control.throttle(latency=latency)
+            started = time.time()
             for name in names:
                 control.schedule("Reboot", [name], not_before_in=900)
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "drainer", "check"],
-                    env=env(emulator, n, Path(tmp) / n, text),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for n in names
-            ]
-            for proc in procs:
-                proc.wait(timeout=120)
-            series = in_service_series(control, pool_id, len(names))
-            lowest.append(min(len(names), *(c for _, c in series)))
+            try:
+                if mode == "cron":
+                    for proc in _start(emulator, names, tmp, text, "check"):
+                        proc.wait(timeout=600)
+                else:
+                    _settled(control, pool_id, quiet=10.0, limit=180.0)
+            finally:
+                for proc in daemons:
+                    proc.terminate()
+                for proc in daemons:
+                    proc.wait(timeout=60)
+            seconds.append(time.time() - started)
+            series = in_service_series(control, pool_id, size)
+            lowest.append(min(size, *(c for _, c in series)))
+            out_at_end.append(size - series[-1][1])
             figures.append(arm_figures(control, names))
     return {
-        "lease": "yes" if use_lease else "no (baseline)",
-        "latency": f"{latency * 1000:.0f} ms",
+        "VMs": size,
+        "ARM latency": f"{latency * 1000:.0f} ms",
+        "mode": mode,
         "trials": trials,
         "lowest in service": min(lowest),
         "trials below floor": sum(1 for n in lowest if n < 1),
+        "VMs out at the end": f"{min(out_at_end)}-{max(out_at_end)}",
         "reads/VM": figures[-1]["reads/VM"],
         "writes/VM": figures[-1]["writes/VM"],
         "429s": sum(f["429s"] for f in figures),
+        "s/trial": f"{statistics.median(seconds):.1f}",
     }
 
 
@@ -165,8 +206,7 @@ def wave(approve: bool, n: int = 20, domains: int = 5) -> dict[str, Any]:
     size = n // domains
     with RunningEmulator(names) as emulator, tempfile.TemporaryDirectory() as tmp:
         control, pool_id = pool_of(emulator, names)
-        lease = control.add_asg("drainer-lease")
-        text = config(lease, approve=approve, min_in_service=1, max_unavailable=size)
+        text = config(approve=approve, min_in_service=1, max_unavailable=size)
         daemons = [
             subprocess.Popen(
                 [sys.executable, "-m", "drainer", "run"],
@@ -226,13 +266,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--sizes", default="5,20")
+    parser.add_argument("--latencies", default="0,100,300", help="milliseconds")
+    parser.add_argument("--modes", default="cron,daemon")
     parser.add_argument("--skip-race", action="store_true")
     parser.add_argument("--skip-wave", action="store_true")
     args = parser.parse_args()
     if not args.skip_race:
-        rows = [race(args.trials, latency, lease) for latency in (0.0, 0.2) for lease in (True, False)]
-        print(f"The race: 5 VMs, 5 Reboots at once, min_in_service = 1, {args.trials} trials each")
+        rows = []
+        for size in (int(n) for n in args.sizes.split(",")):
+            for mode in args.modes.split(","):
+                for ms in (float(n) for n in args.latencies.split(",")):
+                    rows.append(race(size, ms / 1000, mode, args.trials))
+                    print(rows[-1], flush=True)
+        print(f"The race: N VMs, N Reboots at once, min_in_service = 1, {args.trials} trials each")
         table(rows)
     if not args.skip_wave:
         print(

@@ -73,6 +73,8 @@ SLOW = (
     "tests/test_demo_and_logging.py::test_demo_runs_from_the_cli",
     "tests/test_operator.py::test_a_standing_warning_is_logged_once_by_the_daemon",
     "tests/test_operator.py::test_the_daemon_records",
+    "tests/test_intents.py::test_three_vms",
+    "tests/test_intents.py::test_two_vms_every_interleaving_walked",
 )
 
 

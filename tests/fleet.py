@@ -17,19 +17,21 @@ APPROVING = DEFAULT_CONFIG.replace("enabled = false", "enabled = true\npeer_chec
 
 
 def fleet_config(
-    lease: str,
     *,
-    min_in_service: int = 1,
+    min_in_service: int | str = 1,
     max_unavailable: int = 0,
     base: str = DEFAULT_CONFIG,
     drain: str = "",
     extra: str = "",
+    spread: float = 0.2,
 ) -> str:
-    """``base`` with the floor, more ``[drain]`` lines, and the lease (claims of 900 s) when given."""
+    """``base`` with the floor, more ``[drain]`` lines, and ``[fleet]``: intents of 900 s, and the
+    random delays (up to ``spread`` seconds, doubled at each retry after a conflict) that runs with
+    ``TEST_SPREAD=1`` keep."""
     return (
         base
+        + f"\n[fleet]\nclaim_seconds = 900\nspread_seconds = {spread}\n"
         + f"\n[drain]\nmin_in_service = {min_in_service}\nmax_unavailable = {max_unavailable}\n{drain}"
-        + (f'\n[fleet]\nlease = "{lease}"\nclaim_seconds = 900\n' if lease else "")
         + extra
     )
 

@@ -1,4 +1,5 @@
-"""Adversarial tests of the fleet's floor, forced drains, claims and early approval (review attack4).
+"""Adversarial tests of the fleet's floor, forced drains, intents and early approval (review attack4;
+adapted in issue 19: the floor is decided from the pools and the intents on the VMs' NICs).
 
 Every VM runs the real CLI against one emulator (real azure-mgmt-network client, no mocks)."""
 
@@ -25,12 +26,11 @@ def test_a_held_drain_is_not_carried_out_by_the_next_reconcile(
     # reconcile of a VM "decided out" (DRAINING includes held) takes it out with action None, which
     # hold_floor treats as forced: no floor, no breach shown.
     base = DEFAULT_CONFIG.replace("retry_max_seconds = 0", "retry_max_seconds = 3600")
-    lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
         emulator,
         tmp_path,
         VMS[:2],
-        fleet_config(lease, min_in_service=1, max_unavailable=1, base=base),
+        fleet_config(min_in_service=1, max_unavailable=1, base=base),
         zygote,
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
@@ -55,7 +55,7 @@ def test_a_listed_vm_seen_out_once_is_read_again_before_the_approval(
     # never reads them again. A listed VM that is put back into its pool meanwhile (an operator, a
     # deployment pipeline re-applying the pool) is then in service when the approval starts the
     # maintenance for every listed VM.
-    config = fleet_config("", min_in_service=0, base=APPROVING)
+    config = fleet_config(min_in_service=0, base=APPROVING)
     agents = fleet_agents(emulator, tmp_path, VMS[:3], config, zygote)
     control.schedule("Reboot", VMS[:3], not_before_in=900)
     assert agents["web-1"].check().returncode == 0
@@ -82,7 +82,7 @@ def test_a_listed_vm_in_an_ip_based_pool_of_another_load_balancer_blocks_the_app
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-1")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     control.schedule("Reboot", ["web-0", "web-1"], not_before_in=900)
     control.leave("web-1", "lb-web", "web-pool")  # out of the NIC pool, still in the IP pool
@@ -104,15 +104,14 @@ def test_the_floor_holds_in_application_gateway_pools(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, zygote: Zygote | None
 ) -> None:
     # [drain] application_gateways = true: the nic method takes the VM out of Application Gateway
-    # pools too, but the floor (min_in_service, max_unavailable, claims) only counts load-balancer
+    # pools too, but the floor (min_in_service, max_unavailable, intents) only counts load-balancer
     # pools: two VMs empty an Application Gateway pool whose floor is one member, one after the other.
     control.add_app_gateway("agw", ["agw-pool"])
-    lease = control.add_asg("drainer-lease")
-    rg = lease.split("/providers/")[0]
+    rg = control.nic("web-0-nic")["id"].split("/providers/")[0]
     agw_pool = f"{rg}/providers/Microsoft.Network/applicationGateways/agw/backendAddressPools/agw-pool"
     for name in VMS[:2]:
         control.join_app_gateway(name, agw_pool)
-    config = fleet_config(lease, min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
+    config = fleet_config(min_in_service=1, max_unavailable=1, drain="application_gateways = true\n")
     agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     for name in VMS[:2]:
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -123,21 +122,16 @@ def test_the_floor_holds_in_application_gateway_pools(
     assert len(left) >= 1, {n: (s["drain_state"], s["held"]) for n, s in states.items()}
 
 
-def test_a_vm_out_every_minute_keeps_its_claim_alive(
+def test_a_vm_out_longer_than_claim_seconds_still_counts_for_max_unavailable(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str, zygote: Zygote | None
 ) -> None:
-    # Found: a claim of 300 s was accepted while claims were renewed only by the reconcile every
-    # reconcile_active_seconds (300), in the claim's second half: it expired while the VM was out.
-    # Now a claim must live at least three reconcile intervals (a shorter one is refused), and every
-    # reconcile of a VM out renews it.
-    lease = control.add_asg("drainer-lease")
-    short = fleet_config(lease, min_in_service=1, max_unavailable=1).replace(
+    # Before issue 19 a claim had to be renewed while the VM was out (a lapsed one freed its slot).
+    # Now an intent lives claim_seconds at most, and a VM out of the pool counts by drainer's record
+    # on its NIC for as long as it is out: web-0, out for 8 minutes with intents of 300 s, still
+    # takes the only slot.
+    config = fleet_config(min_in_service=1, max_unavailable=1).replace(
         "claim_seconds = 900", "claim_seconds = 300"
     )
-    refused = fleet_agents(emulator, tmp_path, ["web-2"], short, zygote)["web-2"].check()
-    assert refused.returncode == 2
-    assert "fleet.claim_seconds" in refused.stderr
-    config = short.replace("retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 100")
     agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
@@ -147,48 +141,20 @@ def test_a_vm_out_every_minute_keeps_its_claim_alive(
         assert agents["web-0"].status()["vm"]["drain_state"] == "drained"
     assert agents["web-1"].check(TEST_CLOCK_OFFSET=str(60 * 7)).returncode == 0
     assert control.nic_pools("web-0-nic") == []
-    tags = emulator.model.arm.get_asg("drainer-lease")["tags"]
-    assert control.nic_pools("web-1-nic") != [], f"two VMs out with max_unavailable = 1; lease: {tags}"
-
-
-def test_one_failed_renewal_does_not_lose_a_live_vms_claim_for_good(
-    emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str, zygote: Zygote | None
-) -> None:
-    # Defaults (claim_seconds 900, reconcile_active_seconds 300), cron every minute. The renewal is
-    # tried by the reconcile at +600 s only (the one at +300 s is in the claim's first half); one
-    # refused lease write there is logged and forgotten, the next reconcile (+900 s) finds the claim
-    # expired, and renew_claim never writes a claim that is not live: web-0 stays out without one,
-    # and web-1 takes the only slot (max_unavailable = 1).
-    lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
-    )
-    control.schedule("Reboot", ["web-0"], not_before_in=3600)
-    control.schedule("Reboot", ["web-1"], not_before_in=3600)
-    for minute in range(17):
-        if minute == 10:
-            control.fault(match="/applicationSecurityGroups/", status=403, count=1, method="PUT")
-        done = agents["web-0"].check(TEST_CLOCK_OFFSET=str(60 * minute))
-        assert done.returncode == 0, done.stderr
-        assert agents["web-0"].status()["vm"]["drain_state"] == "drained"
-    control.clear_faults()
-    assert agents["web-1"].check(TEST_CLOCK_OFFSET=str(60 * 16)).returncode == 0
-    assert control.nic_pools("web-0-nic") == []
-    tags = emulator.model.arm.get_asg("drainer-lease")["tags"]
-    assert control.nic_pools("web-1-nic") != [], f"two VMs out with max_unavailable = 1; lease: {tags}"
+    assert control.nic_pools("web-1-nic") != [], "two VMs out with max_unavailable = 1"
+    assert "max_unavailable=1" in agents["web-1"].status()["vm"]["held"]
 
 
 def test_idle_runs_after_a_fleet_cycle_make_no_arm_call_and_import_no_sdk(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str, zygote: Zygote | None
 ) -> None:
-    # A whole cycle with the lease and approvals on (drain, claim, approval, restore, release),
+    # A whole cycle with the floor and approvals on (intent, drain, approval, restore, release),
     # then idle runs: no Azure SDK import, no ARM request.
-    lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
         emulator,
         tmp_path,
         ["web-0"],
-        fleet_config(lease, min_in_service=1, max_unavailable=1, base=APPROVING),
+        fleet_config(min_in_service=1, max_unavailable=1, base=APPROVING),
         zygote,
     )
     event_id = control.schedule("Reboot", ["web-0"], not_before_in=900)
@@ -209,24 +175,23 @@ def test_idle_runs_after_a_fleet_cycle_make_no_arm_call_and_import_no_sdk(
     assert after[before:] == []
 
 
-def test_a_forced_drain_below_the_floor_is_visible_when_the_lease_cannot_be_read(
+def test_a_forced_drain_below_the_floor_is_visible_when_the_peers_cannot_be_read(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str, zygote: Zygote | None
 ) -> None:
-    # The lease answers 403 (a role assignment removed): a forced drain goes ahead, as it should,
-    # but the floor is then never evaluated, so a drain that takes the pool below min_in_service
-    # leaves no floor_breach in status (nor drainer_floor_breaches_total, nor the warning).
-    lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=4), zygote)
+    # A peer's NIC answers 403 (a role assignment removed): a forced drain goes ahead, as it should,
+    # and the pool read again after it shows the breach (status, the warning, the counter).
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(min_in_service=4), zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     control.schedule("Reboot", ["web-1"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
     assert agents["web-0"].status()["vm"]["drain_state"] == "drained"  # 4 left
-    control.fault(match="/applicationSecurityGroups/", status=403, count=1000, method="GET")
+    control.fault(match="/networkInterfaces/web-2-nic", status=403, count=1000, method="GET")
     done = agents["web-1"].check(TEST_CLOCK_OFFSET="840")  # NotBefore within force_before_seconds
     control.clear_faults()
     assert agents["web-1"].status()["vm"]["drain_state"] == "drained"
     assert lowest_in_service(control, five) == 3  # below min_in_service = 4
     events = [r["event"] for r in log_records(done.stderr)]
+    assert "a pool is below its floor after this drain" in events, events
     assert agents["web-1"].status().get("floor_breach"), events
 
 
@@ -239,7 +204,7 @@ def test_no_approval_lands_within_near_seconds_of_not_before(
     base = APPROVING.replace("deadline = 20.0", "deadline = 60.0").replace(
         "peer_check_interval = 0", "peer_check_interval = 0\nnear_seconds = 30"
     )
-    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config("", min_in_service=0, base=base), zygote)
+    agents = fleet_agents(emulator, tmp_path, VMS[:2], fleet_config(min_in_service=0, base=base), zygote)
     event_id = control.schedule("Reboot", VMS[:2], not_before_in=50)
     scheduled = next(e for e in control.state()["events"] if e["EventId"] == event_id)
     not_before = parsedate_to_datetime(scheduled["NotBefore"]).timestamp()
@@ -266,7 +231,7 @@ def test_the_approver_itself_is_in_no_pool_when_it_approves(
     control.add_load_balancer("lb-api", pools=[], ip_pools=["api-pool"])
     control.add_ip_member("lb-api", "api-pool", "web-0")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=900)
     assert agents["web-0"].check().returncode == 0
@@ -282,8 +247,7 @@ def test_the_daemon_with_default_back_off_keeps_a_held_drain_held(
     # back-off (retry_max_seconds = 60: a held drain is retried every 15 s) and `drainer run`: the
     # poll after the held drain reconciles, and the reconcile takes web-1 out.
     base = DEFAULT_CONFIG.replace("retry_max_seconds = 0", "retry_max_seconds = 60")
-    lease = control.add_asg("drainer-lease")
-    config = fleet_config(lease, min_in_service=1, max_unavailable=1, base=base)
+    config = fleet_config(min_in_service=1, max_unavailable=1, base=base)
     agents = fleet_agents(emulator, tmp_path, VMS[:2], config, zygote)
     agents["web-1"].config_text = config + "\n[daemon]\npoll_interval = 0.2\nstop_timeout = 20\n"
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
@@ -318,9 +282,8 @@ def test_max_unavailable_counts_vms_and_min_in_service_counts_members(
     control.add_nic("web-0", "web-0-nic2")
     control.join("web-0", "lb-web", "web-pool", nic="web-0-nic2")
     control.reset_stats()
-    lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:3], fleet_config(lease, min_in_service=1, max_unavailable=2), zygote
+        emulator, tmp_path, VMS[:3], fleet_config(min_in_service=1, max_unavailable=2), zygote
     )
     for name in VMS[:3]:
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -332,21 +295,21 @@ def test_max_unavailable_counts_vms_and_min_in_service_counts_members(
     assert min(c for _, p, c in control.stats()["timeline"] if p == five.lower()) == 3  # 6 members - 3
 
 
-def test_a_lease_whose_claims_a_tag_policy_strips_does_not_hand_out_every_slot(
+def test_a_tag_policy_that_strips_intents_does_not_let_every_vm_leave(
     emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str, zygote: Zygote | None
 ) -> None:
-    # An Azure Policy that silently removes drainer* tags on write (modify effect): every lease PUT
-    # succeeds, no claim is ever stored, and drainer never reads its claim back, so each VM "takes a
-    # slot" and the slots never run out: two VMs out with max_unavailable = 1.
+    # An Azure Policy that silently removes drainer* tags on write (modify effect): no intent is
+    # ever stored, so no VM could see another leave. Each early drain fails saying so (nothing is
+    # taken out) until the platform forces it.
     control.arm_settings(tag_policy="strip")
-    lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, VMS[:2], fleet_config(lease, min_in_service=1, max_unavailable=1), zygote
+        emulator, tmp_path, VMS[:2], fleet_config(min_in_service=1, max_unavailable=1), zygote
     )
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     control.schedule("Reboot", ["web-1"], not_before_in=3600)
     for name in VMS[:2]:
-        assert agents[name].check().returncode == 0
-    assert lowest_in_service(control, five) >= len(VMS) - 1, {
-        n: a.status()["vm"]["held"] for n, a in agents.items()
-    }
+        assert agents[name].check().returncode == 1
+        vm = agents[name].status()["vm"]
+        assert "does not keep drainer's intent tag" in vm["last_error"], vm
+        assert vm["in_rotation"] is True
+    assert lowest_in_service(control, five) == len(VMS)

@@ -1,4 +1,5 @@
-"""Adversarial tests of the fleet's floor, claims and early approval (review attack5, second round).
+"""Adversarial tests of the fleet's floor, intents and early approval (review attack5, second round;
+adapted in issue 19).
 
 Every VM runs the real CLI against one emulator (real azure-mgmt-network client, no mocks)."""
 
@@ -50,9 +51,8 @@ def test_a_crash_between_the_nic_writes_of_a_multi_nic_vm_does_not_drop_a_pool_f
     # still left and rewrites the claim with that pool alone: the pool web-0 already left is no longer
     # claimed, so a second VM takes it as a free slot while web-0 is still out of it.
     _two_pools(control)
-    lease = control.add_asg("drainer-lease")
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1", "web-2"], fleet_config(lease, max_unavailable=1), zygote
+        emulator, tmp_path, ["web-0", "web-1", "web-2"], fleet_config(max_unavailable=1), zygote
     )
     for name in ("web-0", "web-1", "web-2"):
         control.schedule("Reboot", [name], not_before_in=3600)
@@ -62,10 +62,9 @@ def test_a_crash_between_the_nic_writes_of_a_multi_nic_vm_does_not_drop_a_pool_f
     assert agents["web-0"].status()["vm"]["drain_state"] == "drained"
     for name in ("web-1", "web-2"):
         assert agents[name].check().returncode == 0
-    tags = emulator.model.arm.get_asg("drainer-lease")["tags"]
     for pool, members in (("pool-a", ["web-0", "web-1", "web-3"]), ("pool-b", ["web-0", "web-2", "web-4"])):
         out = _out_of(control, members, NICS, pool)
-        assert len(out) <= 1, f"{pool}: {out} out at once with max_unavailable = 1; lease: {tags}"
+        assert len(out) <= 1, f"{pool}: {out} out at once with max_unavailable = 1"
 
 
 def test_a_reconcile_taking_a_vm_out_of_one_pool_again_keeps_its_claim_on_the_others(
@@ -83,8 +82,7 @@ def test_a_reconcile_taking_a_vm_out_of_one_pool_again_keeps_its_claim_on_the_ot
         control.join(name, "lb-a", "pool-a")
     for name in ("web-0", "web-2", "web-4"):
         control.join(name, "lb-b", "pool-b")
-    lease = control.add_asg("drainer-lease")
-    config = fleet_config(lease, max_unavailable=1).replace(
+    config = fleet_config(max_unavailable=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
     agents = fleet_agents(emulator, tmp_path, ["web-0", "web-1"], config, zygote)
@@ -96,9 +94,8 @@ def test_a_reconcile_taking_a_vm_out_of_one_pool_again_keeps_its_claim_on_the_ot
     assert agents["web-0"].check(TEST_CLOCK_OFFSET="120").returncode == 0  # the reconcile
     assert control.nic_pools("web-0-nic") == []
     assert agents["web-1"].check(TEST_CLOCK_OFFSET="120").returncode == 0
-    tags = emulator.model.arm.get_asg("drainer-lease")["tags"]
     out = _out_of(control, ["web-0", "web-1", "web-3"], {}, "pool-a")
-    assert len(out) <= 1, f"pool-a: {out} out at once with max_unavailable = 1; lease: {tags}"
+    assert len(out) <= 1, f"pool-a: {out} out at once with max_unavailable = 1"
 
 
 def test_the_second_approver_waits_its_slot_even_when_it_was_out_before_the_event(
@@ -112,7 +109,7 @@ def test_the_second_approver_waits_its_slot_even_when_it_was_out_before_the_even
     # gone.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
     agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1"], fleet_config("", min_in_service=0, base=APPROVING), zygote
+        emulator, tmp_path, ["web-0", "web-1"], fleet_config(min_in_service=0, base=APPROVING), zygote
     )
     for name in ("web-0", "web-1"):
         done = agents[name].run("drain", TEST_CLOCK_OFFSET="-3600")
@@ -132,7 +129,7 @@ def test_a_vm_put_back_into_its_pool_is_taken_out_again_once_the_platform_forces
     # reconcile that should take web-0 out again is never forced (action None) and is held by the
     # floor, so web-0 serves through its own reboot, and nothing reports a breach.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1"])
-    config = fleet_config("", min_in_service=1).replace(
+    config = fleet_config(min_in_service=1).replace(
         "retry_max_seconds = 0", "retry_max_seconds = 0\nreconcile_active_seconds = 60"
     )
     agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
@@ -156,10 +153,7 @@ def test_a_vm_whose_drain_is_held_after_a_crash_leaves_no_claim_behind(
     # drained, but its claim stays in the lease (up to claim_seconds): it blocks the slot, counts
     # web-0 as leaving, and made web-1's forced drain report a breach that did not happen.
     control.load_balancer_with("lb-web", "web-pool", ["web-0", "web-1", "web-2"])
-    lease = control.add_asg("drainer-lease")
-    agents = fleet_agents(
-        emulator, tmp_path, ["web-0", "web-1"], fleet_config(lease, max_unavailable=1), zygote
-    )
+    agents = fleet_agents(emulator, tmp_path, ["web-0", "web-1"], fleet_config(max_unavailable=1), zygote)
     control.schedule("Reboot", ["web-0"], not_before_in=3600)
     crashed = agents["web-0"].check(TEST_CRASH_AT="nic-recorded")
     assert crashed.returncode == CRASH_EXIT, crashed.stderr
@@ -168,10 +162,10 @@ def test_a_vm_whose_drain_is_held_after_a_crash_leaves_no_claim_behind(
     assert agents["web-1"].check().returncode == 0
     assert control.nic_pools("web-1-nic") == []
     assert agents["web-0"].check().returncode == 0
-    assert "no slot" in (agents["web-0"].status()["vm"]["held"] or "")
+    assert "max_unavailable=1" in (agents["web-0"].status()["vm"]["held"] or "")
     assert control.nic_pools("web-0-nic") != []
-    tags = emulator.model.arm.get_asg("drainer-lease")["tags"]
-    assert "drainer:claim:web-0" not in tags, f"web-0 serves but holds a claim: {tags}"
+    tags = control.nic("web-0-nic").get("tags") or {}
+    assert "drainer-intent" not in tags, f"web-0 serves but announces leaving: {tags}"
 
 
 def test_admin_state_takes_the_vm_out_of_ip_pools_of_load_balancers_in_other_resource_groups(
@@ -186,7 +180,7 @@ def test_admin_state_takes_the_vm_out_of_ip_pools_of_load_balancers_in_other_res
     for name in ("web-0", "web-1"):
         control.add_ip_member("lb-web", "web-pool", name)
         control.add_ip_member("lb-api", "api-pool", name)
-    config = fleet_config("", min_in_service=0, extra='method = "admin-state"\n')
+    config = fleet_config(min_in_service=0, extra='method = "admin-state"\n')
     agent = fleet_agents(emulator, tmp_path, ["web-0"], config, zygote)["web-0"]
     control.schedule("Reboot", ["web-0"], not_before_in=60)
     done = agent.check()

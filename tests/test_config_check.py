@@ -49,7 +49,8 @@ def test_config_check_reports_every_mistake_of_a_file_at_once(tmp_path: Path) ->
     assert done.stderr.splitlines() == [  # in the file's order
         f"drainer: error: {path}: imds.dedline: unknown key (did you mean deadline?)",
         f"drainer: error: {path}: polcy: unknown section (did you mean [policy]?)",
-        f"drainer: error: {path}: drain.min_in_service: must be between 0 and 1000",
+        f"drainer: error: {path}: drain.min_in_service: must be between 0 and 1000, or a table of such "
+        'floors by pool (its id, "<load balancer>/<pool>", its name, or "*" for the others)',
     ]
 
 
@@ -89,12 +90,10 @@ def test_the_defaults_wait_for_connections_and_an_empty_list_warns() -> None:
     assert findings(quiet._replace(approval=ApprovalConfig(enabled=False, service_ports=()))) == []
 
 
-def test_the_uncoordinated_floor_warns_once_the_operator_raises_it() -> None:
+def test_a_raised_floor_needs_no_warning_any_more() -> None:
+    # Issue 19: the floor is decided from the pools across VMs, with nothing to create.
     quiet = Config(approval=ApprovalConfig(enabled=False))
-    raised = quiet._replace(drain=DrainConfig(min_in_service=2))
-    (only,) = findings(raised)
-    assert only.message.startswith("[drain] min_in_service = 2 is checked by each VM alone")
-    assert findings(raised._replace(drain=DrainConfig(min_in_service=2, method="log"))) == []
+    assert findings(quiet._replace(drain=DrainConfig(min_in_service={"*": 2}))) == []
 
 
 @pytest.mark.parametrize(
@@ -141,7 +140,10 @@ def test_every_kind_of_problem_is_collected() -> None:
         ("imds.timeout", "unknown key"),
         ("drain.method", "must be one of nic, admin-state, probe, log"),
         ("drain.nics", "must be a list of NIC names or resource ids"),
-        ("fleet.lease", "must be the resource id of an application security group"),
+        (
+            "fleet.lease",
+            "is no longer used: the floor is decided from the pools themselves, with nothing to create",
+        ),
         ("logging", "must be a table"),
         (
             "hooks.timeouts.bogus",
@@ -156,10 +158,6 @@ def test_every_kind_of_problem_is_collected() -> None:
 
 def test_a_check_across_keys_is_skipped_when_a_key_it_reads_was_refused() -> None:
     with pytest.raises(ConfigError) as info:
-        from_mapping({"drain": {"max_unavailable": 2}, "fleet": {"lease": "nope"}}, "f.toml")
-    assert [p.key for p in info.value.problems] == ["fleet.lease"]  # not "needs [fleet] lease" as well
-    with pytest.raises(ConfigError) as info:
-        from_mapping({"drain": {"max_unavailable": 2}}, "f.toml")
-    assert [(p.key, p.reason) for p in info.value.problems] == [
-        ("drain.max_unavailable", "needs [fleet] lease: it is counted through the claims")
-    ]
+        from_mapping({"imds": {"deadline": "soon", "connect_timeout": 5.0}}, "f.toml")
+    # not "imds.deadline must be at least imds.connect_timeout" as well
+    assert [p.key for p in info.value.problems] == ["imds.deadline"]

@@ -87,7 +87,6 @@ def test_json_for_scripts(agent: Agent, pool: EmulatorControl) -> None:
         "identity",
         "nics",
         "permissions",
-        "lease",
         "hooks",
         "health",
     ]
@@ -356,28 +355,6 @@ def test_admin_state_needs_its_own_role(agent: Agent, control: EmulatorControl) 
     done = _doctor(agent)
     assert done.returncode == 0, done.stdout
     _assert_read_only(control)
-
-
-def test_the_lease_must_exist_and_be_writable(agent: Agent, pool: EmulatorControl) -> None:
-    lease = pool.add_asg("drainer-lease")
-    agent.config_text = DEFAULT_CONFIG + f'\n[fleet]\nlease = "{lease}"\n'
-    done = _doctor(agent)  # the nic role alone does not write the lease
-    assert done.returncode == 1
-    assert _line(done.stdout, "lease").startswith("FAIL")
-    assert "Microsoft.Network/applicationSecurityGroups/write" in done.stdout
-    assert f'--role "drainer lease" --scope {lease}' in done.stdout
-    pool.permissions(
-        "web-0",
-        [{"actions": list(NIC_ROLE_ACTIONS)}, {"scope": lease, "actions": list(rbac.ROLES["lease"].actions)}],
-    )
-    done = _doctor(agent)
-    assert done.returncode == 0, done.stdout
-    assert "drainer-lease: readable and writable" in _line(done.stdout, "lease")
-    agent.config_text = agent.config_text.replace("drainer-lease", "no-such-lease")
-    done = _doctor(agent)
-    assert done.returncode == 1
-    assert "no-such-lease cannot be read" in done.stdout
-    _assert_read_only(pool)
 
 
 def test_get_json_keeps_the_token_for_the_arm_endpoint(agent: Agent, control: EmulatorControl) -> None:

@@ -54,6 +54,7 @@ def _lro_failed(control: EmulatorControl, agent: Agent) -> dict[str, str]:
 
 
 def _concurrent_writer(control: EmulatorControl, agent: Agent) -> dict[str, str]:
+    agent.config_text = FAST + "\n[drain]\nmin_in_service = 0\n"  # the drain's read is the NIC's first
     control.concurrent_change("web-0-nic", tag=("changed-by", "someone"))
     return {}
 

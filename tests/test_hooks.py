@@ -48,8 +48,9 @@ def test_order_around_the_builtin_drain(agent: Agent, control: EmulatorControl) 
     assert done.returncode == 0, done.stderr
     lines = trace.read_text().split("\n")[:-1]
     assert [line.split()[0] for line in lines] == ["pre-drain/10-a", "pre-drain/20-b", "post-drain/10-c"]
-    (put,) = [r for r in control.requests() if r["method"] == "PUT"]
+    intent, put = [r for r in control.requests() if r["method"] == "PUT"]
     times = [float(line.split()[1]) for line in lines]
+    assert intent["at"] < times[0]  # the fleet's floor first (the intent on the NIC), then the hooks
     assert times[1] < put["at"] < times[2]  # the load-balancer write sits between the two phases
 
 
@@ -301,7 +302,8 @@ def test_hooks_list_shows_order_builtins_and_skips(agent: Agent) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     order = [line.strip().split()[0] for line in lines if line.startswith("  ")]
-    assert order[:5] == [
+    assert order[:6] == [
+        "[built-in]",  # the fleet's floor: a held drain runs no hook
         "pre-drain/10-first",
         "pre-drain/20-second",
         "pre-drain/10-first~",

@@ -19,6 +19,7 @@ from tests.conftest import DEFAULT_CONFIG, Agent, log_records
 SUB = "8d10da13-8125-4ba9-a717-bf7490507b3d"
 RG = f"/subscriptions/{SUB}/resourceGroups/rg-drainer/providers/Microsoft.Network"
 WEB_POOL = f"{RG}/loadBalancers/lb-web/backendAddressPools/web-pool"
+NO_FLOOR = DEFAULT_CONFIG + "\n[drain]\nmin_in_service = 0\n"  # the NIC writes alone, no intent
 API_POOL = f"{RG}/loadBalancers/lb-web/backendAddressPools/api-pool"
 
 
@@ -71,9 +72,10 @@ def test_exact_removal_and_restore_with_two_pools_and_two_nics(
         ("web-0-nic", API_POOL, "on-nic"),
         ("web-0-nic2", WEB_POOL, "on-nic"),
     }
-    # Every write carried the etag it was based on.
+    # Every write carried the etag it was based on: the intent on each NIC (the fleet's floor), then
+    # the drain of each.
     writes = topology.arm_writes()
-    assert len(writes) == 2 and all(w["if_match"] for w in writes)
+    assert len(writes) == 4 and all(w["if_match"] for w in writes)
     # No NIC was touched but this VM's.
     assert {w["name"] for w in writes} == {"web-0-nic", "web-0-nic2"}
 
@@ -103,7 +105,9 @@ def test_a_concurrent_change_to_the_nic_is_kept(agent: Agent, topology: Emulator
 
 
 def test_412_is_re_read_and_retried_keeping_the_other_writer(agent: Agent, topology: EmulatorControl) -> None:
-    # Between our GET and our PUT, someone else writes the NIC: our PUT gets 412.
+    # Between our GET and our PUT, someone else writes the NIC: our PUT gets 412. (No floor: the
+    # drain's own read is the NIC's first.)
+    agent.config_text = NO_FLOOR
     topology.concurrent_change("web-0-nic", tag=("changed-by", "someone"))
     topology.schedule("Reboot", ["web-0"])
     done = agent.check()
@@ -150,7 +154,7 @@ def test_429_with_retry_after_is_honoured(agent: Agent, topology: EmulatorContro
     done = agent.check()
     assert done.returncode == 0, done.stderr
     puts = [r for r in _arm_requests(topology) if r["method"] == "PUT" and r["path"].endswith("web-0-nic")]
-    assert [p["status"] for p in puts] == ["fault", 200]
+    assert [p["status"] for p in puts] == ["fault", 200, 200]  # the intent, retried; the drain
     assert puts[1]["at"] - puts[0]["at"] >= 0.9
     assert _pools(topology, "web-0-nic") == []
 
@@ -268,8 +272,8 @@ def test_min_in_service_holds_the_drain(agent: Agent, control: EmulatorControl) 
     assert status["vm"]["held"] and "min_in_service=2" in status["vm"]["held"]
     assert status["vm"]["drain_state"] == "draining"
     assert _pools(control, "web-0-nic") == [WEB_POOL]  # still serving
-    assert control.arm_writes() == []
-    assert "drain held back" in agent.run("status").stdout
+    assert control.arm_writes() == []  # the pool alone holds it: not even an intent
+    assert "IN rotation (draining, held: lb-web/web-pool: 1 other member(s)" in agent.run("status").stdout
     # Retried every run; once another member joins the pool, the drain goes ahead.
     control.join("web-2", "lb-web", "web-pool")
     assert agent.check().returncode == 0
@@ -512,7 +516,7 @@ def test_retryable_error_due_to_another_operation_waits_as_told(
     topology.schedule("Reboot", ["web-0"])
     assert agent.check().returncode == 0
     puts = [r for r in _arm_requests(topology) if r["method"] == "PUT" and r["path"].endswith("web-0-nic")]
-    assert [p["status"] for p in puts] == ["fault", 200]
+    assert [p["status"] for p in puts] == ["fault", 200, 200]  # the intent, retried; the drain
     assert puts[1]["at"] - puts[0]["at"] >= 0.9
 
 

@@ -286,11 +286,6 @@ ROLES = {
         "Microsoft.Compute/virtualMachines/read",  # early approval: the listed VMs' NICs
         "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
     },
-    "drainer-role-lease.json": {
-        "Microsoft.Network/applicationSecurityGroups/read",  # get_asg
-        "Microsoft.Network/applicationSecurityGroups/write",  # put_asg (the claims are its tags)
-        "Microsoft.Network/locations/operations/read",  # the SDK polls the PUT's async operation
-    },
 }
 
 

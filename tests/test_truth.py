@@ -23,8 +23,9 @@ SUB = "8d10da13-8125-4ba9-a717-bf7490507b3d"
 RG = f"/subscriptions/{SUB}/resourceGroups/rg-drainer/providers/Microsoft.Network"
 WEB_POOL = f"{RG}/loadBalancers/lb-web/backendAddressPools/web-pool"
 API_POOL = f"{RG}/loadBalancers/lb-web/backendAddressPools/api-pool"
-# Restores drop a pool only after 3 answers of 404; no waiting in time for the tests.
-CONFIG = DEFAULT_CONFIG + "\n[drain]\ngone_after_reads = 3\ngone_after_seconds = 0\n"
+# Restores drop a pool only after 3 answers of 404; no waiting in time for the tests. No floor: the
+# NIC's writes are the drain's and the restore's alone (tests/test_fleet.py has the floor's intents).
+CONFIG = DEFAULT_CONFIG + "\n[drain]\ngone_after_reads = 3\ngone_after_seconds = 0\nmin_in_service = 0\n"
 
 
 @pytest.fixture

@@ -342,6 +342,9 @@ class DryRunActuator:
         self.inner = inner
         self.name = f"dry-run({inner.name})"
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        return None
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         ctx.log.warning(
             "dry-run: would take vm out of rotation",

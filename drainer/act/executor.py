@@ -124,7 +124,7 @@ class Executor:
 
     def context(self, events: tuple[EventRecord, ...], forced: str = "") -> ActionContext:
         from drainer.act.records import RecordGuard  # noqa: PLC0415
-        from drainer.store.ledger import StoreAbsence, StoreLedger, StoreNicIds  # noqa: PLC0415
+        from drainer.store.ledger import StoreAbsence, StoreIntentsSeen, StoreLedger, StoreNicIds  # noqa: PLC0415
 
         drain = self.config.drain
         return ActionContext(
@@ -139,6 +139,8 @@ class Executor:
             now=self.seams.now,
             forced=forced,
             nic_ids=StoreNicIds(self.store),
+            seen=StoreIntentsSeen(self.store),
+            spread=self.effects.spread,
         )
 
 
@@ -312,6 +314,9 @@ class FailingActuator:
 
     def __init__(self, error: DrainerError) -> None:
         self.error = error
+
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        raise self.error
 
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         raise self.error

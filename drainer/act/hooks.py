@@ -2,7 +2,7 @@
 
 Phases and the fixed place of the built-in actions (``PIPELINES``)::
 
-    drain:    pre-drain hooks  -> built-in drain (load balancer)  -> post-drain hooks
+    drain:    the fleet's floor -> pre-drain hooks  -> built-in drain (load balancer)  -> post-drain hooks
     restore:  pre-restore hooks -> built-in restore (load balancer) -> post-restore hooks
     event:    on-event hooks (each new event seen; informational)
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 PHASES = ("on-event", "pre-drain", "post-drain", "pre-restore", "post-restore")
 PIPELINES: Mapping[str, tuple[str, ...]] = {
-    "drain": ("hooks:pre-drain", "builtin:drain", "hooks:post-drain"),
+    "drain": ("builtin:admit", "hooks:pre-drain", "builtin:drain", "hooks:post-drain"),
     "restore": ("hooks:pre-restore", "builtin:restore", "hooks:post-restore"),
     "event": ("hooks:on-event",),
 }
@@ -354,11 +354,18 @@ class HookedActuator:
         self.pending = pending
         self.name = inner.name
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        self.inner.admit(action, ctx)
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         manual = not action.event_ids
+        # The fleet's floor first: a held drain runs no hook (it would announce a drain that waits).
+        self.inner.admit(action, ctx)
         pre = self.runner.run_phase("pre-drain", vm=ctx.vm, events=ctx.events, manual=manual)
         if not pre.ok:
             if self.runner.config.hooks.on_failure == "abort":
+                for granted in ctx.admitted:
+                    granted.withdraw()  # this VM stays in its pools: others need not count it out
                 raise ActionError("drain", f"pre-drain hook failed: {'; '.join(pre.failures)}")
             ctx.log.warning(
                 "pre-drain hook failed; draining anyway (on_failure = continue)", failures=list(pre.failures)

@@ -18,8 +18,9 @@ from azure.mgmt.network.models import (
 
 from drainer.act.actuator import ActionContext, Actuator
 from drainer.act.effects import Effects
-from drainer.act.floor import release_claim, renew_claim
+from drainer.act.floor import release
 from drainer.act.lb_admin import AdminStateDrain
+from drainer.act.lb_common import discover_nics
 from drainer.act.lb_nic import NicDrain
 from drainer.base.instance import InstanceInfo
 from drainer.base.typing import Logger
@@ -130,6 +131,9 @@ class _Restoring:
         self.name = method.name
         self.network = method.network
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        self.method.admit(action, ctx)
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         self.method.drain(action, ctx)
 
@@ -137,17 +141,16 @@ class _Restoring:
         self.method.restore(action, ctx)
         self.other.reconcile(False, ctx)
         ctx.records.close()  # everything is back: a record of this drain is refused from now on
-        release_claim(self.network, ctx)
+        release(self.network, ctx, discover_nics(self.network, ctx))
 
     def reconcile(self, out: bool, ctx: ActionContext) -> tuple[bool, str]:
         changed, found = self.method.reconcile(out, ctx)
         if out:
-            renew_claim(self.network, ctx)
             return changed, found
         also, other = self.other.reconcile(False, ctx)
         ctx.records.close()
-        if changed or also:
-            release_claim(self.network, ctx)
+        # In rotation: no intent of this VM may stay, whether or not this reconcile changed anything.
+        release(self.network, ctx, discover_nics(self.network, ctx))
         return changed or also, f"{found}; {other}" if also else found
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from azure.mgmt.network.models import LoadBalancer, NetworkInterface
 
+from drainer.act import floor
 from drainer.act.actuator import ActionContext
-from drainer.act.floor import hold_floor
 from drainer.act.lb_common import (
     ResourceId,
     discover_nics,
@@ -69,6 +69,15 @@ class AdminStateDrain:
     def __init__(self, network: Network) -> None:
         self.network = network
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        if not floor.applies(ctx):
+            return
+        self.network.start()
+        nics = self._nics(ctx)
+        targets = self._targets(ctx, nics, action)
+        if targets:
+            floor.admit(self.network, ctx, action, self._leaving(nics, targets), "backend address")
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         self.network.start()
         self._out(ctx, action)
@@ -103,8 +112,10 @@ class AdminStateDrain:
 
     # -- out ------------------------------------------------------------------------------------
 
-    def _out(self, ctx: ActionContext, action: Drain | None) -> tuple[bool, str]:
-        nics = self._nics(ctx)
+    def _targets(
+        self, ctx: ActionContext, nics: list[NetworkInterface], action: Drain | None
+    ) -> list[tuple[LoadBalancer, Any]]:
+        """The IP-based pools with an address of this VM. Raises ActionError, ArmError."""
         mine = self._addresses(nics)
         if not mine:
             raise ActionError("drain", "the VM's NICs have no private IP address in a subnet")
@@ -115,28 +126,34 @@ class AdminStateDrain:
                 if any(self._is_mine(a, mine) for a in pool.load_balancer_backend_addresses or []):
                     self._check_applies(ctx, lb, pool)
                     targets.append((lb, pool))
+        if not targets and action is not None:
+            ctx.log.warning(
+                "vm has no address in any IP-based backend pool: nothing to take out",
+                ips=sorted(ip for ip, _ in mine),
+            )
+        return targets
+
+    def _leaving(
+        self, nics: list[NetworkInterface], targets: list[tuple[LoadBalancer, Any]]
+    ) -> floor.Leaving:
+        """For the floor: the intent goes on the NIC that holds the record; the pools, with those
+        drainer's records say this VM already left."""
+        out = {r.pool_id for n in nics for r in decode(dict(n.tags or {}), subscription_of(str(n.id))).admin}
+        return floor.Leaving(
+            nics=(str(self._record_nic(nics).id),),
+            own=frozenset(str(n.id).lower() for n in nics),
+            pools=tuple(sorted({str(pool.id) for _, pool in targets} | out, key=str.lower)),
+            addresses=frozenset(self._addresses(nics)),
+        )
+
+    def _out(self, ctx: ActionContext, action: Drain | None) -> tuple[bool, str]:
+        nics = self._nics(ctx)
+        mine = self._addresses(nics)
+        targets = self._targets(ctx, nics, action)
         if not targets:
-            if action is not None:
-                ctx.log.warning(
-                    "vm has no address in any IP-based backend pool: nothing to take out",
-                    ips=sorted(ip for ip, _ in mine),
-                )
             return False, "in no IP-based backend pool"
-        in_service = {
-            str(pool.id): {
-                f"ip:{a.ip_address}"
-                for a in pool.load_balancer_backend_addresses or []
-                if not self._is_mine(a, mine) and _state(a) != "Down"
-            }
-            for _, pool in targets
-        }
-        out = {
-            r.pool_id
-            for n in nics
-            for r in decode(trusted_view(ctx, n).tags, subscription_of(str(n.id))).admin
-        }
-        addresses = {f"ip:{ip}" for ip, _ in mine}
-        hold_floor(self.network, ctx, action, in_service, addresses, "backend address", already_out=out)
+        leaving = self._leaving(nics, targets)
+        floor.admit(self.network, ctx, action, leaving, "backend address")
         records = [
             AdminRecord(str(pool.id), str(a.name), _state(a))
             for _, pool in targets
@@ -159,6 +176,8 @@ class AdminStateDrain:
                     self._write_records(ctx, nics, undone, add=False)
                     ctx.ledger.forget([_entry(r) for r in undone])
                 raise
+        forced = floor.forced_reason(action) if action is not None else ctx.forced
+        floor.after_drain(self.network, ctx, leaving.pools, forced)
         return True, f"{len(records)} address(es) set Down"
 
     @staticmethod

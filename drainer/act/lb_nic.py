@@ -16,15 +16,14 @@ from typing import Any
 
 from azure.mgmt.network.models import NetworkInterface, SubResource
 
+from drainer.act import floor
 from drainer.act.actuator import ActionContext
 from drainer.act.fanout import each_nic
-from drainer.act.floor import hold_floor
 from drainer.act.lb_common import (
     Presence,
     ResourceId,
     by_policy,
     discover_nics,
-    nic_of,
     read_modify_write,
     read_nic,
     refused,
@@ -149,6 +148,16 @@ class NicDrain:
 
     # -- out of rotation ---------------------------------------------------------------------
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        if ctx.vm.is_uniform_scale_set_instance:
+            raise ActionError("drain", UNIFORM_HELP)
+        if not floor.applies(ctx):
+            return
+        self.network.start()
+        nic_ids, nics, planned = self._planned(ctx)
+        if planned:
+            floor.admit(self.network, ctx, action, self._leaving(ctx, nic_ids, nics, planned), "pool")
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         if ctx.vm.is_uniform_scale_set_instance:
             raise ActionError("drain", UNIFORM_HELP)
@@ -163,24 +172,46 @@ class NicDrain:
             return self._out(ctx, None)
         return self._in(ctx)
 
+    def _planned(self, ctx: ActionContext) -> tuple[list[str], dict[str, NetworkInterface], list[Ref]]:
+        """The VM's NICs, as read now, and the pool references a drain takes out of them."""
+        kinds = self._kinds(ctx)
+        # Found again for every action (a NIC attached later is drained too); the drain that follows
+        # its grant by the floor (before the pre-drain hooks) uses the NICs found for the grant.
+        found = [a.nics for a in floor.granted(ctx) if a.nics]
+        nic_ids = list(found[-1]) if found else discover_nics(self.network, ctx)
+        nics = {nic_id: read_nic(self.network, nic_id) for nic_id in nic_ids}
+        return nic_ids, nics, [r for nic in nics.values() for r in view_of(nic).refs if r.kind in kinds]
+
+    def _leaving(
+        self, ctx: ActionContext, nic_ids: list[str], nics: dict[str, NetworkInterface], planned: list[Ref]
+    ) -> floor.Leaving:
+        """For the floor: the NICs that leave pools, and the pools (those drainer's records say this
+        VM already left too: a retry after a crash between two NIC writes plans only what is left)."""
+        out = self._already_out(ctx, nics, planned)
+        return floor.Leaving(
+            nics=tuple(sorted({n for n, nic in nics.items() for r in view_of(nic).refs if r in planned})),
+            own=frozenset(n.lower() for n in nic_ids),
+            pools=tuple(sorted({r.pool_id for r in planned} | out, key=str.lower)),
+            discovered=tuple(nic_ids),
+        )
+
     def _out(self, ctx: ActionContext, action: Drain | None) -> tuple[bool, str]:
         kinds = self._kinds(ctx)
-        nic_ids = discover_nics(self.network, ctx)
-        nics = {nic_id: read_nic(self.network, nic_id) for nic_id in nic_ids}
-        planned = [r for nic in nics.values() for r in view_of(nic).refs if r.kind in kinds]
+        nic_ids, nics, planned = self._planned(ctx)
         if not planned:
             for nic_id, nic in nics.items():  # the cache of the NICs' records (approval reads it)
                 self._settle(ctx, nic_id, tags_work=False, nic=nic)
             if action is not None:
                 ctx.log.warning("vm is in no backend pool: nothing to take out", nics=nic_ids)
             return False, "in no backend pool"
-        others = self._others_in_service(planned, nic_ids)
-        out = self._already_out(ctx, nics, planned)
-        hold_floor(self.network, ctx, action, others, set(nic_ids), "pool", already_out=out)
+        leaving = self._leaving(ctx, nic_ids, nics, planned)
+        floor.admit(self.network, ctx, action, leaving, "pool")
         summary = summary_text(_why(ctx), ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ"), ctx.vm.name)
         taken = each_nic(
             ctx, list(nics.items()), lambda c, n, _: self._drain_nic(c, n[0], n[1], kinds, summary)
         )
+        forced = floor.forced_reason(action) if action is not None else ctx.forced
+        floor.after_drain(self.network, ctx, leaving.pools, forced)
         done = [t for t in taken if t]
         return (True, "; ".join(done)) if done else (False, "already out of every pool")
 
@@ -200,26 +231,6 @@ class NicDrain:
             ):
                 out.add(entry.target)
         return out
-
-    def _others_in_service(self, planned: list[Ref], nic_ids: list[str]) -> dict[str, set[str]]:
-        """pool id -> the other NICs in it (one GET per load balancer or application gateway)."""
-        ours = {n.lower() for n in nic_ids}
-        counts: dict[str, set[str]] = {}
-        parents: dict[str, Any] = {}
-        for ref in planned:
-            if ref.pool_id in counts:
-                continue
-            rid = ResourceId.parse(ref.pool_id)
-            where = f"{ref.kind}/{rid.resource_group}/{rid.name}".lower()
-            if where not in parents:
-                gateway = ref.kind == "appgw-pool"
-                read = self.network.get_app_gateway if gateway else self.network.get_load_balancer
-                parents[where] = read(rid.resource_group, rid.name)
-            parent = parents[where]
-            pool = next((p for p in parent.backend_address_pools or [] if same(p.id, ref.pool_id)), None)
-            members = [c.id for c in (pool.backend_ip_configurations or [])] if pool else []
-            counts[ref.pool_id] = {nic_of(m).lower() for m in members if m} - ours
-        return counts
 
     def _settle(
         self, ctx: ActionContext, nic_id: str, *, tags_work: bool, nic: NetworkInterface | None = None

@@ -23,6 +23,9 @@ class LogActuator:
 
     name = "log"
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        return None  # changes no pool: nothing to keep a floor of
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         ctx.log.warning(
             "vm leaving rotation",

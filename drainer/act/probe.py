@@ -32,6 +32,9 @@ class ProbeDrain:
         self.flag = Path(flag_file)
         self.effects = effects
 
+    def admit(self, action: Drain, ctx: ActionContext) -> None:
+        return None  # the health probe's pools are not read: no floor
+
     def drain(self, action: Drain, ctx: ActionContext) -> None:
         self._set(True, ",".join(action.event_ids), ctx)
 

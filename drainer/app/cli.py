@@ -75,12 +75,12 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "  drainer history --json --windows",
     ),
     "fleet": (
-        "every VM of this VM's pools: in or out, why, since when, claims (read-only)",
+        "every VM of this VM's pools: in or out, why, since when, leaving (read-only)",
         "Every VM of this VM's backend pools (or of the pools named with --pool: an id, or a name such as "
         "web-pool or lb-web/web-pool, resolved among the load balancers of this VM's subscription; an "
-        "unknown or ambiguous one is refused, exit 2): in or out of rotation, "
-        "drainer's record on its NIC (which event holds it out, since when), and the claims in the "
-        "fleet's lease ([fleet] lease). Reads ARM only: one subscription-wide NIC list and the lease. "
+        "unknown or ambiguous one is refused, exit 2): in or out of rotation, drainer's record on its NIC "
+        "(which event holds it out, since when), and its intent when it announced it is leaving (the "
+        "fleet's floor). Reads ARM only. "
         'From an operator\'s machine: [azure] identity = "default" and --pool by id.',
         "drainer fleet\n  drainer fleet --pool lb-web/web-pool\n"
         "  drainer fleet --json --pool /subscriptions/<id>/resourceGroups/<rg>/providers/"
@@ -91,8 +91,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Check, before the first maintenance, everything a drain needs, each on one line (ok or FAIL): "
         "IMDS and this VM's identity; a token for [azure] identity; this VM's NICs and their backend "
         "pools (and every NIC in [drain] nics); the right to write them, from Azure's permissions API, "
-        "against the actions the drain method needs (packaging/azure/drainer-role-*.json); the fleet's "
-        "lease if configured; the hooks directory and the restore health command. Then one line per "
+        "against the actions the drain method needs (packaging/azure/drainer-role-*.json); the "
+        "hooks directory and the restore health command. Then one line per "
         "problem with its fix. Reads only: it never writes to Azure. Exits 0 when ready, 1 otherwise.",
         "drainer doctor\n  drainer doctor --json | jq '.checks[] | select(.status == \"fail\")'\n"
         "  drainer --config ./config.toml doctor",

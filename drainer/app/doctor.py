@@ -3,8 +3,8 @@
 Checks, in order, each one line (``ok``, ``FAIL``, or ``skip`` when an earlier failure leaves nothing
 to check): IMDS and this VM's identity; a token for the configured Azure identity; this VM's NICs and
 their backend pools (and each NIC named in ``[drain] nics``); the right to write them, from Azure's
-permissions API, against the actions the drain method needs (``drainer.decide.rbac``); the fleet's
-lease when one is configured; the hooks directory and the restore health command (trusted as they
+permissions API, against the actions the drain method needs (``drainer.decide.rbac``); the hooks
+directory and the restore health command (trusted as they
 will be when used: ``drainer.io.trust``). Then one line per problem with its fix. Exit 0 when ready,
 1 otherwise.
 
@@ -120,7 +120,6 @@ def run(config: Config) -> list[Check]:
         _identity,
         _nics,
         _permissions,
-        _lease,
         _hooks,
         _health,
     ]
@@ -165,7 +164,7 @@ def _imds(config: Config, found: _Found) -> Check:
 
 
 def _uses_arm(config: Config) -> bool:
-    return config.drain.method in ("nic", "admin-state") or bool(config.fleet.lease)
+    return config.drain.method in ("nic", "admin-state")
 
 
 def _who(config: Config) -> str:
@@ -597,41 +596,6 @@ def _permissions(config: Config, found: _Found) -> Check:
     total = sum(len(n.actions) for n in needs)
     where = ", ".join(n.label for n in needs)
     return ok("permissions", f"all {total} action(s) granted on {where}", **details)
-
-
-# -- the fleet's lease (small on purpose: the lease may go) -------------------------------------
-
-
-def _lease(config: Config, found: _Found) -> Check:
-    if not config.fleet.lease:
-        return skip("lease", "none configured ([fleet] lease)")
-    vm = found.vm
-    if vm is None or not found.token:
-        return skip("lease", "needs IMDS and a token (see above)")
-    from drainer.act.lb_common import ResourceId  # noqa: PLC0415
-    from drainer.io.arm import ArmError  # noqa: PLC0415
-
-    network = _network(config, found)
-    lease = ResourceId.parse(config.fleet.lease)
-    try:
-        asg = network.get_asg(lease.resource_group, lease.name)
-        held = _permissions_at(network, config.fleet.lease)
-    except ArmError as exc:
-        return fail(
-            "lease",
-            str(exc),
-            [(f"the lease {lease.name} cannot be read", "create it, or correct [fleet] lease")],
-        )
-    role = rbac.ROLES["lease"]
-    lacking = rbac.missing(held, role.actions)
-    claims = sum(1 for tag in (asg.tags or {}) if str(tag).startswith("drainer:claim:"))
-    if lacking:
-        what = f"missing {', '.join(lacking)} on the lease {lease.name}"
-        fix = f'grant {role.file} (role "{role.name}") at the lease: ' + _assign_command(
-            config, vm, role, config.fleet.lease
-        )
-        return fail("lease", f"{lease.name}: readable, not writable", [(what, fix)])
-    return ok("lease", f"{lease.name}: readable and writable ({claims} claim(s))")
 
 
 # -- hooks and the restore gate ------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``drainer fleet``: every VM of this VM's backend pools (or of the pools named), in or out of
-rotation, what holds it out and since when (drainer's record on its NIC), and the claims in the
-fleet's lease. Read-only: one subscription-wide NIC list, plus one read of the lease.
+rotation, what holds it out and since when (drainer's record on its NIC), and the intent on its NIC
+of a VM announcing it leaves the pool (the fleet's floor). Read-only: one subscription-wide NIC list.
 
 Runs on a VM (its identity and pools from IMDS and ARM) or on an operator's machine with read rights
 (``[azure] identity = "default"`` and ``--pool`` ids: the subscription comes from them).
@@ -18,8 +18,7 @@ from drainer.act.lb_common import ResourceId
 from drainer.base.errors import EXIT_OK, ConfigError
 from drainer.base.terminal import printable
 from drainer.config import Config
-from drainer.decide.claims import decode as decode_claims
-from drainer.decide.claims import key
+from drainer.decide import intents
 from drainer.decide.nicrecord import SUMMARY, subscription_of
 from drainer.decide.nicrecord import decode as decode_records
 from drainer.io.arm import ArmError, ArmNetwork, Network
@@ -48,7 +47,6 @@ def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
     wanted = {p.lower() for p in pools} or {
         p for r in rows if r["vm"].lower() == vm_name.lower() for p in (*r["in"], *r["out"])
     }
-    claims = _claims(network, config)
     view = []
     for pool in sorted(wanted):
         members = []
@@ -56,19 +54,19 @@ def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
             state = "in" if pool in row["in"] else "out" if pool in row["out"] else ""
             if not state:
                 continue
-            claim = claims.get(row["vm"].lower())
+            intent = row["intent"]
             members.append(
                 {
                     "vm": row["vm"],
                     "nic": row["nic"],
                     "in_rotation": state == "in",
                     "record": row["record"] if state == "out" else None,
-                    "claim": claim if claim and key(pool) in claim["pools"] else None,
+                    "intent": intent if intent and intents.key(pool) in intent["pools"] else None,
                 }
             )
         view.append({"pool": pool, "in_service": sum(m["in_rotation"] for m in members), "members": members})
     if as_json:
-        print(json.dumps({"pools": view, "claims": list(claims.values())}, indent=2))
+        print(json.dumps({"pools": view}, indent=2))
         return EXIT_OK
     if not view:
         print("no backend pool found (name them with --pool)")
@@ -80,9 +78,9 @@ def fleet(config: Config, pools: Sequence[str], *, as_json: bool) -> int:
             line = f"  {m['vm']:<24} {'IN ' if m['in_rotation'] else 'OUT'}"
             if m["record"]:
                 line += f"  {m['record']}"
-            if m["claim"]:
-                forced = ", forced" if m["claim"]["forced"] else ""
-                line += f"  [claim until {m['claim']['expires']}{forced}]"
+            if m["intent"]:
+                forced = ", forced" if m["intent"]["forced"] else ""
+                line += f"  [leaving: intent until {m['intent']['expires']}{forced}]"
             print(printable(line))
     return EXIT_OK
 
@@ -193,25 +191,20 @@ def _row(nic: Any, subscription: str) -> dict[str, Any]:
         "in": refs,
         "out": recorded - refs,
         "record": tags.get(SUMMARY),
+        "intent": _intent(tags),
     }
 
 
-def _claims(network: Network, config: Config) -> dict[str, dict[str, Any]]:
-    if not config.fleet.lease:
-        return {}
-    lease = ResourceId.parse(config.fleet.lease)
-    asg = network.get_asg(lease.resource_group, lease.name)
-    claims, _ = decode_claims(asg.tags)
-    now = time.time()
+def _intent(tags: dict[str, str]) -> dict[str, Any] | None:
+    found = intents.intent_of(tags)
+    if found is None:
+        return None
+    intent = found[1]
     return {
-        c.vm: {
-            "vm": c.vm,
-            "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.expires)),
-            "expired": c.expires <= now,
-            "forced": c.forced,
-            "pools": sorted(c.pools),
-        }
-        for c in claims
+        "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(intent.expires)),
+        "expired": intent.expires <= time.time(),
+        "forced": intent.forced,
+        "pools": sorted(intent.pools),
     }
 
 

@@ -11,7 +11,7 @@ from drainer.base.errors import EXIT_ACTION_FAILED, EXIT_OK
 from drainer.base.events import format_iso
 from drainer.base.terminal import printable
 from drainer.config import Config
-from drainer.decide.core import EventRecord, EventState, State
+from drainer.decide.core import DrainState, EventRecord, EventState, State, VmState
 from drainer.store import outcome
 from drainer.store.stamp import last_check
 from drainer.store.state import DB_NAME, HistoryEntry, LedgerEntry, StateStore
@@ -66,6 +66,21 @@ def window_json(record: EventRecord) -> dict[str, Any]:
     }
 
 
+def rotation(vm: VmState, ledger: list[LedgerEntry] | None) -> tuple[bool, str]:
+    """Whether the VM is in rotation as the world sees it, and why it is not where drainer decided:
+    a drain decided but held or failing has not taken it out until a write succeeded (drainer's
+    local record of a removal, ``removed``, or of a record on the NIC, ``on-nic``)."""
+    if vm.drain_state is not DrainState.DRAINING:
+        return vm.in_rotation, ""
+    if any(e.status in ("removed", "on-nic") for e in ledger or []):
+        return False, "draining: partly out"
+    if vm.held:
+        return True, f"draining, {vm.held}"
+    if vm.last_error:
+        return True, f"draining, failing: {vm.last_error}"
+    return True, "draining: not out yet"
+
+
 def status_json(
     state: State,
     vm_info: dict[str, Any],
@@ -82,11 +97,13 @@ def status_json(
         state.events.values(),
         key=lambda r: (r.state is EventState.CLEARED, -r.last_seen.timestamp()),
     )
+    in_rotation, why = rotation(vm, ledger)
     return {
         "vm": {
             **vm_info,
             "name": name or None,
-            "in_rotation": vm.in_rotation,
+            "in_rotation": in_rotation,
+            "rotation": why or None,
             "drain_state": vm.drain_state.value,
             "since": format_iso(vm.since) or None,
             "held_by": [state.events[k].event.event_id for k in vm.held_by if k in state.events],
@@ -162,17 +179,17 @@ def status(config: Config, *, as_json: bool) -> int:
         return code
     print_health(health)
     vm = data["vm"]
-    rotation = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
+    said = "IN rotation" if vm["in_rotation"] else "OUT of rotation"
     _say(
-        f"VM {vm['name'] or '(not yet identified)'}: {rotation} ({vm['drain_state']}"
-        + (f" since {vm['since']}" if vm["since"] else "")
+        f"VM {vm['name'] or '(not yet identified)'}: {said} ({vm['rotation'] or vm['drain_state']}"
+        + (f" since {vm['since']}" if vm["since"] and not vm["rotation"] else "")
         + ")"
     )
     if vm["held_by"]:
         _say(f"  held out by: {', '.join(vm['held_by'])}")
     if vm["manual"]:
         _say("  manual hold: taken out by hand (`drainer restore` releases it)")
-    if vm["held"]:
+    if vm["held"] and not vm["rotation"]:
         _say(f"  drain held back: {vm['held']}")
     for removed in vm["removed"]:
         if removed["method"] == "nic":

@@ -83,22 +83,6 @@ def _no_effect(config: Config) -> list[Finding]:
                 "(set enabled = true)",
             )
         )
-    arm_method = config.drain.method in ("nic", "admin-state")
-    # The default floor (1: never empty a pool by choice) is a best effort, documented with the key;
-    # an operator who asks for more relies on it for capacity, which only the lease can hold.
-    if arm_method and config.drain.min_in_service > 1 and not config.fleet.lease:
-        found.append(
-            Finding(
-                "warning",
-                f"[drain] min_in_service = {config.drain.min_in_service} is checked by each VM alone: "
-                "VMs deciding in the same second can all pass it (set [fleet] lease to coordinate; "
-                "README: the fleet model)",
-            )
-        )
-    if config.fleet.lease and not arm_method:
-        found.append(
-            Finding("warning", f"[fleet] lease has no effect with [drain] method = {config.drain.method!r}")
-        )
     return found
 
 

@@ -145,9 +145,19 @@ _CHILDREN = {t.name: _children_of(t.name) for t in TABLES}
 _KNOWN = {t.name: _CHILDREN[t.name] | {k.name for k in t.keys} for t in TABLES}
 
 
+# Keys an earlier release had, and why they are gone.
+_RETIRED = {
+    ("fleet", "lease"): "is no longer used: the floor is decided from the pools themselves, with nothing "
+    "to create (docs/fleet-model.md); remove it",
+}
+
+
 def _unknown(table: Table, name: str, value: object) -> str:
     """Why ``name`` is refused in ``table``, with the name probably meant."""
     import difflib  # noqa: PLC0415 - only for a mistake
+
+    if (table.name, name) in _RETIRED:
+        return _RETIRED[table.name, name]
 
     where = f"{table.name}." if table.name else ""
     if isinstance(value, dict):
@@ -196,22 +206,3 @@ def _across(config: Config, path: str, problems: list[ConfigError]) -> None:
 
     if config.imds.deadline < config.imds.connect_timeout:
         problem("imds.deadline", "must be at least imds.connect_timeout", "imds.connect_timeout")
-    fleet, active = config.fleet, config.policy.reconcile_active_seconds
-    if config.drain.max_unavailable and not fleet.lease:
-        problem(
-            "drain.max_unavailable", "needs [fleet] lease: it is counted through the claims", "fleet.lease"
-        )
-    if fleet.lease and active <= 0:
-        problem(
-            "fleet.lease",
-            "needs [policy] reconcile_active_seconds > 0: claims are renewed then",
-            "policy.reconcile_active_seconds",
-        )
-    elif fleet.lease and fleet.claim_seconds < 3 * active:
-        problem(
-            "fleet.claim_seconds",
-            f"must be at least 3 x [policy] reconcile_active_seconds ({3 * active}): a claim is "
-            "renewed at each reconcile while the VM is out; one failed renewal must not lose it",
-            "fleet.lease",
-            "policy.reconcile_active_seconds",
-        )

@@ -38,8 +38,8 @@ from drainer.config.values import (
     ARM_ENDPOINT,
     ENDPOINT,
     EVENT_TYPES,
+    FLOORS,
     HOOK_NAME,
-    LEASE,
     NICS,
     NOT_EMPTY,
     OPTIONAL_ENDPOINT,
@@ -202,12 +202,12 @@ _DRAIN = _keys(
     DrainConfig()._asdict(),
     method=Rule("NIC pool references, adminState Down, a failing probe, or only log", choices=DRAIN_METHODS),
     min_in_service=Rule(
-        "the floor: an early drain leaves at least this many other members of each pool in service "
-        "(0: none); without [fleet] lease each VM checks it alone",
-        0,
-        1000,
+        "the floor: an early drain leaves at least this many other members of each pool in service, "
+        'decided from the pools (0: none); a number, or a table pool -> floor with "*" for the others',
+        check=FLOORS,
+        of=object,
     ),
-    max_unavailable=Rule("VMs of a pool out at once, through [fleet] lease (0: no limit)", 0, 1000),
+    max_unavailable=Rule("VMs of a pool out at once by drainer's choice (0: no limit)", 0, 1000),
     application_gateways=Rule('also Application Gateway pool references ("nic" only)'),
     nics=Rule("the NICs to drain, by name or id; empty: those attached to this VM", check=NICS),
     gone_after_reads=Rule(
@@ -235,8 +235,7 @@ _AZURE = _keys(
 _FLEET = _keys(
     "fleet",
     FleetConfig()._asdict(),
-    lease=Rule("an application security group holding the claims; empty: no coordination", check=LEASE),
-    claim_seconds=Rule("a claim's life; at least 3 x [policy] reconcile_active_seconds", 30, _DAY),
+    claim_seconds=Rule("an intent counts at most this long from when a VM first saw it", 30, _DAY),
     spread_seconds=Rule("early drains and restores start after a random delay of up to this", 0, 600),
 )
 _APPROVAL = _keys(

@@ -58,7 +58,9 @@ class PolicyConfig(NamedTuple):
 
 class DrainConfig(NamedTuple):
     method: str = "nic"
-    min_in_service: int = 1
+    # Per pool: pool id, "<load balancer>/<pool>" or pool name -> floor, "*" for the others (1 when not
+    # given); a single number N in the file is {"*": N} (drainer.decide.intents.floor_for).
+    min_in_service: Mapping[str, int] = MappingProxyType({"*": 1})
     max_unavailable: int = 0
     application_gateways: bool = False
     nics: tuple[str, ...] = ()
@@ -84,7 +86,8 @@ class ApprovalConfig(NamedTuple):
 
 
 class FleetConfig(NamedTuple):
-    lease: str = ""
+    # An intent (a VM announcing it leaves its pools) counts at most this long from when a VM first
+    # saw it, whatever expiry it states: a VM that died after announcing blocks no one longer.
     claim_seconds: int = 900
     spread_seconds: float = 5.0
 

@@ -10,7 +10,7 @@ its own check.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drainer.base.events import EventType
@@ -80,20 +80,21 @@ def _address(value: str) -> str:
     return value
 
 
-def _lease(value: str) -> str:
-    import re  # noqa: PLC0415 - compiled only when a lease is configured
+def _floors(value: Any) -> Mapping[str, int]:
+    """``[drain] min_in_service``: a number (every pool) or a table (pool -> floor)."""
+    from types import MappingProxyType  # noqa: PLC0415
 
-    pattern = (
-        r"/subscriptions/[0-9A-Za-z-]+/resourceGroups/[-\w._()]+/providers/Microsoft\.Network/"
-        r"applicationSecurityGroups/[-\w._]+"
+    def floor(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000
+
+    if floor(value):
+        return MappingProxyType({"*": value})
+    if isinstance(value, dict) and value and all(k and floor(v) for k, v in value.items()):
+        return MappingProxyType(dict(value))
+    raise InvalidValueError(
+        'must be between 0 and 1000, or a table of such floors by pool (its id, "<load balancer>/<pool>", '
+        'its name, or "*" for the others)'
     )
-    if value and not re.fullmatch(pattern, value, re.IGNORECASE):
-        raise InvalidValueError(
-            "must be the resource id of an application security group "
-            "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Network/"
-            "applicationSecurityGroups/<name>)"
-        )
-    return value
 
 
 def _optional_endpoint(url: str) -> str:
@@ -157,7 +158,7 @@ ENDPOINT = Check(endpoint_url, "an http(s) URL")
 OPTIONAL_ENDPOINT = Check(_optional_endpoint, 'an http(s) URL, or "" for none')
 ARM_ENDPOINT = Check(arm_url, "an https URL (http on a loopback address)")
 ADDRESS = Check(_address, "host:port")
-LEASE = Check(_lease, 'an application security group\'s resource id, or "" for none')
+FLOORS = Check(_floors, 'a floor 0 to 1000, or a table pool -> floor ("*": the others)')
 NOT_EMPTY = Check(_not_empty, "not empty")
 URL_PATH = Check(_url_path, "a path starting with /")
 WINDOWS_ONLY = Check(_windows_only, "true only on Windows")

@@ -39,8 +39,6 @@ SUBNET_JOIN_LB = f"{NET}/virtualNetworks/subnets/joinLoadBalancer/action"
 OPERATIONS = f"{NET}/locations/operations/read"
 APPGW_READ = f"{NET}/applicationGateways/read"
 APPGW_POOL_JOIN = f"{NET}/applicationGateways/backendAddressPools/join/action"
-ASG_READ = f"{NET}/applicationSecurityGroups/read"
-ASG_WRITE = f"{NET}/applicationSecurityGroups/write"
 COMPUTE = "Microsoft.Compute"
 VM_READ = f"{COMPUTE}/virtualMachines/read"  # this VM's NICs, from its networkProfile
 VMSS_VM_READ = f"{COMPUTE}/virtualMachineScaleSets/virtualMachines/read"  # a Uniform instance's
@@ -77,7 +75,6 @@ ROLES: Mapping[str, Role] = {
             VMSS_NIC_READ,
         ),
     ),
-    "lease": Role("drainer-role-lease.json", "drainer lease", (ASG_READ, ASG_WRITE, OPERATIONS)),
     "reader": Role("drainer-role-reader.json", "drainer reader", (NIC_READ, LB_READ, VM_READ, VMSS_VM_READ)),
 }
 
@@ -230,9 +227,9 @@ def needs(
 
 
 def role_for(method: str, action: str) -> Role | None:
-    """The shipped role that grants ``action`` for ``method``: the method's own, else the lease's;
+    """The shipped role that grants ``action`` for ``method``;
     None for an action no shipped role holds (application gateways: README, Permissions)."""
-    for key in (method, "lease"):
+    for key in (method,):
         role = ROLES.get(key)
         if role is not None and action in role.actions:
             return role

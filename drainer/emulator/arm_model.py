@@ -8,8 +8,15 @@ session in ``shared/azure-examples``):
   does not exist), answered with ``Azure-AsyncOperation`` like the recording.
 - Load balancers: GET and list; NIC-based pools derive ``backendIPConfigurations`` from the NICs;
   IP-based pools carry ``loadBalancerBackendAddresses`` with ``adminState`` and are PUT on the pool.
+  A pool's etag is its load balancer's, as Azure answers (every child of a load balancer carries the
+  parent's etag: the recorded SDK session ``sdk/network/azure-mgmt-network/tests/recordings/
+  test_mgmt_network.test_load_balancers.yaml`` in Azure/azure-sdk-for-python): a write to one pool
+  changes the etag of its siblings too, so a PUT of a sibling with ``If-Match`` read before it fails
+  with 412. Whether a NIC joining or leaving a pool changes the load balancer's etag is not
+  documented: it does not here, and drainer depends on neither.
 - Application gateways: GET (their backend pools may be referenced from NIC ipConfigurations).
-- Application security groups: GET and PUT with ``If-Match`` (tags only): the fleet's lease.
+- Application security groups: GET and PUT with ``If-Match`` (tags only; drainer uses none since
+  issue 19: the fleet's floor no longer needs a lease).
 - Resource groups: every resource lives in one (the default, or one named when it is added); a
   request naming another group gets 404. Names are unique across groups here (a simplification).
 - Subscription-wide lists of NICs and load balancers (``list_all``).
@@ -362,15 +369,17 @@ class ArmModel:
                     {
                         "name": pool,
                         "id": f"{lb_id}/backendAddressPools/{pool}",
-                        "etag": new_etag(),
                         "type": f"{NETWORK}/loadBalancers/backendAddressPools",
                         "properties": props,
                     }
                 )
+            etag = new_etag()
+            for entry in pool_entries:
+                entry["etag"] = etag
             self.lbs[name.lower()] = {
                 "name": name,
                 "id": lb_id,
-                "etag": new_etag(),
+                "etag": etag,
                 "type": f"{NETWORK}/loadBalancers",
                 "location": self.location,
                 "sku": {"name": sku},
@@ -454,12 +463,13 @@ class ArmModel:
             entry["properties"].setdefault("loadBalancerBackendAddresses", []).append(
                 {"name": name, "properties": props}
             )
-            entry["etag"] = new_etag()
+            self._touch(self._lb(lb))
 
     def delete_pool(self, lb: str, pool: str) -> None:
         with self.lock:
             props = self._lb(lb)["properties"]
             props["backendAddressPools"] = [p for p in props["backendAddressPools"] if p["name"] != pool]
+            self._touch(self._lb(lb))
             pool_id = self.pool_id(lb, pool).lower()
             # Azure refuses to delete a pool in use; an operator removes the NIC references first.
             for nic in self.nics.values():
@@ -470,7 +480,7 @@ class ArmModel:
                     ]
 
     def add_asg(self, name: str, resource_group: str | None = None) -> str:
-        """An application security group (the fleet's lease holder)."""
+        """An application security group."""
         with self.lock:
             asg_id = self.asg_id(name, resource_group or self.resource_group)
             self.asgs[name.lower()] = {
@@ -665,6 +675,13 @@ class ArmModel:
 
     def _lb(self, name: str) -> dict[str, Any]:
         return self._resource(self.lbs, "loadBalancers", name)
+
+    @staticmethod
+    def _touch(lb: dict[str, Any]) -> None:
+        """A write to a load balancer or any of its pools: one new etag for it and every pool."""
+        lb["etag"] = new_etag()
+        for pool in lb["properties"]["backendAddressPools"]:
+            pool["etag"] = lb["etag"]
 
     @staticmethod
     def _check_etag(resource: dict[str, Any], if_match: str | None) -> None:
@@ -945,7 +962,7 @@ class ArmModel:
     ) -> tuple[dict[str, Any], str]:
         with self.lock:
             entry = self._pool(lb, pool)
-            self._check_etag(entry, if_match)
+            self._check_etag(entry, if_match)  # the load balancer's etag: a sibling's write stales it
             addresses = (body.get("properties") or {}).get("loadBalancerBackendAddresses")
             if addresses is not None and "loadBalancerBackendAddresses" not in entry["properties"]:
                 # A NIC-based pool: its members come from the NICs; only their adminState is set
@@ -969,7 +986,7 @@ class ArmModel:
                 entry["properties"]["loadBalancerBackendAddresses"] = [
                     {"name": a.get("name"), "properties": dict(a.get("properties") or {})} for a in addresses
                 ]
-            entry["etag"] = new_etag()
+            self._touch(self._lb(lb))
             self._note_membership()
             operation = str(uuid.uuid4())
             self.operations[operation] = Operation(polls_left=self.settings.lro_polls)

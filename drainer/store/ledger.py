@@ -7,7 +7,7 @@ record does not fit Azure's tag limits), plus a cache of the NIC records for ``s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -132,3 +132,38 @@ class MemoryAbsence:
 
     def clear(self) -> None:
         self._seen.clear()
+
+
+class IntentsSeen(Protocol):
+    """When this VM first saw each other VM's intent (``drainer.decide.intents``): an intent counts
+    at most ``[fleet] claim_seconds`` from then, whatever expiry it states."""
+
+    def load(self) -> dict[str, float]: ...
+
+    def save(self, seen: Mapping[str, float]) -> None:
+        """Raises StateError."""
+
+
+class StoreIntentsSeen:
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def load(self) -> dict[str, float]:
+        return self._store.intents_seen()
+
+    def save(self, seen: Mapping[str, float]) -> None:
+        if seen != self._store.intents_seen():
+            self._store.set_intents_seen(seen)
+
+
+class MemoryIntentsSeen:
+    """For one process only (tests of a single action)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def load(self) -> dict[str, float]:
+        return dict(self._seen)
+
+    def save(self, seen: Mapping[str, float]) -> None:
+        self._seen = dict(seen)

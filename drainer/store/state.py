@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ _PEER_CHECK = "peer_check"
 _LISTED_NICS = "listed_nics"
 _RECORD_PROBLEMS = "record_problems"
 _OWN_NICS = "own_nics"
+_INTENTS_SEEN = "intents_seen"
 
 
 class StateStore(Tables):
@@ -123,6 +124,15 @@ class StateStore(Tables):
             after.append(clean)
         if [_problem_key(p) for p in after] != list(before):
             self._set_meta({_RECORD_PROBLEMS: json.dumps(after)})
+
+    def intents_seen(self) -> dict[str, float]:
+        """When this VM first saw each other VM's intent (``drainer.decide.intents.remember``)."""
+        found: dict[str, Any] = self._meta_json(_INTENTS_SEEN, dict) or {}
+        return {str(k): float(v) for k, v in found.items() if type(v) in (int, float)}
+
+    def set_intents_seen(self, seen: Mapping[str, float]) -> None:
+        """Raises StateError."""
+        self._set_meta({_INTENTS_SEEN: json.dumps(dict(sorted(seen.items())))})
 
     def peer_check(self) -> dict[str, Any]:
         """Early approval's last read of the listed VMs' pools (``drainer.act.approve``)."""
