@@ -19,7 +19,9 @@ def _hook(agent: Agent, phase: str, name: str, body: str) -> None:
 
 
 def test_every_attempt_and_hook_run_is_in_the_history(agent: Agent, pool: EmulatorControl) -> None:
-    agent.config_text = DEFAULT_CONFIG + f'\n[hooks]\ndir = "{agent.tmp / "hooks"}"\n'
+    # No floor: its intent write would take the ARM failure below before the hook runs.
+    hooks = agent.tmp / "hooks"
+    agent.config_text = DEFAULT_CONFIG + f'\n[hooks]\ndir = "{hooks}"\n[drain]\nmin_in_service = 0\n'
     _hook(agent, "pre-drain", "10-stop", "exit 3\n")  # the first drain is aborted by its hook
     pool.schedule("Reboot", ["web-0"])
     assert agent.check().returncode == 1

@@ -298,6 +298,10 @@ def _read_pools(network: Network, pools: Sequence[str], leaving: Leaving) -> lis
         )
         addresses = []
         for address in getattr(pool, "load_balancer_backend_addresses", None) or []:
+            if address.ip_address is None or getattr(address, "network_interface_ip_configuration", None):
+                # A NIC-based pool's member as Azure also lists it here (its ipConfiguration, no
+                # address of its own): counted once, by its NIC, above.
+                continue
             network_id = _network_of(address)
             if (str(address.ip_address), network_id) in leaving.addresses:
                 continue

@@ -139,8 +139,12 @@ class AdminStateDrain:
         """For the floor: the intent goes on the NIC that holds the record; the pools, with those
         drainer's records say this VM already left."""
         out = {r.pool_id for n in nics for r in decode(dict(n.tags or {}), subscription_of(str(n.id))).admin}
+        record_nic = str(self._record_nic(nics).id)
+        # A scale-set Uniform instance's NIC is read-only to the network API: no intent can go on it,
+        # and the floor is then checked by this VM alone (its peers do see it out of the pool).
+        uniform = "/virtualmachinescalesets/" in record_nic.lower()
         return floor.Leaving(
-            nics=(str(self._record_nic(nics).id),),
+            nics=() if uniform else (record_nic,),
             own=frozenset(str(n.id).lower() for n in nics),
             pools=tuple(sorted({str(pool.id) for _, pool in targets} | out, key=str.lower)),
             addresses=frozenset(self._addresses(nics)),

@@ -122,7 +122,7 @@ def value_of(key: Key, value: Any) -> Any:
         raise InvalidValueError(f"must be one of {', '.join(key.choices)}")
     # The default needs no check (it is ours, and tested): the usual file, config.example.toml with a few
     # changes, then costs no URL parsing.
-    if key.check is not None and value != key.default:
+    if key.check is not None and (value != key.default or key.shown is not None):
         return key.check.run(value)
     return tuple(value) if kind is list else value
 

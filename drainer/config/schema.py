@@ -47,6 +47,7 @@ from drainer.config.values import (
     URL_PATH,
     WINDOWS_ONLY,
     Check,
+    floors_shown,
 )
 
 ACTIONS = ("drain", "ignore")
@@ -68,7 +69,7 @@ _DAY = 86400
 class Rule:
     """What a field's type and default do not say: the meaning, and a range, choices or a check."""
 
-    __slots__ = ("check", "choices", "high", "low", "meaning", "of")
+    __slots__ = ("check", "choices", "high", "low", "meaning", "of", "shown")
 
     def __init__(
         self,
@@ -79,8 +80,10 @@ class Rule:
         choices: tuple[str, ...] = (),
         check: Check | None = None,
         of: type | None = None,
+        shown: Callable[[Any], Any] | None = None,
     ) -> None:
         self.meaning = meaning
+        self.shown = shown  # the value as the file writes it, where the config holds another form
         self.low = low
         self.high = high
         self.choices = choices
@@ -96,11 +99,17 @@ class Key(Rule):
 
     def __init__(self, table: str, name: str, default: Any, rule: Rule, kind: type | None = None) -> None:
         super().__init__(
-            rule.meaning, rule.low, rule.high, choices=rule.choices, check=rule.check, of=rule.of
+            rule.meaning,
+            rule.low,
+            rule.high,
+            choices=rule.choices,
+            check=rule.check,
+            of=rule.of,
+            shown=rule.shown,
         )
         self.table = table  # "" (the top level), "imds", "policy.actions", ...
         self.name = name
-        self.default = default
+        self.default = rule.shown(default) if rule.shown else default
         self.kind: type = kind or rule.of or (list if isinstance(default, tuple) else type(default))
 
     @property
@@ -206,6 +215,7 @@ _DRAIN = _keys(
         'decided from the pools (0: none); a number, or a table pool -> floor with "*" for the others',
         check=FLOORS,
         of=object,
+        shown=floors_shown,
     ),
     max_unavailable=Rule("VMs of a pool out at once by drainer's choice (0: no limit)", 0, 1000),
     application_gateways=Rule('also Application Gateway pool references ("nic" only)'),

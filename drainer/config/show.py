@@ -35,6 +35,8 @@ def as_tables(config: Config) -> dict[str, Any]:
             node = node.setdefault(part, {})
         for key in table.keys:
             value = value_in(config, key)
+            if key.shown is not None:
+                value = key.shown(value)
             node[key.name] = list(value) if isinstance(value, tuple) else value
         if table.any_key is not None:
             node.update(_holder(config, table.name))

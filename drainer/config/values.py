@@ -89,7 +89,7 @@ def _floors(value: Any) -> Mapping[str, int]:
 
     if floor(value):
         return MappingProxyType({"*": value})
-    if isinstance(value, dict) and value and all(k and floor(v) for k, v in value.items()):
+    if isinstance(value, Mapping) and value and all(k and floor(v) for k, v in value.items()):
         return MappingProxyType(dict(value))
     raise InvalidValueError(
         'must be between 0 and 1000, or a table of such floors by pool (its id, "<load balancer>/<pool>", '
@@ -158,6 +158,13 @@ ENDPOINT = Check(endpoint_url, "an http(s) URL")
 OPTIONAL_ENDPOINT = Check(_optional_endpoint, 'an http(s) URL, or "" for none')
 ARM_ENDPOINT = Check(arm_url, "an https URL (http on a loopback address)")
 ADDRESS = Check(_address, "host:port")
+
+
+def floors_shown(floors: Mapping[str, int]) -> int | dict[str, int]:
+    """``[drain] min_in_service`` as the file writes it: one number for every pool, else the table."""
+    return floors["*"] if set(floors) == {"*"} else dict(floors)
+
+
 FLOORS = Check(_floors, 'a floor 0 to 1000, or a table pool -> floor ("*": the others)')
 NOT_EMPTY = Check(_not_empty, "not empty")
 URL_PATH = Check(_url_path, "a path starting with /")
