@@ -15,7 +15,8 @@ Assumptions (stated in the output too):
   The per-process ARM rate limit ([azure] max_calls_per_second) is off: in one process it would be
   shared by hundreds of VMs. Tokens are fetched through one process-wide setting of azure-identity, so
   ARM's per-principal accounting is approximate; the subscription-wide limits are exact.
-- No lease (one lease holds at most 48 claims: README, fleet model); min_in_service = 1.
+- min_in_service = 1: the shipped floor (issue 19: each drain announces an intent on its NIC, reads
+  the pool and, in a random order, peers' NICs until one is seen in service; README, fleet model).
 - Each VM names its NIC ([drain] nics): without it every drain, restore and reconcile lists the
   resource group's 1,000 NICs, which the emulator (one Python process on this machine) cannot serve
   for 1,000 VMs.

@@ -315,6 +315,26 @@ def test_admin_state_finds_the_intent_of_an_ip_member_on_its_nic(
     assert sorted(m.endswith("(Down)") for m in members) == [False, False, True], (pool, members)
 
 
+def test_a_pre_drain_hook_that_aborts_the_drain_withdraws_the_intent(
+    emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path, five: str
+) -> None:
+    hooks = tmp_path / "hooks"
+    (hooks / "pre-drain").mkdir(parents=True)
+    hooks.chmod(0o755)
+    hook = hooks / "pre-drain" / "10-refuse"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    config = fleet_config(min_in_service=1) + f'\n[hooks]\ndir = "{hooks}"\n'
+    agent = fleet_agents(emulator, tmp_path, ["web-0"], config)["web-0"]
+    control.schedule("Reboot", ["web-0"], not_before_in=3600)
+    assert agent.check().returncode == 1
+    assert control.nic_pools("web-0-nic") != []
+    assert intent_on(control, "web-0-nic") is None  # it stays: no peer may count it as leaving
+    vm = agent.status()["vm"]
+    assert vm["in_rotation"] is True
+    assert vm["rotation"].startswith("draining, failing: drain failed: pre-drain hook failed")
+
+
 def test_floors_per_pool(emulator: RunningEmulator, control: EmulatorControl, tmp_path: Path) -> None:
     # web-0..2 in lb-a/pool-a and lb-b/pool-b: pool-a keeps 2 in service, any other pool 0.
     for lb, pool in (("lb-a", "pool-a"), ("lb-b", "pool-b")):

@@ -3,6 +3,7 @@ and the protocol run through every interleaving of two and three VMs' steps."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -179,22 +180,19 @@ def _steps(model: Model, me: int, local: Local, shared: Shared) -> Iterator[tupl
         listed = frozenset(j for j in peers if shared.in_pool[j])
         yield local._replace(pc="read-peer", pool=listed), shared
     elif local.pc == "read-peer":
-        j = peers[len(local.peers)]
-        seen = (*local.peers, (j, shared.in_pool[j], shared.intent[j], shared.record[j]))
-        yield local._replace(pc="decide" if len(seen) == len(peers) else "read-peer", peers=seen), shared
-    elif local.pc == "decide":
-        members = tuple(
-            Member(
-                f"vm{j}",
-                # The pool's list says which NICs to read; with max_unavailable, the resource group's
-                # NICs are read too (drainer.act.floor): a NIC not listed counts only when read.
-                serving=inside and (j in local.pool or model.max_unavailable > 0),
-                leaving=intent != 0,
-                out_by_drainer=not inside and record,
+        # The peers in any order (drainer.act.floor reads them in a random one); without
+        # max_unavailable the reads stop once the peers read so far keep the floor (a peer not read
+        # is not counted).
+        done = {p[0] for p in local.peers}
+        for j in (j for j in peers if j not in done):
+            seen = local._replace(
+                peers=(*local.peers, (j, shared.in_pool[j], shared.intent[j], shared.record[j]))
             )
-            for j, inside, intent, record in local.peers
-        ) + tuple(Member(f"other{k}", serving=True, leaving=False) for k in range(model.others))
-        verdict = model.rule([PoolView("pool", model.floor, members)], model.max_unavailable)
+            enough = model.max_unavailable == 0 and _verdict(model, seen).ok
+            last = len(seen.peers) == len(peers)
+            yield seen._replace(pc="decide" if last or enough else "read-peer"), shared
+    elif local.pc == "decide":
+        verdict = _verdict(model, local)
         yield local._replace(pc="act", verdict=verdict.ok, conflict=verdict.conflict), shared
     elif local.pc == "act":
         if local.verdict:
@@ -208,6 +206,27 @@ def _steps(model: Model, me: int, local: Local, shared: Shared) -> Iterator[tupl
         yield local._replace(pc="release"), put(in_pool=True, record=False)
     elif local.pc == "release":
         yield local._replace(pc="done"), put(intent=0)
+
+
+def _verdict(model: Model, local: Local) -> Verdict:
+    """The rule on what this agent has read (its peers so far, and the members that are no agents)."""
+    return _rule(model, local.pool, local.peers)
+
+
+@functools.cache
+def _rule(model: Model, pool: frozenset[int], peers: tuple[tuple[int, bool, int, bool], ...]) -> Verdict:
+    members = tuple(
+        Member(
+            f"vm{j}",
+            # The pool's list says which NICs to read; with max_unavailable, the resource group's
+            # NICs are read too (drainer.act.floor): a NIC not listed counts only when read.
+            serving=inside and (j in pool or model.max_unavailable > 0),
+            leaving=intent != 0,
+            out_by_drainer=not inside and record,
+        )
+        for j, inside, intent, record in peers
+    ) + tuple(Member(f"other{k}", serving=True, leaving=False) for k in range(model.others))
+    return model.rule([PoolView("pool", model.floor, members)], model.max_unavailable)
 
 
 def _check(model: Model, shared: Shared, where: Callable[[], str]) -> None:

@@ -371,12 +371,16 @@ def _read_nics(network: Network, nic_ids: Sequence[str]) -> dict[str, NetworkInt
 def _views(
     network: Network, ctx: ActionContext, leaving: Leaving, floors: Mapping[str, int]
 ) -> list[PoolView]:
-    """What the floor is decided from, read after this VM's announcement. Raises ArmError."""
+    """What the floor is decided from, read after this VM's announcement. The peers' NICs are read
+    in a random order, a few at once, and (without ``max_unavailable``) only until every pool has
+    its floor of members seen in service and not leaving: a member not read is not counted, which
+    is safe (``drainer.decide.intents``), and a pool of hundreds costs a few reads. Raises ArmError."""
     pools = _read_pools(network, leaving.pools, leaving)
     wanted = {p.lower() for p in leaving.pools}
     candidates = {n for p in pools for n in p.nics}
     listed: list[NetworkInterface] = []
-    if ctx.config.drain.max_unavailable or any(p.addresses for p in pools):
+    full = bool(ctx.config.drain.max_unavailable)
+    if full or any(p.addresses for p in pools):
         # NICs out of the pools (drainer's record, or an intent) are in no member list; the NICs of
         # IP-based members are found by address. The listing only names NICs: each is read again.
         groups = {ctx.vm.resource_group.lower()} | {
@@ -392,23 +396,50 @@ def _views(
         for address in _addresses(nic):
             by_address[address] = nic_id
         relevant = (_refs(nic) | _recorded(nic)) & wanted or intents.intent_of(nic.tags) is not None
-        if ctx.config.drain.max_unavailable and relevant:
+        if full and relevant:
             candidates.add(nic_id)
     for pool in pools:
         candidates |= {by_address[(ip, vnet)] for ip, vnet, _ in pool.addresses if (ip, vnet) in by_address}
-    nics = _read_nics(network, sorted(candidates))
-    now = ctx.now().timestamp()
-    observed = {n: (found[0] if (found := intents.intent_of(nic.tags)) else None) for n, nic in nics.items()}
-    seen = intents.remember(ctx.seen.load(), observed, now)
+    order = sorted(candidates)
+    secrets.SystemRandom().shuffle(order)  # VMs deciding together do not all read the same peers first
+    known = ctx.seen.load()
+    nics: dict[str, NetworkInterface] = {}
+    read: set[str] = set()
+    views: list[PoolView] = []
+    seen: dict[str, float] = dict(known)
+    for start in range(0, max(len(order), 1), READ_THREADS):
+        batch = order[start : start + READ_THREADS]
+        nics.update(_read_nics(network, batch))
+        read.update(batch)
+        now = ctx.now().timestamp()
+        observed = {n: (f[0] if (f := intents.intent_of(nic.tags)) else None) for n, nic in nics.items()}
+        seen = intents.remember(known, observed, now)
+        views = _build(ctx, pools, floors, nics, read, by_address, seen, now)
+        if not full and intents.admit(views, 0).ok:
+            break
     ctx.seen.save(seen)
+    return views
+
+
+def _build(  # noqa: PLR0917 - the reads of one attempt
+    ctx: ActionContext,
+    pools: Sequence[_Pool],
+    floors: Mapping[str, int],
+    nics: Mapping[str, NetworkInterface],
+    read: set[str],
+    by_address: Mapping[tuple[str, str], str],
+    seen: Mapping[str, float],
+    now: float,
+) -> list[PoolView]:
+    """The pools as read so far: members whose NIC was not read yet are not counted."""
     claim = ctx.config.fleet.claim_seconds
 
     def leaving_from(nic: NetworkInterface | None, pool_id: str) -> bool:
         found = intents.intent_of(nic.tags) if nic is not None else None
-        if found is None:
+        if nic is None or found is None:
             return False
         value, intent = found
-        first = seen.get(intents.seen_key(str(nic.id) if nic else "", value), now)
+        first = seen.get(intents.seen_key(str(nic.id), value), now)
         return intents.key(pool_id) in intent.pools and intents.live(intent, first, now, claim)
 
     def vm_of(nic: NetworkInterface | None, fallback: str) -> str:
@@ -438,7 +469,10 @@ def _views(
                 )
             )
         for ip, vnet, serving in pool.addresses:
-            owner = nics.get(by_address.get((ip, vnet), ""))
+            nic_id = by_address.get((ip, vnet), "")
+            if nic_id and nic_id not in read:
+                continue  # its intent is not known yet
+            owner = nics.get(nic_id)
             members.append(
                 Member(
                     vm_of(owner, f"ip:{ip}"),
