@@ -387,7 +387,7 @@ def _reexec(servers: list[Any]) -> None:
         high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for _, fd in sockets]
         for i, fd in enumerate(high):
             os.dup2(fd, 3 + i, inheritable=True)
-        os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and argv, no shell
+        os.execve(sys.executable, argv, env)  # noqa: S606 - our own interpreter and argv  # nosec B606
     except OSError as exc:
         print(f"drainer: cannot re-execute {argv}: {exc}; stopping instead", file=sys.stderr)
 
