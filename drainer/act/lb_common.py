@@ -153,7 +153,7 @@ def read_modify_write(
     for conflicts in range(MAX_CONFLICTS):
         if conflicts:
             limit = min(CONFLICT_BACKOFF_MAX, CONFLICT_BACKOFF * 2 ** (conflicts - 1))
-            time.sleep(random.uniform(0, limit))  # noqa: S311  # nosec B311 - a delay, not a secret
+            time.sleep(random.uniform(0, limit))  # noqa: S311 - a delay, not a secret  # nosec B311
         current = read()
         change = plan(current)
         if change is None:
