@@ -297,6 +297,17 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
         next_run_time=datetime.now(),
     )
 
+    def stop_scheduler() -> None:
+        from apscheduler.schedulers import SchedulerNotRunningError  # noqa: PLC0415
+
+        for _ in range(1200):  # a signal between the handler's installation and start(): wait for it
+            try:
+                scheduler.shutdown(wait=False)
+            except SchedulerNotRunningError:
+                time.sleep(0.05)
+            else:
+                return
+
     def on_signal(signum: int, _frame: Any) -> None:
         if stopping.is_set():
             return  # a second signal (e.g. from a supervisor and the terminal): already stopping
@@ -304,7 +315,7 @@ def run_daemon(config: Config, log: Logger, seams: Seams | None = None) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         # Not here: the handler runs on the main thread, which may be inside the scheduler's
         # submit holding the executor's lock that shutdown takes (a deadlock, seen under load).
-        threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
+        threading.Thread(target=stop_scheduler, daemon=True).start()
 
     # The first record builds the logger (imports structlog): before the handlers, which log too,
     # so a signal during that import cannot re-enter it.
